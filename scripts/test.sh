@@ -1,0 +1,4 @@
+#!/usr/bin/env bash
+# The README's test command: set up ./.venv, then run the whole test suite.
+source "$(dirname "${BASH_SOURCE[0]}")/venv.sh"
+exec .venv/bin/python -m pytest "$@"
