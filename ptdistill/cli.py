@@ -1,0 +1,99 @@
+"""The ``ptdistill`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from ptdistill.checks import check_labels, check_probs
+from ptdistill.io import load_labels, load_teacher_probs, write_json_atomic
+from ptdistill.proxy import CRITERIA, STRATEGIES, proxy_teacher, search
+from ptdistill.proxy.plot import plot_proxy
+from ptdistill.synthetic import noisy_teacher
+
+
+def _synthetic_size(text: str) -> tuple[int, int]:
+    try:
+        n, c = (int(x) for x in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected NxC such as 1000x3, got {text!r}") from None
+    if n < 1 or c < 2:
+        raise argparse.ArgumentTypeError(f"expected N >= 1 and C >= 2, got {text!r}")
+    return n, c
+
+
+def _add_search(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "search",
+        help="search PTLoss coefficients by the proxy teacher on labeled validation data",
+        description="Search PTLoss coefficients: solve the proxy teacher of every candidate on the "
+        "validation set, score it, keep the best. Writes eps, order, score and the candidate "
+        "table as JSON, and a teacher-vs-proxy plot next to it.",
+    )
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--teacher-probs", type=Path, help="teacher probabilities: .npy (N, C), CSV or parquet")
+    src.add_argument("--synthetic", type=_synthetic_size, metavar="NxC",
+                     help="use a synthetic over-confident teacher of N examples and C classes instead")
+    p.add_argument("--labels", type=Path, help="labels file (.npy, CSV or parquet)")
+    p.add_argument("--labels-column", help="labels column (in --labels, else in --teacher-probs)")
+    p.add_argument("--prob-columns", help="comma-separated probability columns of a CSV/parquet teacher file")
+    p.add_argument("--max-order", type=int, default=5)
+    p.add_argument("--trials", type=int, default=100)
+    p.add_argument("--low", type=float, default=-1.0)
+    p.add_argument("--high", type=float, default=10.0)
+    p.add_argument("--strategy", choices=sorted(STRATEGIES), default="random")
+    p.add_argument("--criterion", choices=sorted(CRITERIA), default="q")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="torch device for the solver (e.g. cuda)")
+    p.add_argument("--out", type=Path, required=True, help="result JSON path; the plot goes beside it as .png")
+    p.set_defaults(run=_run_search)
+
+
+def _run_search(args: argparse.Namespace) -> int:
+    if args.synthetic:
+        teacher, labels = noisy_teacher(*args.synthetic, seed=args.seed)
+    else:
+        in_file = args.labels_column if args.labels is None else None
+        prob_columns = args.prob_columns.split(",") if args.prob_columns else None
+        teacher, labels = load_teacher_probs(args.teacher_probs, labels_column=in_file, prob_columns=prob_columns)
+        if args.labels is not None:
+            labels = load_labels(args.labels, args.labels_column)
+        if labels is None:
+            raise ValueError("labels: pass --labels FILE or --labels-column NAME (a column of --teacher-probs)")
+        check_probs(f"--teacher-probs {args.teacher_probs}", teacher)
+        check_labels(f"labels ({args.labels or args.teacher_probs})", labels, *teacher.shape)
+    teacher, labels = teacher.to(args.device), labels.to(args.device)
+    result = search(teacher, labels, max_order=args.max_order, trials=args.trials, low=args.low, high=args.high,
+                    seed=args.seed, strategy=args.strategy, criterion=args.criterion, progress=True)
+    plot = plot_proxy(teacher, proxy_teacher(teacher, torch.from_numpy(result.eps).to(teacher.device)), labels,
+                      args.out.with_suffix(".png"),
+                      title=f"{args.strategy} search: order {result.order}, {args.criterion} {result.score:.4g}")
+    payload = result.to_dict()
+    payload["plot"] = plot.name
+    write_json_atomic(args.out, payload)
+    print(f"best order {result.order}, {args.criterion} = {result.score:.6g} "
+          f"({len(result.table)} candidates in {result.seconds:.1f} s)")
+    print(f"eps = {result.eps.round(4).tolist()}")
+    print(f"wrote {args.out} and {plot}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(prog="ptdistill", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_search(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script; bad input exits 2 with a one-line message."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except ValueError as err:
+        print(f"ptdistill {args.command}: error: {err}", file=sys.stderr)
+        return 2

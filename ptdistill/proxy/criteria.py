@@ -1,0 +1,61 @@
+"""Scores of a proxy teacher on labeled validation data (lower is better).
+
+``q`` is the paper's quality score (Eq. 20): squared mean L2 distance to the one-hot labels
+plus the squared mean negative entropy; its entropy term rewards confidence, so it can
+sharpen a teacher that is already over-confident.  ``brier`` and ``nll`` are proper scoring
+rules: in expectation they rank proxy teachers by their closeness to the true posterior.
+All take probabilities (..., N, C) and labels (N,) and reduce the last two dims.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from ptdistill.checks import check_labels, check_probs
+
+
+def _onehot(labels: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.one_hot(labels.to(probs.device), probs.shape[-1]).to(probs.dtype)
+
+
+def q_score(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Paper's Q: (mean_n ||q_n - y_n||_2)^2 + (mean_n sum_c q_nc log q_nc)^2."""
+    dist = torch.linalg.vector_norm(probs - _onehot(labels, probs), dim=-1).mean(-1)
+    neg_entropy = torch.special.xlogy(probs, probs).sum(-1).mean(-1)
+    return dist**2 + neg_entropy**2
+
+
+def brier(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Brier score: mean_n ||q_n - y_n||^2."""
+    return ((probs - _onehot(labels, probs)) ** 2).sum(-1).mean(-1)
+
+
+def nll(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Negative log-likelihood of the labels: -mean_n log q_n[y_n] (probabilities floored at 1e-300)."""
+    picked = probs.gather(-1, labels.to(probs.device).expand(*probs.shape[:-1]).unsqueeze(-1)).squeeze(-1)
+    return -torch.log(picked.clamp_min(1e-300)).mean(-1)
+
+
+CRITERIA: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "q": q_score,
+    "brier": brier,
+    "nll": nll,
+}
+
+
+def get_criterion(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The criterion registered under ``name``."""
+    if name not in CRITERIA:
+        raise ValueError(f"criterion: unknown {name!r}; expected one of {sorted(CRITERIA)}")
+    return CRITERIA[name]
+
+
+def quality(proxy_probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The paper's quality score Q of proxy probabilities (..., N, C) against labels (N,)."""
+    check_probs("proxy_probs", proxy_probs, ndim=None)
+    if proxy_probs.ndim < 2:
+        raise ValueError(f"proxy_probs: expected shape (..., N, C), got {tuple(proxy_probs.shape)}")
+    check_labels("labels", labels, proxy_probs.shape[-2], proxy_probs.shape[-1])
+    return q_score(proxy_probs, labels)

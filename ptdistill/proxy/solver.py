@@ -1,0 +1,283 @@
+"""The proxy teacher: the distribution that PTLoss pulls a student toward.
+
+For coefficients eps (C, M) and a teacher row p, the proxy teacher is
+``q* = argmin_q  KL(p || q) + sum_c p_c sum_m eps[c, m] (1 - q_c)^m`` over the simplex,
+solved in logit space z (q = softmax(z)).  SPEC gives the gradient
+``g = q (1 + S) - p - h`` with ``h_c = p_c q_c phi_c`` and ``S = sum_c h_c``.
+
+Why this solver is fast and exact.  The Hessian in z has the closed form
+``H = P^T diag(delta) P`` with ``P = I - 1 q^T`` and ``delta = q * kappa``,
+``kappa = 1 + S - d``, ``d_c = p_c (phi_c + q_c dphi_c/dq_c)``: a diagonal seen through a
+rank-one projector.  A Newton step on the hyperplane ``q . w = 0`` (softmax ignores shifts
+along 1) is therefore O(C) in closed form, ``w = (tau - g / q) / (kappa + mu)`` with one
+scalar ``tau``, for every example at once: no C x C matrix is ever built.  The loss is not
+convex in z for every eps, so the step is a Levenberg-Marquardt step damped in the Fisher
+metric of the softmax (``mu * P^T diag(q) P``, which only shifts kappa by mu), accepted only
+when the loss goes down, with mu raised until the damped model is positive definite.  Every
+example reports its final max |g|.
+
+Implicit differentiation uses the same structure: ``dq*/deps`` needs one more O(C) solve
+with H, which lets the coefficient search follow the gradient of its criterion.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ptdistill.checks import check_eps, check_probs
+
+#: Teacher probabilities are clamped here before taking logs for the starting point.
+_INIT_FLOOR = 1e-12
+#: Largest Newton step (in logits) taken at once.
+_MAX_STEP = 10.0
+
+
+@dataclass
+class ProxySolution:
+    """A batch of solved proxy teachers.
+
+    ``probs`` (..., N, C) float64; ``logits`` the solution in logit space (a warm start for
+    nearby coefficients); ``max_grad`` (..., N) the final max |dl/dz| of each example;
+    ``converged`` (..., N) whether it reached the tolerance; ``iterations`` used.
+    """
+
+    probs: torch.Tensor
+    logits: torch.Tensor
+    max_grad: torch.Tensor
+    converged: torch.Tensor
+    iterations: int
+
+
+@dataclass
+class _State:
+    """Loss, gradient and curvature of the PTLoss objective at logits z (rows broadcast)."""
+
+    loss: torch.Tensor  # (..., N)
+    grad: torch.Tensor  # (..., N, C)
+    q: torch.Tensor  # (..., N, C)
+    kappa: torch.Tensor  # (..., N, C); Hessian = P^T diag(q * kappa) P
+    gmax: torch.Tensor  # (..., N)
+
+
+def _polynomial(u: torch.Tensor, coef: list[torch.Tensor], derivatives: int):
+    """P(u) = sum_m coef[m-1] u^m and its first ``derivatives`` u-derivatives (Horner)."""
+    p = coef[-1].expand_as(u)
+    dp = torch.zeros_like(u) if derivatives >= 1 else None
+    ddp = torch.zeros_like(u) if derivatives >= 2 else None
+    for c in reversed(coef[:-1]):
+        if ddp is not None:
+            ddp = ddp * u + 2 * dp
+        if dp is not None:
+            dp = dp * u + p
+        p = p * u + c
+    # The constant term is zero: one more Horner step with c_0 = 0.
+    if ddp is not None:
+        ddp = ddp * u + 2 * dp
+    if dp is not None:
+        dp = dp * u + p
+    p = p * u
+    return p, dp, ddp
+
+
+def _evaluate(z: torch.Tensor, p: torch.Tensor, coef: list[torch.Tensor]) -> _State:
+    """PTLoss (without the constant teacher entropy), its z-gradient and curvature."""
+    logq = torch.log_softmax(z, dim=-1)
+    q = logq.exp()
+    u = -torch.expm1(logq)  # 1 - q, accurate near q = 1
+    poly, phi, dphi_du = _polynomial(u, coef, derivatives=2)
+    loss = (p * (poly - logq)).sum(-1)
+    h = p * q * phi
+    s = h.sum(-1, keepdim=True)
+    grad = q * (1 + s) - p - h
+    d = p * (phi - q * dphi_du)
+    return _State(loss=loss, grad=grad, q=q, kappa=1 + s - d, gmax=grad.abs().amax(-1))
+
+
+def _coefficients(eps: torch.Tensor) -> list[torch.Tensor]:
+    """Split per-row coefficients (R, C, M) into M tensors (R, C), one per order."""
+    return [eps[..., m] for m in range(eps.shape[-1])]
+
+
+def _newton_step(st: _State, mu: torch.Tensor):
+    """Damped Newton step on the hyperplane q . w = 0, and whether its model is convex.
+
+    Solves ``P^T diag(q (kappa + mu)) P w = -g``.  The quadratic model restricted to the
+    hyperplane is positive definite when every kappa + mu > 0, or when exactly one is
+    negative and ``sum_c q_c / (kappa_c + mu) < 0`` (the bordered-Hessian test).
+    """
+    k = st.kappa + mu.unsqueeze(-1)
+    nonpos = (k <= 0).sum(-1)
+    r = 1.0 / torch.where(k == 0, torch.full_like(k, 1e-300), k)
+    qr = (st.q * r).sum(-1, keepdim=True)
+    convex = (nonpos == 0) | ((nonpos == 1) & (qr.squeeze(-1) < 0))
+    g_over_q = st.grad / st.q.clamp_min(1e-300)
+    tau = (g_over_q * st.q * r).sum(-1, keepdim=True) / qr
+    w = (tau - g_over_q) * r
+    scale = (_MAX_STEP / w.abs().amax(-1, keepdim=True).clamp_min(1e-300)).clamp(max=1.0)
+    w = w * scale
+    # Predicted decrease of the undamped quadratic model: -(g.w + w^T H w / 2), H w.w = sum q kappa w^2.
+    predicted = -((st.grad * w).sum(-1) + 0.5 * (st.q * st.kappa * w * w).sum(-1))
+    return w, convex, predicted
+
+
+#: Rows solved together: about this many (row, class) entries stay in cache between ops.
+_CHUNK_ENTRIES = 1 << 17
+
+
+def _select(st: _State, keep: torch.Tensor) -> _State:
+    return _State(st.loss[keep], st.grad[keep], st.q[keep], st.kappa[keep], st.gmax[keep])
+
+
+def _merge(accept: torch.Tensor, new: _State, old: _State) -> _State:
+    a = accept.unsqueeze(-1)
+    return _State(
+        loss=torch.where(accept, new.loss, old.loss),
+        grad=torch.where(a, new.grad, old.grad),
+        q=torch.where(a, new.q, old.q),
+        kappa=torch.where(a, new.kappa, old.kappa),
+        gmax=torch.where(accept, new.gmax, old.gmax),
+    )
+
+
+def _solve_rows(z, p, coef, tol: float, max_iter: int):
+    """Levenberg-Marquardt on rows z (R, C); rows leave the working set once converged.
+
+    Returns the final logits, probabilities, max |g| per row and the iterations used.
+    """
+    out_z, out_q = z.clone(), torch.empty_like(z)
+    out_g = torch.empty(z.shape[0], dtype=z.dtype, device=z.device)
+    idx = torch.arange(z.shape[0], device=z.device)
+    st = _evaluate(z, p, coef)
+    mu = torch.zeros_like(st.loss)
+    it = 0
+    while True:
+        done = st.gmax <= tol
+        if it == max_iter or bool(done.all()):
+            done = torch.ones_like(done)
+        if bool(done.any()):
+            out_z[idx[done]], out_q[idx[done]], out_g[idx[done]] = z[done], st.q[done], st.gmax[done]
+            keep = ~done
+            if not bool(keep.any()):
+                return out_z, out_q, out_g, it
+            idx, z, p, mu, st = idx[keep], z[keep], p[keep], mu[keep], _select(st, keep)
+            coef = [c[keep] for c in coef]
+        it += 1
+        w, convex, predicted = _newton_step(st, mu)
+        trial = _evaluate(z + w, p, coef)
+        actual = st.loss - trial.loss
+        rho = actual / predicted.clamp_min(1e-300)
+        # Near the optimum the decrease drowns in rounding: then a smaller gradient decides.
+        noise = 1e-13 * (1 + st.loss.abs())
+        accept = convex & ((rho > 1e-4) | ((actual.abs() <= noise) & (trial.gmax < st.gmax)))
+        z = torch.where(accept.unsqueeze(-1), z + w, z)
+        st = _merge(accept, trial, st)
+        # Trust the model more when it predicted well, less when it did not.
+        good = mu * torch.where(rho > 0.75, 0.1, torch.where(rho > 0.25, 1.0, 2.0))
+        good = torch.where(good < 1e-6, torch.zeros_like(good), good)
+        bad = torch.maximum(mu * 4, torch.full_like(mu, 1e-2))
+        # Where the damped model is not convex, raise mu until every kappa + mu > 0.
+        needed = (1e-3 - st.kappa.amin(-1)).clamp_min(0.0) + 1e-2
+        mu = torch.where(accept, good, torch.where(convex, bad, torch.maximum(mu * 4, needed)))
+
+
+def solve_proxy(
+    teacher_probs: torch.Tensor,
+    eps: torch.Tensor,
+    *,
+    tol: float = 1e-8,
+    max_iter: int = 200,
+    init: torch.Tensor | None = None,
+) -> ProxySolution:
+    """Solve the proxy teacher of every row for one coefficient set or a batch of them.
+
+    teacher_probs (N, C); eps (C, M) or (K, C, M); ``init`` optional starting logits of the
+    output's shape (default: the teacher's own logits).  Computes in float64 on the inputs'
+    device.  The loss decreases at every accepted step; convergence means max |g| <= tol.
+    """
+    check_probs("teacher_probs", teacher_probs)
+    n, c = teacher_probs.shape
+    check_eps("eps", eps, c, allow_batch=True)
+    single = eps.ndim == 2
+    device = teacher_probs.device
+    p = teacher_probs.detach().to(torch.float64)
+    e = eps.detach().to(device=device, dtype=torch.float64)
+    if single:
+        e = e.unsqueeze(0)
+    k = e.shape[0]
+    if init is None:
+        z = torch.log(p.clamp_min(_INIT_FLOOR)).repeat(k, 1)
+    else:
+        z = init.detach().to(device=device, dtype=torch.float64).reshape(k * n, c)
+    rows = max(1, _CHUNK_ENTRIES // c)
+    zs, qs, gs, iters = [], [], [], 0
+    with torch.no_grad():
+        for lo in range(0, k * n, rows):
+            r = torch.arange(lo, min(lo + rows, k * n), device=device)
+            coef = _coefficients(e[r // n])
+            zr, qr, gr, it = _solve_rows(z[r], p[r % n], coef, tol, max_iter)
+            zs.append(zr), qs.append(qr), gs.append(gr)
+            iters = max(iters, it)
+    z, q, g = (torch.cat(x).reshape(k, n, -1) for x in (zs, qs, gs))
+    g = g.squeeze(-1)
+    z = z - z.amax(-1, keepdim=True)
+    if single:
+        z, q, g = z[0], q[0], g[0]
+    return ProxySolution(probs=q, logits=z, max_grad=g, converged=g <= tol, iterations=iters)
+
+
+def proxy_teacher(teacher_probs: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """Proxy-teacher probabilities, float64 (N, C) for eps (C, M) or (K, N, C) for (K, C, M)."""
+    return solve_proxy(teacher_probs, eps).probs
+
+
+class _ProxyTeacherFunction(torch.autograd.Function):
+    """q*(eps) with gradients by implicit differentiation of g(z*, eps) = 0.
+
+    ``dL/deps[k,c,m] = sum_n p_nc q_nc m (1 - q_nc)^(m-1) v_nc`` where v solves H v = dL/dz on
+    the hyperplane q . v = 0; with H = P^T diag(q kappa) P that solve is O(C) per example.
+    """
+
+    @staticmethod
+    def forward(ctx, teacher_probs, eps, init):  # noqa: D102 - documented on the class
+        sol = solve_proxy(teacher_probs, eps, init=init)
+        ctx.save_for_backward(teacher_probs, eps, sol.logits)
+        ctx.solution = sol
+        return sol.probs
+
+    @staticmethod
+    def backward(ctx, grad_q):  # noqa: D102
+        teacher_probs, eps, z = ctx.saved_tensors
+        e = eps.detach().to(torch.float64)
+        p = teacher_probs.detach().to(torch.float64)
+        batched = e.ndim == 3
+        if not batched:
+            e, z, grad_q = e.unsqueeze(0), z.unsqueeze(0), grad_q.unsqueeze(0)
+        coef = [e[:, None, :, m] for m in range(e.shape[-1])]  # (K, 1, C) broadcast over N
+        st = _evaluate(z, p.unsqueeze(0), coef)
+        q, gq = st.q, grad_q.to(torch.float64)
+        b = q * (gq - (q * gq).sum(-1, keepdim=True))  # dL/dz, orthogonal to 1
+        r = 1.0 / st.kappa
+        tau = -(b * r).sum(-1, keepdim=True) / (q * r).sum(-1, keepdim=True)
+        v = (b / q.clamp_min(1e-300) + tau) * r
+        u = -torch.expm1(torch.log(q.clamp_min(1e-300)))
+        base = p * q * v  # (K, N, C)
+        powers = torch.stack([m * u ** (m - 1) for m in range(1, e.shape[-1] + 1)], -1)
+        grad_eps = (base.unsqueeze(-1) * powers).sum(-3)
+        if not batched:
+            grad_eps = grad_eps[0]
+        return None, grad_eps.to(eps.dtype), None
+
+
+def proxy_teacher_differentiable(
+    teacher_probs: torch.Tensor, eps: torch.Tensor, init: torch.Tensor | None = None
+) -> tuple[torch.Tensor, ProxySolution]:
+    """Like :func:`proxy_teacher`, but differentiable with respect to ``eps``.
+
+    Returns the probabilities (in the autograd graph) and the full solution, whose
+    ``logits`` warm-start the next call for nearby coefficients.
+    """
+    fn = _ProxyTeacherFunction
+    probs = fn.apply(teacher_probs, eps, init)
+    return probs, probs.grad_fn.solution if probs.grad_fn is not None else solve_proxy(teacher_probs, eps, init=init)

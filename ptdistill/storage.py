@@ -1,0 +1,500 @@
+"""One small object-storage interface for local paths and Google Cloud Storage.
+
+Pipeline components write teacher outputs, search results, students and reports to a
+location given as a URI: a local path or ``file://`` URI on a laptop or in tests, a
+``gs://bucket/prefix`` URI on Kubeflow. Components call :func:`open_store` once and then
+use the same :class:`Store` methods everywhere, so no component contains two code paths.
+
+What the interface guarantees, because pipelines run steps concurrently and retry them:
+
+* **No half-written objects.** A local write goes to a temporary file in the target
+  directory and is published with ``os.replace``; a GCS upload is atomic by itself.
+* **Create-only writes.** :meth:`Store.write_if_absent` never overwrites (``os.link`` locally,
+  ``if_generation_match=0`` on GCS), so two workers filling the same cache entry cannot
+  clobber each other.
+* **Bounded retries on transient GCS errors** (429, 5xx, dropped connections) with
+  exponential backoff and jitter, set by a :class:`RetryPolicy`. The client library's own
+  retries are turned off so the policy is the only retry layer. 403, 404 and 412 are
+  never retried.
+* **Errors name the URI.** A missing key raises ``FileNotFoundError``, a failed
+  create-only write raises ``FileExistsError``, both naming the full URI.
+
+Keys are ``/``-separated paths relative to the store's root. Empty segments, ``.``, ``..``
+and a leading ``/`` are rejected, so a key can never point outside the root.
+
+``google-cloud-storage`` is imported only when a ``gs://`` store is opened; install it with
+``pip install 'ptdistill[gcs]'``.
+"""
+
+from __future__ import annotations
+
+import builtins
+import errno
+import hashlib
+import json
+import logging
+import os
+import random
+import secrets
+import shutil
+import time
+import urllib.request
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from google.cloud.storage import Client
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Names of in-flight temporary files start with this; :meth:`LocalStore.list` skips them.
+_TMP_PREFIX = ".ptdistill-tmp-"
+
+SUPPORTED_SCHEMES = ("local path", "file://", "gs://")
+
+
+def content_key(*parts: Any) -> str:
+    """Return a stable sha256 hex digest of ``parts`` for content-addressed caching.
+
+    The parts are serialised as JSON with sorted dict keys, so dict order does not matter
+    but the order of ``parts`` does. Only JSON types are accepted (a ``TypeError`` otherwise),
+    so the caller decides how to spell paths, dtypes and so on; e.g. the teacher cache key is
+    ``content_key(teacher_id, weights_sha, data_fingerprint, split, inference_settings)``.
+    """
+    blob = json.dumps(list(parts), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with jitter, for a bounded number of attempts.
+
+    Before retry ``n`` (1 for the first) the policy sleeps
+    ``min(max_delay, initial_delay * multiplier ** (n - 1))``, scaled by a random factor in
+    ``[1 - jitter, 1 + jitter]`` so that workers that failed together do not retry together.
+    """
+
+    max_attempts: int = 6
+    initial_delay: float = 0.5
+    max_delay: float = 30.0
+    multiplier: float = 2.0
+    jitter: float = 0.25
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError(f"max_attempts: expected >= 1, got {self.max_attempts}")
+        if self.initial_delay < 0 or self.max_delay < 0:
+            raise ValueError(
+                f"delays: expected >= 0, got initial_delay={self.initial_delay}, max_delay={self.max_delay}"
+            )
+        if self.multiplier < 1:
+            raise ValueError(f"multiplier: expected >= 1, got {self.multiplier}")
+        if not 0 <= self.jitter <= 1:
+            raise ValueError(f"jitter: expected a fraction in [0, 1], got {self.jitter}")
+
+    def delay(self, retry_number: int) -> float:
+        """Seconds to sleep before retry ``retry_number`` (1 for the first retry)."""
+        base = min(self.max_delay, self.initial_delay * self.multiplier ** (retry_number - 1))
+        return base * random.uniform(1 - self.jitter, 1 + self.jitter)
+
+    def run(self, fn: Callable[[], T], retry_on: tuple[type[BaseException], ...], what: str = "operation") -> T:
+        """Call ``fn`` until it returns, retrying only exceptions of the types in ``retry_on``.
+
+        The last exception is re-raised once ``max_attempts`` calls have failed.
+        """
+        attempt = 1
+        while True:
+            try:
+                return fn()
+            except retry_on as exc:
+                if attempt >= self.max_attempts:
+                    raise
+                pause = self.delay(attempt)
+                logger.warning(
+                    "%s failed (attempt %d/%d): %r; retrying in %.2fs", what, attempt, self.max_attempts, exc, pause
+                )
+                time.sleep(pause)
+                attempt += 1
+
+
+def _check_key(key: str) -> str:
+    """Return ``key`` if it is a valid relative object key, else raise ``ValueError``."""
+    if not isinstance(key, str) or not key:
+        raise ValueError(f"key must be a non-empty string, got {key!r}")
+    if key.startswith("/"):
+        raise ValueError(f"key must be relative to the store root, got absolute {key!r}")
+    if any(part in ("", ".", "..") for part in key.split("/")):
+        raise ValueError(f"key must not contain empty, '.' or '..' segments or end with '/', got {key!r}")
+    return key
+
+
+def _check_prefix(prefix: str) -> str:
+    """Return a list prefix: ``""`` or a key, optionally ending with ``/``."""
+    if prefix:
+        _check_key(prefix.removesuffix("/"))
+    return prefix
+
+
+def _dir_prefix(prefix: str) -> str:
+    """Return ``prefix`` as a directory prefix: ``""`` (the root) or a key plus ``/``."""
+    if not prefix:
+        return ""
+    return _check_key(prefix.removesuffix("/")) + "/"
+
+
+def _not_found(uri: str) -> FileNotFoundError:
+    return FileNotFoundError(errno.ENOENT, "No such object", uri)
+
+
+#: What a local read of a missing key raises ('a/b' with 'a' a file, or a key naming a directory).
+_LOCAL_MISSING = (FileNotFoundError, NotADirectoryError, IsADirectoryError)
+
+
+def _atomic_write(
+    path: Path, write: Callable[[IO[bytes]], object], publish: Callable[[str, Path], None] = os.replace
+) -> None:
+    """Write ``path`` through a temporary file in its directory, then ``publish`` it.
+
+    ``publish`` is ``os.replace`` (overwrite) or a create-only ``os.link``. The temporary
+    file is removed whatever happens, so readers see either the old file, no file, or the
+    complete new one.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = str(path.parent / f"{_TMP_PREFIX}{secrets.token_hex(8)}")
+    # os.open with 0o666 (not mkstemp's 0o600) so the final file gets the usual umask mode.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        publish(tmp, path)
+    finally:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+
+
+class Store(ABC):
+    """Objects under one root, addressed by ``/``-separated relative keys."""
+
+    @property
+    @abstractmethod
+    def root_uri(self) -> str:
+        """URI of the store's root, without a trailing ``/``."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.root_uri!r})"
+
+    @abstractmethod
+    def uri(self, key: str) -> str:
+        """Full URI of ``key`` (``file:///...`` or ``gs://bucket/...``)."""
+
+    @abstractmethod
+    def write_bytes(self, key: str, data: bytes) -> None:
+        """Write ``data`` to ``key`` atomically, replacing any existing object."""
+
+    @abstractmethod
+    def read_bytes(self, key: str) -> bytes:
+        """Return the content of ``key``; ``FileNotFoundError`` if it does not exist."""
+
+    @abstractmethod
+    def write_if_absent(self, key: str, data: bytes) -> bool:
+        """Create ``key`` with ``data`` unless it exists; return whether this call created it.
+
+        Never overwrites: of several concurrent writers exactly one gets ``True``.
+        """
+
+    @abstractmethod
+    def exists(self, key: str) -> bool:
+        """Whether an object is stored under ``key``."""
+
+    @abstractmethod
+    def list(self, prefix: str = "") -> list[str]:
+        """Sorted keys that start with ``prefix`` (a plain string prefix, as on GCS)."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Delete ``key``; ``FileNotFoundError`` if it does not exist."""
+
+    @abstractmethod
+    def upload_file(self, key: str, local_path: str | os.PathLike[str]) -> None:
+        """Store the local file ``local_path`` under ``key``."""
+
+    @abstractmethod
+    def download_file(self, key: str, local_path: str | os.PathLike[str]) -> None:
+        """Copy ``key`` to ``local_path`` (atomically; parent directories are created)."""
+
+    def write_text(self, key: str, text: str) -> None:
+        """Write ``text`` as UTF-8."""
+        self.write_bytes(key, text.encode("utf-8"))
+
+    def read_text(self, key: str) -> str:
+        """Read ``key`` as UTF-8."""
+        return self.read_bytes(key).decode("utf-8")
+
+    # ``builtins.list`` below: in this class body, ``list`` is the method above.
+    def upload_dir(self, prefix: str, local_dir: str | os.PathLike[str]) -> builtins.list[str]:
+        """Upload every file under ``local_dir`` to ``prefix/<relative path>``; return the keys."""
+        root = Path(local_dir)
+        if not root.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "Not a directory", str(root))
+        base = _dir_prefix(prefix)
+        files = {
+            base + path.relative_to(root).as_posix(): path
+            for path in (Path(dirpath, name) for dirpath, _, names in os.walk(root) for name in names)
+        }
+        for key in sorted(files):
+            self.upload_file(key, files[key])
+        return sorted(files)
+
+    def download_dir(self, prefix: str, local_dir: str | os.PathLike[str]) -> builtins.list[str]:
+        """Download every object under ``prefix/`` into ``local_dir``; return the keys.
+
+        Raises ``FileNotFoundError`` if there is no object under the prefix.
+        """
+        base = _dir_prefix(prefix)
+        keys = self.list(base)
+        if not keys:
+            raise _not_found(f"{self.root_uri}/{base}")
+        for key in keys:
+            # Re-check: a bucket may hold names (e.g. 'a/../b') that would escape local_dir.
+            self.download_file(key, Path(local_dir, _check_key(key[len(base) :])))
+        return keys
+
+
+class LocalStore(Store):
+    """A store in a local directory (created on first write)."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(os.path.abspath(root))
+
+    @property
+    def root_uri(self) -> str:
+        return self.root.as_uri()
+
+    def _path(self, key: str) -> Path:
+        return self.root / _check_key(key)
+
+    def uri(self, key: str) -> str:
+        return self._path(key).as_uri()
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        _atomic_write(self._path(key), lambda f: f.write(data))
+
+    def read_bytes(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except _LOCAL_MISSING as exc:
+            raise _not_found(self.uri(key)) from exc
+
+    def write_if_absent(self, key: str, data: bytes) -> bool:
+        created = True
+
+        def link(tmp: str, dest: Path) -> None:
+            nonlocal created
+            try:
+                os.link(tmp, dest)  # atomic, and fails if dest exists
+            except FileExistsError:
+                created = False
+
+        _atomic_write(self._path(key), lambda f: f.write(data), publish=link)
+        return created
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def list(self, prefix: str = "") -> list[str]:
+        _check_prefix(prefix)
+        keys = []
+        for dirpath, _, files in os.walk(self.root / prefix.rpartition("/")[0]):
+            for name in files:
+                key = Path(dirpath, name).relative_to(self.root).as_posix()
+                if not name.startswith(_TMP_PREFIX) and key.startswith(prefix):
+                    keys.append(key)
+        return sorted(keys)
+
+    def delete(self, key: str) -> None:
+        try:
+            self._path(key).unlink()
+        except _LOCAL_MISSING as exc:
+            raise _not_found(self.uri(key)) from exc
+
+    def upload_file(self, key: str, local_path: str | os.PathLike[str]) -> None:
+        dest = self._path(key)
+        with open(local_path, "rb") as src:
+            _atomic_write(dest, lambda f: shutil.copyfileobj(src, f))
+
+    def download_file(self, key: str, local_path: str | os.PathLike[str]) -> None:
+        try:
+            src = open(self._path(key), "rb")
+        except _LOCAL_MISSING as exc:
+            raise _not_found(self.uri(key)) from exc
+        with src:
+            _atomic_write(Path(local_path), lambda f: shutil.copyfileobj(src, f))
+
+
+class GenerationMismatchError(OSError):
+    """A GCS write with ``if_generation_match=N`` (N > 0) found another generation."""
+
+
+class GCSStore(Store):
+    """A store under ``gs://bucket/prefix``.
+
+    ``client`` is a ``google.cloud.storage.Client``; without one, a client is built from the
+    environment (credentials, project, and ``STORAGE_EMULATOR_HOST`` for an emulator).
+    """
+
+    def __init__(self, uri: str, *, client: Client | None = None, retry: RetryPolicy | None = None) -> None:
+        try:
+            import google.api_core.exceptions as gexc
+            import google.cloud.storage as gcs
+            import requests
+        except ImportError as exc:
+            raise ImportError(f"opening {uri!r} needs google-cloud-storage: pip install 'ptdistill[gcs]'") from exc
+        if not uri.startswith("gs://"):
+            raise ValueError(f"expected a gs://bucket[/prefix] URI, got {uri!r}")
+        bucket, _, prefix = uri[len("gs://") :].partition("/")
+        prefix = prefix.strip("/")
+        if not bucket:
+            raise ValueError(f"no bucket in {uri!r}; expected gs://bucket[/prefix]")
+        if prefix:
+            _check_key(prefix)
+        self.bucket_name = bucket
+        self.prefix = prefix
+        self.retry = retry or RetryPolicy()
+        self._client = client if client is not None else gcs.Client()
+        self._bucket = self._client.bucket(bucket)
+        self._gexc = gexc
+        self._transient: tuple[type[BaseException], ...] = (
+            gexc.TooManyRequests,
+            gexc.InternalServerError,
+            gexc.BadGateway,
+            gexc.ServiceUnavailable,
+            gexc.GatewayTimeout,
+            ConnectionError,
+            requests.ConnectionError,
+            requests.Timeout,
+            requests.exceptions.ChunkedEncodingError,
+        )
+
+    @property
+    def root_uri(self) -> str:
+        return f"gs://{self.bucket_name}/{self.prefix}" if self.prefix else f"gs://{self.bucket_name}"
+
+    def _name(self, key: str) -> str:
+        """Object name of ``key`` (or of a list prefix) inside the bucket."""
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def uri(self, key: str) -> str:
+        return f"gs://{self.bucket_name}/{self._name(_check_key(key))}"
+
+    def _call(self, uri: str, fn: Callable[[], T], if_generation_match: int | None = None) -> T:
+        """Run ``fn`` with retries; map GCS errors to built-in exceptions naming ``uri``."""
+        try:
+            return self.retry.run(fn, self._transient, what=f"GCS request for {uri}")
+        except self._gexc.NotFound as exc:
+            raise _not_found(uri) from exc
+        except self._gexc.Forbidden as exc:
+            raise PermissionError(errno.EACCES, f"Permission denied ({exc.message})", uri) from exc
+        except self._gexc.PreconditionFailed as exc:
+            if if_generation_match == 0:
+                raise FileExistsError(errno.EEXIST, "Object already exists", uri) from exc
+            raise GenerationMismatchError(
+                errno.EAGAIN, f"Object changed: generation is not {if_generation_match}", uri
+            ) from exc
+
+    def write_bytes(self, key: str, data: bytes, *, if_generation_match: int | None = None) -> None:
+        """Upload ``data`` to ``key`` (atomic on GCS).
+
+        With ``if_generation_match`` the write only happens if the object's current generation
+        is that number (0: the object must not exist; see :meth:`generation`); otherwise it
+        raises ``FileExistsError`` (for 0) or :class:`GenerationMismatchError`.
+        """
+        blob = self._bucket.blob(self._name(_check_key(key)))
+        self._call(
+            self.uri(key),
+            lambda: blob.upload_from_string(data, if_generation_match=if_generation_match, retry=None),
+            if_generation_match=if_generation_match,
+        )
+
+    def write_if_absent(self, key: str, data: bytes) -> bool:
+        """See :meth:`Store.write_if_absent`.
+
+        If an attempt is retried after a transient error, its first try may already have
+        created the object, and the call then returns ``False``: harmless for
+        content-addressed keys, whose content is the same whoever wrote it.
+        """
+        try:
+            self.write_bytes(key, data, if_generation_match=0)
+        except FileExistsError:
+            return False
+        return True
+
+    def read_bytes(self, key: str) -> bytes:
+        blob = self._bucket.blob(self._name(_check_key(key)))
+        return self._call(self.uri(key), lambda: blob.download_as_bytes(retry=None))
+
+    def generation(self, key: str) -> int:
+        """Current generation of ``key``, for ``write_bytes(..., if_generation_match=...)``."""
+        name = self._name(_check_key(key))
+        blob = self._call(self.uri(key), lambda: self._bucket.get_blob(name, retry=None))
+        if blob is None:
+            raise _not_found(self.uri(key))
+        return blob.generation
+
+    def exists(self, key: str) -> bool:
+        blob = self._bucket.blob(self._name(_check_key(key)))
+        return self._call(self.uri(key), lambda: blob.exists(retry=None))
+
+    def list(self, prefix: str = "") -> list[str]:
+        full = self._name(_check_prefix(prefix))
+        strip = len(self.prefix) + 1 if self.prefix else 0
+
+        def names() -> list[str]:
+            return [b.name for b in self._client.list_blobs(self._bucket, prefix=full, retry=None)]
+
+        found = self._call(f"gs://{self.bucket_name}/{full}", names)
+        # Names ending in '/' are console "folder" placeholders, not objects.
+        return sorted(name[strip:] for name in found if not name.endswith("/"))
+
+    def delete(self, key: str) -> None:
+        blob = self._bucket.blob(self._name(_check_key(key)))
+        self._call(self.uri(key), lambda: blob.delete(retry=None))
+
+    def upload_file(self, key: str, local_path: str | os.PathLike[str]) -> None:
+        blob = self._bucket.blob(self._name(_check_key(key)))
+        self._call(self.uri(key), lambda: blob.upload_from_filename(os.fspath(local_path), retry=None))
+
+    def download_file(self, key: str, local_path: str | os.PathLike[str]) -> None:
+        blob = self._bucket.blob(self._name(_check_key(key)))
+        self._call(
+            self.uri(key), lambda: _atomic_write(Path(local_path), lambda f: blob.download_to_file(f, retry=None))
+        )
+
+
+def open_store(uri: str, *, client: Client | None = None, retry: RetryPolicy | None = None) -> Store:
+    """Open the store rooted at ``uri``: a local path, ``file:///abs/path`` or ``gs://bucket/prefix``.
+
+    ``client`` and ``retry`` configure a :class:`GCSStore` and are not used for local stores
+    (local filesystem calls are not retried).
+    """
+    if not isinstance(uri, str) or not uri:
+        raise ValueError(f"expected a storage URI or path, got {uri!r}")
+    scheme, sep, rest = uri.partition("://")
+    if not sep:
+        return LocalStore(uri)
+    if scheme == "gs":
+        return GCSStore(uri, client=client, retry=retry)
+    if scheme == "file":
+        host, _, path = rest.partition("/")
+        if host not in ("", "localhost") or not path:
+            raise ValueError(f"file URI {uri!r} must be absolute, like file:///abs/path")
+        return LocalStore(urllib.request.url2pathname("/" + path))
+    raise ValueError(f"unsupported storage URI {uri!r}: scheme {scheme!r}; supported: {', '.join(SUPPORTED_SCHEMES)}")

@@ -1,0 +1,586 @@
+"""Behaviour of ptdistill.storage, run against a local directory and a real GCS emulator.
+
+The GCS half talks over HTTP to gcp-storage-emulator, served in-process on 127.0.0.1 (a free
+port) by a session fixture. The client and GCSStore are the real ones; the fixture only adds
+to the *server*:
+
+* a fault injector (answer the next object requests with a given HTTP status, or drop the
+  connection) and a counter of object requests, to test retries end to end. Bucket requests
+  are left alone: google-cloud-storage 3.x sends a background ``GET /b/{bucket}`` (bucket
+  metadata for tracing) on a client's first use of a bucket, which would otherwise take an
+  injected fault or skew the count at random;
+* ``ifGenerationMatch`` on uploads. Found by testing (gcp-storage-emulator 2026.7.19): the
+  emulator ignores this precondition, so a create-only upload silently overwrites. The fixture
+  wraps the emulator's upload handler to answer 412 as GCS does when the object's generation
+  (0 = absent) differs. This emulates GCS; it is not atomic across concurrent requests, so the
+  concurrent-writers test runs on the local store only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import uuid
+from dataclasses import dataclass, field
+from functools import partial
+from http import HTTPStatus
+from http.server import ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from ptdistill import storage as storage_mod
+from ptdistill.storage import (
+    GCSStore,
+    GenerationMismatchError,
+    LocalStore,
+    RetryPolicy,
+    content_key,
+    open_store,
+)
+
+BUCKET = "ptdistill-test"
+FAST_RETRY = RetryPolicy(max_attempts=3, initial_delay=0.001, max_delay=0.005)
+DROP = 0  # fault code: close the connection without answering
+# Requests on objects (not buckets): the only ones counted and failed on purpose, because the
+# client also sends bucket requests of its own in the background (see the module docstring).
+OBJECT_REQUEST = re.compile(r"/b/[^/?]+/o(/|\?|$)")
+
+
+# --------------------------------------------------------------------------- emulator
+
+
+@dataclass
+class Emulator:
+    port: int
+    client: object  # google.cloud.storage.Client
+    faults: list[int] = field(default_factory=list)  # statuses for the next requests; DROP drops
+    requests: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def reset(self) -> None:
+        with self.lock:
+            self.faults.clear()
+            self.requests = 0
+
+
+def _honour_if_generation_match(insert):
+    """Wrap the emulator's upload handler so that ``ifGenerationMatch`` is checked as on GCS."""
+    from gcp_storage_emulator.exceptions import NotFound
+
+    def handler(request, response, storage, *args, **kwargs):
+        wanted = request.query.get("ifGenerationMatch")
+        if wanted and "upload_id" not in request.query:
+            data = request.data if isinstance(request.data, dict) else {}
+            if "name" in request.query:
+                name = request.query["name"][0]
+            else:
+                name = data["meta"]["name"] if "meta" in data else data["name"]
+            try:
+                current = storage.get_file_obj(request.params["bucket_name"], name)["generation"]
+            except NotFound:
+                current = "0"
+            if str(current) != wanted[0]:
+                response.status = HTTPStatus.PRECONDITION_FAILED
+                response.json(
+                    {
+                        "error": {
+                            "code": 412,
+                            "message": "At least one of the pre-conditions you specified did not hold.",
+                        }
+                    }
+                )
+                return None
+        return insert(request, response, storage, *args, **kwargs)
+
+    return handler
+
+
+@pytest.fixture(scope="session")
+def emulator():
+    emu_server = pytest.importorskip("gcp_storage_emulator.server")
+    gcs = pytest.importorskip("google.cloud.storage")
+    from gcp_storage_emulator.handlers import buckets, objects
+    from gcp_storage_emulator.storage import Storage
+    from google.auth.credentials import AnonymousCredentials
+
+    class Handler(emu_server.RequestHandler):
+        def _serve(self, method: str) -> None:
+            fault = None
+            if OBJECT_REQUEST.search(self.path):
+                with emu.lock:
+                    emu.requests += 1
+                    fault = emu.faults.pop(0) if emu.faults else None
+            if fault is None:
+                emu_server.Router(self).handle(method)
+                return
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            if fault == DROP:
+                self.close_connection = True
+                return
+            body = json.dumps({"error": {"code": fault, "message": "injected fault"}}).encode()
+            self.send_response(fault)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self):
+            self._serve("GET")
+
+        def do_POST(self):
+            self._serve("POST")
+
+        def do_PUT(self):
+            self._serve("PUT")
+
+        def do_DELETE(self):
+            self._serve("DELETE")
+
+        def do_PATCH(self):
+            self._serve("PATCH")
+
+    handlers = tuple(
+        (regex, {m: _honour_if_generation_match(h) if h is objects.insert else h for m, h in by_method.items()})
+        for regex, by_method in emu_server.HANDLERS
+    )
+    backing = Storage(use_memory_fs=True)
+    buckets.create_bucket(BUCKET, backing)
+    buckets.create_bucket(BUCKET + "-root", backing)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(emu_server, "HANDLERS", handlers)
+        httpd = ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, backing))
+        port = httpd.server_address[1]
+        client = gcs.Client(
+            project="test",
+            credentials=AnonymousCredentials(),
+            client_options={"api_endpoint": f"http://127.0.0.1:{port}"},
+        )
+        emu = Emulator(port=port, client=client)
+        thread = threading.Thread(target=httpd.serve_forever, name="gcs-emulator", daemon=True)
+        thread.start()
+        try:
+            yield emu
+        finally:
+            httpd.shutdown()
+            httpd.server_close()
+            thread.join(timeout=5)
+
+
+@pytest.fixture
+def gcs_store(emulator) -> GCSStore:
+    emulator.reset()
+    return GCSStore(f"gs://{BUCKET}/{uuid.uuid4().hex}/run", client=emulator.client, retry=FAST_RETRY)
+
+
+@pytest.fixture(params=["local", "gcs"])
+def store(request, tmp_path):
+    if request.param == "local":
+        return LocalStore(tmp_path / "store")
+    return request.getfixturevalue("gcs_store")
+
+
+def missing(uri: str):
+    return pytest.raises(FileNotFoundError, match=re.escape(uri))
+
+
+# --------------------------------------------------------------------------- shared behaviour
+
+
+def test_bytes_round_trip_and_overwrite(store):
+    payload = bytes(range(256)) * 3
+    store.write_bytes("teacher/logits.bin", payload)
+    assert store.read_bytes("teacher/logits.bin") == payload
+    store.write_bytes("teacher/logits.bin", b"")
+    assert store.read_bytes("teacher/logits.bin") == b""
+
+
+def test_text_round_trip(store):
+    store.write_text("reports/summary.md", "αβγ — ok\n")
+    assert store.read_text("reports/summary.md") == "αβγ — ok\n"
+    assert store.read_bytes("reports/summary.md") == "αβγ — ok\n".encode()
+
+
+def test_file_round_trip(store, tmp_path):
+    src = tmp_path / "src.bin"
+    src.write_bytes(os.urandom(10_000))
+    store.upload_file("search/result.bin", src)
+    dest = tmp_path / "deep" / "er" / "out.bin"
+    store.download_file("search/result.bin", dest)
+    assert dest.read_bytes() == src.read_bytes()
+    assert not [p for p in dest.parent.iterdir() if p != dest], "download left temp files"
+
+
+def test_dir_round_trip(store, tmp_path):
+    model = tmp_path / "model"
+    (model / "tokenizer").mkdir(parents=True)
+    (model / "config.json").write_text('{"layers": 2}')
+    (model / "weights.bin").write_bytes(b"\x00\x01" * 500)
+    (model / "tokenizer" / "vocab.txt").write_text("a\nb\n")
+    (model / "tokenizer.json").write_text("{}")  # sorts before "tokenizer/" as a key
+    store.write_bytes("students/s1-other/keep.txt", b"not part of s1")
+
+    keys = store.upload_dir("students/s1", model)
+    assert keys == [
+        "students/s1/config.json",
+        "students/s1/tokenizer.json",
+        "students/s1/tokenizer/vocab.txt",
+        "students/s1/weights.bin",
+    ]
+
+    out = tmp_path / "out"
+    assert store.download_dir("students/s1/", out) == keys
+    got = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert got == ["config.json", "tokenizer.json", "tokenizer/vocab.txt", "weights.bin"]
+    assert (out / "weights.bin").read_bytes() == (model / "weights.bin").read_bytes()
+
+
+def test_dir_errors(store, tmp_path):
+    with missing(store.root_uri + "/students/none/"):
+        store.download_dir("students/none", tmp_path / "out")
+    with pytest.raises(NotADirectoryError):
+        store.upload_dir("students/x", tmp_path / "nope")
+
+
+def test_list_with_prefix(store):
+    for key in ["runs/b/2.json", "runs/a/1.json", "runs/a2.json", "other/x", "runs/a/sub/3.json"]:
+        store.write_bytes(key, b"{}")
+    assert store.list() == ["other/x", "runs/a/1.json", "runs/a/sub/3.json", "runs/a2.json", "runs/b/2.json"]
+    assert store.list("runs/a/") == ["runs/a/1.json", "runs/a/sub/3.json"]
+    assert store.list("runs/a") == ["runs/a/1.json", "runs/a/sub/3.json", "runs/a2.json"]
+    assert store.list("nothing/") == []
+
+
+def test_exists_and_delete(store):
+    assert not store.exists("a/b.txt")
+    store.write_text("a/b.txt", "x")
+    assert store.exists("a/b.txt")
+    assert not store.exists("a")  # a "directory" is not an object
+    store.delete("a/b.txt")
+    assert not store.exists("a/b.txt")
+    assert store.list() == []
+
+
+def test_missing_key_raises_file_not_found_with_uri(store, tmp_path):
+    uri = store.uri("no/such.bin")
+    with missing(uri):
+        store.read_bytes("no/such.bin")
+    with missing(uri):
+        store.read_text("no/such.bin")
+    with missing(uri):
+        store.delete("no/such.bin")
+    with missing(uri):
+        store.download_file("no/such.bin", tmp_path / "dl" / "x.bin")
+    assert not (tmp_path / "dl" / "x.bin").exists()
+
+
+@pytest.mark.parametrize("bad", ["", "/abs/key", "../up", "a/../b", "a//b", "a/", "./a", "a/./b", ".."])
+def test_bad_keys_are_rejected(store, bad, tmp_path):
+    for call in (
+        lambda: store.write_bytes(bad, b"x"),
+        lambda: store.read_bytes(bad),
+        lambda: store.write_if_absent(bad, b"x"),
+        lambda: store.exists(bad),
+        lambda: store.delete(bad),
+        lambda: store.uri(bad),
+        lambda: store.download_file(bad, tmp_path / "x"),
+    ):
+        with pytest.raises(ValueError):
+            call()
+    if bad not in ("", "a/"):  # valid list prefixes: the root and a "directory"
+        with pytest.raises(ValueError):
+            store.list(bad)
+
+
+def test_write_if_absent_never_overwrites(store):
+    assert store.write_if_absent("cache/abc.bin", b"first") is True
+    assert store.write_if_absent("cache/abc.bin", b"second") is False
+    assert store.read_bytes("cache/abc.bin") == b"first"
+    assert store.list("cache/") == ["cache/abc.bin"]
+
+
+def test_uri_and_repr(store):
+    uri = store.uri("x/y.bin")
+    assert uri == store.root_uri + "/x/y.bin"
+    assert repr(store) == f"{type(store).__name__}({store.root_uri!r})"
+
+
+# --------------------------------------------------------------------------- local specifics
+
+
+def test_local_uri_round_trips_through_open_store(tmp_path):
+    store = LocalStore(tmp_path / "with space")
+    store.write_text("k.txt", "v")
+    assert store.uri("k.txt").startswith("file:///")
+    reopened = open_store(store.root_uri)
+    assert isinstance(reopened, LocalStore) and reopened.read_text("k.txt") == "v"
+
+
+def test_local_failed_overwrite_keeps_old_content_and_no_temp(tmp_path, monkeypatch):
+    store = LocalStore(tmp_path)
+    store.write_bytes("out.bin", b"old")
+
+    def failing_fsync(fd):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(storage_mod.os, "fsync", failing_fsync)
+    with pytest.raises(OSError, match="disk full"):
+        store.write_bytes("out.bin", b"new")
+    assert sorted(os.listdir(tmp_path)) == ["out.bin"]
+    assert store.read_bytes("out.bin") == b"old"
+
+
+def test_local_writer_failing_midway_leaves_nothing(tmp_path, monkeypatch):
+    store = LocalStore(tmp_path / "store")
+    src = tmp_path / "big.bin"
+    src.write_bytes(b"x" * 100_000)
+    seen_during_write = {}
+
+    def half_copy_then_fail(fsrc, fdst):
+        fdst.write(fsrc.read(50_000))
+        fdst.flush()
+        seen_during_write["on_disk"] = os.listdir(tmp_path / "store" / "models")
+        seen_during_write["listed"] = store.list()
+        raise OSError("source went away")
+
+    monkeypatch.setattr(storage_mod.shutil, "copyfileobj", half_copy_then_fail)
+    with pytest.raises(OSError, match="source went away"):
+        store.upload_file("models/student.bin", src)
+    assert len(seen_during_write["on_disk"]) == 1  # the temp file existed ...
+    assert seen_during_write["listed"] == []  # ... but was never visible as a key
+    assert os.listdir(tmp_path / "store" / "models") == []
+    assert not store.exists("models/student.bin")
+
+
+def test_local_write_if_absent_concurrent_writers(tmp_path):
+    store = LocalStore(tmp_path)
+    barrier = threading.Barrier(8)
+    results: dict[int, bool] = {}
+
+    def writer(i: int) -> None:
+        barrier.wait()
+        results[i] = store.write_if_absent("cache/key.bin", f"writer-{i}".encode() * 1000)
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    winners = [i for i, created in results.items() if created]
+    assert len(winners) == 1
+    assert store.read_bytes("cache/key.bin") == f"writer-{winners[0]}".encode() * 1000
+    assert os.listdir(tmp_path / "cache") == ["key.bin"]
+
+
+def test_local_missing_when_parent_is_a_file(tmp_path):
+    store = LocalStore(tmp_path)
+    store.write_text("a", "file")
+    with missing(store.uri("a/b")):
+        store.read_bytes("a/b")
+
+
+def test_local_written_files_get_umask_permissions(tmp_path):
+    store = LocalStore(tmp_path)
+    store.write_bytes("f.bin", b"x")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "f.bin").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+# --------------------------------------------------------------------------- GCS specifics
+
+
+def test_gcs_uri_layout(emulator):
+    store = GCSStore(f"gs://{BUCKET}-root", client=emulator.client)
+    store.write_text("top.txt", "t")
+    assert store.uri("top.txt") == f"gs://{BUCKET}-root/top.txt"
+    assert store.list() == ["top.txt"]
+    prefixed = open_store(f"gs://{BUCKET}/p/q/", client=emulator.client)
+    assert prefixed.uri("k") == f"gs://{BUCKET}/p/q/k"
+
+
+def test_gcs_client_from_environment(emulator, monkeypatch):
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", emulator.endpoint)
+    store = open_store(f"gs://{BUCKET}/{uuid.uuid4().hex}")
+    store.write_text("env.txt", "from env")
+    assert store.read_text("env.txt") == "from env"
+
+
+def test_gcs_generation_preconditions(gcs_store):
+    gcs_store.write_bytes("state.json", b"v1")
+    gen = gcs_store.generation("state.json")
+    gcs_store.write_bytes("state.json", b"v2", if_generation_match=gen)
+    assert gcs_store.read_bytes("state.json") == b"v2"
+    with pytest.raises(GenerationMismatchError, match=re.escape(gcs_store.uri("state.json"))):
+        gcs_store.write_bytes("state.json", b"v3", if_generation_match=gen)
+    with pytest.raises(FileExistsError, match=re.escape(gcs_store.uri("state.json"))):
+        gcs_store.write_bytes("state.json", b"v3", if_generation_match=0)
+    assert gcs_store.read_bytes("state.json") == b"v2"
+    with missing(gcs_store.uri("nope")):
+        gcs_store.generation("nope")
+
+
+def test_gcs_large_objects_go_through_resumable_uploads(gcs_store, emulator, tmp_path):
+    data = os.urandom(9 * 1024 * 1024)  # over the client's 8 MiB single-request limit
+    assert gcs_store.write_if_absent("big.bin", data) is True
+    assert emulator.requests >= 2  # a resumable session, not one multipart request
+    assert gcs_store.write_if_absent("big.bin", b"other") is False
+    src = tmp_path / "big.bin"
+    src.write_bytes(data)
+    emulator.faults[:] = [503]  # fails the start of the resumable session once
+    gcs_store.upload_file("big2.bin", src)
+    gcs_store.download_file("big2.bin", tmp_path / "back.bin")
+    assert (tmp_path / "back.bin").read_bytes() == data == gcs_store.read_bytes("big.bin")
+
+
+@pytest.mark.parametrize("fault", [503, 429, 500, DROP])
+def test_gcs_transient_errors_are_retried(gcs_store, emulator, fault):
+    emulator.faults[:] = [fault, fault]
+    gcs_store.write_bytes("r.bin", b"payload")
+    assert emulator.requests == 3  # two failures, then success; no hidden library retries
+
+    emulator.reset()
+    emulator.faults[:] = [fault, fault]
+    assert gcs_store.read_bytes("r.bin") == b"payload"
+    assert emulator.requests == 3
+
+
+def test_gcs_retries_are_bounded(gcs_store, emulator):
+    from google.api_core.exceptions import ServiceUnavailable
+
+    emulator.faults[:] = [503] * 5
+    with pytest.raises(ServiceUnavailable):
+        gcs_store.list()
+    assert emulator.requests == FAST_RETRY.max_attempts
+
+
+def test_gcs_not_found_and_precondition_failures_are_not_retried(gcs_store, emulator):
+    with missing(gcs_store.uri("absent")):
+        gcs_store.read_bytes("absent")
+    assert emulator.requests == 1
+
+    gcs_store.write_bytes("present", b"1")
+    emulator.reset()
+    assert gcs_store.write_if_absent("present", b"2") is False
+    assert emulator.requests == 1
+
+
+def test_gcs_forbidden_is_permission_error_not_retried(gcs_store, emulator):
+    emulator.faults[:] = [403]
+    with pytest.raises(PermissionError, match=re.escape(gcs_store.uri("k"))):
+        gcs_store.read_bytes("k")
+    assert emulator.requests == 1
+
+
+def test_gcs_missing_bucket_and_forbidden_listing(emulator):
+    store = GCSStore("gs://no-such-bucket/runs", client=emulator.client, retry=FAST_RETRY)
+    with missing("gs://no-such-bucket/runs/"):
+        store.list()
+    emulator.reset()
+    emulator.faults[:] = [403]
+    with pytest.raises(PermissionError, match=re.escape(f"gs://{BUCKET}/")):
+        GCSStore(f"gs://{BUCKET}", client=emulator.client, retry=FAST_RETRY).list()
+    assert emulator.requests == 1
+
+
+def test_gcs_missing_dependency_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "google.cloud.storage", None)
+    with pytest.raises(ImportError, match=re.escape("ptdistill[gcs]")):
+        open_store("gs://bucket/x")
+
+
+@pytest.mark.parametrize("uri", ["gs://", "gs:///prefix", "gs://b/a/../c"])
+def test_gcs_bad_uris(uri):
+    pytest.importorskip("google.cloud.storage")
+    with pytest.raises(ValueError):
+        GCSStore(uri, client=object())
+
+
+# --------------------------------------------------------------------------- open_store, retry, keys
+
+
+def test_open_store_chooses_by_scheme(tmp_path):
+    assert isinstance(open_store(str(tmp_path)), LocalStore)
+    assert open_store(tmp_path.as_uri()).root == tmp_path
+    assert open_store(f"file://localhost{tmp_path}").root == tmp_path
+
+
+@pytest.mark.parametrize("uri", ["s3://bucket/x", "hdfs://nn/x"])
+def test_open_store_unknown_scheme(uri):
+    with pytest.raises(ValueError, match=re.escape(uri)) as info:
+        open_store(uri)
+    assert "gs://" in str(info.value) and "file://" in str(info.value)
+
+
+@pytest.mark.parametrize("uri", ["", "file://relative/path", "file://"])
+def test_open_store_malformed(uri):
+    with pytest.raises(ValueError):
+        open_store(uri)
+
+
+def test_retry_policy_retries_listed_errors_only():
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise ConnectionError("reset")
+        return "ok"
+
+    assert FAST_RETRY.run(flaky, (ConnectionError,)) == "ok"
+    assert len(calls) == 3
+
+    calls.clear()
+
+    def broken():
+        calls.append(1)
+        raise ValueError("bad request")
+
+    with pytest.raises(ValueError):
+        FAST_RETRY.run(broken, (ConnectionError,))
+    assert len(calls) == 1
+
+
+def test_retry_policy_backoff_grows_and_is_capped():
+    policy = RetryPolicy(initial_delay=1.0, multiplier=2.0, max_delay=5.0, jitter=0.25)
+    for n, base in [(1, 1.0), (2, 2.0), (3, 4.0), (4, 5.0), (10, 5.0)]:
+        for _ in range(20):
+            assert base * 0.75 <= policy.delay(n) <= base * 1.25
+    assert RetryPolicy(initial_delay=1.0, jitter=0.0).delay(3) == 4.0
+
+
+@pytest.mark.parametrize("kwargs", [{"max_attempts": 0}, {"initial_delay": -1}, {"multiplier": 0.5}, {"jitter": 1.5}])
+def test_retry_policy_validates(kwargs):
+    with pytest.raises(ValueError):
+        RetryPolicy(**kwargs)
+
+
+def test_content_key_is_stable_and_dict_order_insensitive():
+    settings_a = {"temperature": 2.0, "batch_size": 64, "dtype": "float16"}
+    settings_b = {"dtype": "float16", "batch_size": 64, "temperature": 2.0}
+    key = content_key("bert-base", "sha256:abc", "data-fp", "train", settings_a)
+    assert key == content_key("bert-base", "sha256:abc", "data-fp", "train", settings_b)
+    assert re.fullmatch(r"[0-9a-f]{64}", key)
+    canonical = '["bert-base","sha256:abc","data-fp","train",{"batch_size":64,"dtype":"float16","temperature":2.0}]'
+    assert key == hashlib.sha256(canonical.encode()).hexdigest()  # pinned: cache keys must not drift
+    assert key != content_key("bert-base", "sha256:abc", "data-fp", "validation", settings_a)
+    assert content_key("a", "b") != content_key("b", "a")
+    assert content_key("ab") != content_key("a", "b")
+    with pytest.raises(TypeError):
+        content_key(Path("x"))
+    with pytest.raises(ValueError):
+        content_key(float("nan"))
+
+
+def test_library_imports_without_google_cloud_storage():
+    code = "import sys, ptdistill.storage; sys.exit('google.cloud.storage' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], check=False, timeout=60).returncode == 0
