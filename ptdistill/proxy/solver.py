@@ -52,52 +52,42 @@ class ProxySolution:
 
 @dataclass
 class _State:
-    """Loss, gradient and curvature of the PTLoss objective at logits z (rows broadcast)."""
+    """Loss, gradient and curvature of the PTLoss objective at logits z.
 
-    loss: torch.Tensor  # (..., N)
-    grad: torch.Tensor  # (..., N, C)
-    q: torch.Tensor  # (..., N, C)
-    kappa: torch.Tensor  # (..., N, C); Hessian = P^T diag(q * kappa) P
-    gmax: torch.Tensor  # (..., N)
+    The solver stores rows class-major, (C, R): for small C the per-row reductions over
+    classes are then adds of C contiguous slices instead of short strided reductions.
+    """
+
+    loss: torch.Tensor  # (R,)
+    grad: torch.Tensor  # (C, R)
+    q: torch.Tensor  # (C, R)
+    kappa: torch.Tensor  # (C, R); Hessian = P^T diag(q * kappa) P
+    gmax: torch.Tensor  # (R,)
 
 
-def _polynomial(u: torch.Tensor, coef: list[torch.Tensor], derivatives: int):
-    """P(u) = sum_m coef[m-1] u^m and its first ``derivatives`` u-derivatives (Horner)."""
-    p = coef[-1].expand_as(u)
-    dp = torch.zeros_like(u) if derivatives >= 1 else None
-    ddp = torch.zeros_like(u) if derivatives >= 2 else None
-    for c in reversed(coef[:-1]):
-        if ddp is not None:
-            ddp = ddp * u + 2 * dp
+def _polynomial(u: torch.Tensor, coef: list[torch.Tensor]):
+    """P(u) = sum_m coef[m-1] u^m with its first and second u-derivatives (Horner)."""
+    p, dp, ddp = coef[-1], None, None
+    for c in [*reversed(coef[:-1]), None]:  # None: the zero constant term
         if dp is not None:
-            dp = dp * u + p
-        p = p * u + c
-    # The constant term is zero: one more Horner step with c_0 = 0.
-    if ddp is not None:
-        ddp = ddp * u + 2 * dp
-    if dp is not None:
-        dp = dp * u + p
-    p = p * u
-    return p, dp, ddp
+            ddp = 2 * dp if ddp is None else torch.addcmul(2 * dp, ddp, u)
+        dp = p if dp is None else torch.addcmul(p, dp, u)
+        p = p * u if c is None else torch.addcmul(c, p, u)
+    return p, dp, torch.zeros_like(u) if ddp is None else ddp
 
 
-def _evaluate(z: torch.Tensor, p: torch.Tensor, coef: list[torch.Tensor]) -> _State:
-    """PTLoss (without the constant teacher entropy), its z-gradient and curvature."""
-    logq = torch.log_softmax(z, dim=-1)
+def _evaluate(z: torch.Tensor, p: torch.Tensor, coef: list[torch.Tensor], dim: int) -> _State:
+    """PTLoss (without the constant teacher entropy), its z-gradient and curvature; classes on ``dim``."""
+    logq = torch.log_softmax(z, dim=dim)
     q = logq.exp()
     u = -torch.expm1(logq)  # 1 - q, accurate near q = 1
-    poly, phi, dphi_du = _polynomial(u, coef, derivatives=2)
-    loss = (p * (poly - logq)).sum(-1)
+    poly, phi, dphi_du = _polynomial(u, coef)
+    loss = (p * (poly - logq)).sum(dim)
     h = p * q * phi
-    s = h.sum(-1, keepdim=True)
-    grad = q * (1 + s) - p - h
-    d = p * (phi - q * dphi_du)
-    return _State(loss=loss, grad=grad, q=q, kappa=1 + s - d, gmax=grad.abs().amax(-1))
-
-
-def _coefficients(eps: torch.Tensor) -> list[torch.Tensor]:
-    """Split per-row coefficients (R, C, M) into M tensors (R, C), one per order."""
-    return [eps[..., m] for m in range(eps.shape[-1])]
+    s1 = 1 + h.sum(dim, keepdim=True)
+    grad = q * s1 - p - h
+    kappa = s1 - p * (phi - q * dphi_du)
+    return _State(loss=loss, grad=grad, q=q, kappa=kappa, gmax=grad.abs().amax(dim))
 
 
 def _newton_step(st: _State, mu: torch.Tensor):
@@ -107,18 +97,17 @@ def _newton_step(st: _State, mu: torch.Tensor):
     hyperplane is positive definite when every kappa + mu > 0, or when exactly one is
     negative and ``sum_c q_c / (kappa_c + mu) < 0`` (the bordered-Hessian test).
     """
-    k = st.kappa + mu.unsqueeze(-1)
-    nonpos = (k <= 0).sum(-1)
-    r = 1.0 / torch.where(k == 0, torch.full_like(k, 1e-300), k)
-    qr = (st.q * r).sum(-1, keepdim=True)
-    convex = (nonpos == 0) | ((nonpos == 1) & (qr.squeeze(-1) < 0))
+    k = st.kappa + mu
+    nonpos = (k <= 0).sum(0)
+    r = 1.0 / torch.where(k == 0, 1e-300, k)
+    qr = (st.q * r).sum(0)
+    convex = (nonpos == 0) | ((nonpos == 1) & (qr < 0))
     g_over_q = st.grad / st.q.clamp_min(1e-300)
-    tau = (g_over_q * st.q * r).sum(-1, keepdim=True) / qr
+    tau = (st.grad * r).sum(0) / qr
     w = (tau - g_over_q) * r
-    scale = (_MAX_STEP / w.abs().amax(-1, keepdim=True).clamp_min(1e-300)).clamp(max=1.0)
-    w = w * scale
-    # Predicted decrease of the undamped quadratic model: -(g.w + w^T H w / 2), H w.w = sum q kappa w^2.
-    predicted = -((st.grad * w).sum(-1) + 0.5 * (st.q * st.kappa * w * w).sum(-1))
+    w = w * (_MAX_STEP / w.abs().amax(0).clamp_min(1e-300)).clamp(max=1.0)
+    # Predicted decrease of the undamped quadratic model: -(g.w + w^T H w / 2), w^T H w = sum q kappa w^2.
+    predicted = -(st.grad * w + 0.5 * st.q * st.kappa * w * w).sum(0)
     return w, convex, predicted
 
 
@@ -127,29 +116,23 @@ _CHUNK_ENTRIES = 1 << 17
 
 
 def _select(st: _State, keep: torch.Tensor) -> _State:
-    return _State(st.loss[keep], st.grad[keep], st.q[keep], st.kappa[keep], st.gmax[keep])
+    return _State(st.loss[keep], st.grad[:, keep], st.q[:, keep], st.kappa[:, keep], st.gmax[keep])
 
 
 def _merge(accept: torch.Tensor, new: _State, old: _State) -> _State:
-    a = accept.unsqueeze(-1)
-    return _State(
-        loss=torch.where(accept, new.loss, old.loss),
-        grad=torch.where(a, new.grad, old.grad),
-        q=torch.where(a, new.q, old.q),
-        kappa=torch.where(a, new.kappa, old.kappa),
-        gmax=torch.where(accept, new.gmax, old.gmax),
-    )
+    return _State(*(torch.where(accept, a, b) for a, b in zip(
+        (new.loss, new.grad, new.q, new.kappa, new.gmax), (old.loss, old.grad, old.q, old.kappa, old.gmax))))
 
 
 def _solve_rows(z, p, coef, tol: float, max_iter: int):
-    """Levenberg-Marquardt on rows z (R, C); rows leave the working set once converged.
+    """Levenberg-Marquardt on class-major rows z (C, R); rows leave the working set once converged.
 
-    Returns the final logits, probabilities, max |g| per row and the iterations used.
+    Returns the final logits, probabilities (C, R), max |g| per row and the iterations used.
     """
     out_z, out_q = z.clone(), torch.empty_like(z)
-    out_g = torch.empty(z.shape[0], dtype=z.dtype, device=z.device)
-    idx = torch.arange(z.shape[0], device=z.device)
-    st = _evaluate(z, p, coef)
+    out_g = torch.empty(z.shape[1], dtype=z.dtype, device=z.device)
+    idx = torch.arange(z.shape[1], device=z.device)
+    st = _evaluate(z, p, coef, 0)
     mu = torch.zeros_like(st.loss)
     it = 0
     while True:
@@ -157,28 +140,28 @@ def _solve_rows(z, p, coef, tol: float, max_iter: int):
         if it == max_iter or bool(done.all()):
             done = torch.ones_like(done)
         if bool(done.any()):
-            out_z[idx[done]], out_q[idx[done]], out_g[idx[done]] = z[done], st.q[done], st.gmax[done]
+            out_z[:, idx[done]], out_q[:, idx[done]], out_g[idx[done]] = z[:, done], st.q[:, done], st.gmax[done]
             keep = ~done
             if not bool(keep.any()):
                 return out_z, out_q, out_g, it
-            idx, z, p, mu, st = idx[keep], z[keep], p[keep], mu[keep], _select(st, keep)
-            coef = [c[keep] for c in coef]
+            idx, z, p, mu, st = idx[keep], z[:, keep], p[:, keep], mu[keep], _select(st, keep)
+            coef = [c[:, keep] for c in coef]
         it += 1
         w, convex, predicted = _newton_step(st, mu)
-        trial = _evaluate(z + w, p, coef)
+        trial = _evaluate(z + w, p, coef, 0)
         actual = st.loss - trial.loss
         rho = actual / predicted.clamp_min(1e-300)
         # Near the optimum the decrease drowns in rounding: then a smaller gradient decides.
         noise = 1e-13 * (1 + st.loss.abs())
         accept = convex & ((rho > 1e-4) | ((actual.abs() <= noise) & (trial.gmax < st.gmax)))
-        z = torch.where(accept.unsqueeze(-1), z + w, z)
+        z = torch.where(accept, z + w, z)
         st = _merge(accept, trial, st)
         # Trust the model more when it predicted well, less when it did not.
         good = mu * torch.where(rho > 0.75, 0.1, torch.where(rho > 0.25, 1.0, 2.0))
-        good = torch.where(good < 1e-6, torch.zeros_like(good), good)
-        bad = torch.maximum(mu * 4, torch.full_like(mu, 1e-2))
+        good = torch.where(good < 1e-6, 0.0, good)
+        bad = torch.clamp(mu * 4, min=1e-2)
         # Where the damped model is not convex, raise mu until every kappa + mu > 0.
-        needed = (1e-3 - st.kappa.amin(-1)).clamp_min(0.0) + 1e-2
+        needed = (1e-3 - st.kappa.amin(0)).clamp_min(0.0) + 1e-2
         mu = torch.where(accept, good, torch.where(convex, bad, torch.maximum(mu * 4, needed)))
 
 
@@ -215,12 +198,11 @@ def solve_proxy(
     with torch.no_grad():
         for lo in range(0, k * n, rows):
             r = torch.arange(lo, min(lo + rows, k * n), device=device)
-            coef = _coefficients(e[r // n])
-            zr, qr, gr, it = _solve_rows(z[r], p[r % n], coef, tol, max_iter)
-            zs.append(zr), qs.append(qr), gs.append(gr)
+            coef = list(e[r // n].permute(2, 1, 0).contiguous())  # M tensors (C, R)
+            zr, qr, gr, it = _solve_rows(z[r].T.contiguous(), p[r % n].T.contiguous(), coef, tol, max_iter)
+            zs.append(zr.T), qs.append(qr.T), gs.append(gr)
             iters = max(iters, it)
-    z, q, g = (torch.cat(x).reshape(k, n, -1) for x in (zs, qs, gs))
-    g = g.squeeze(-1)
+    z, q, g = torch.cat(zs).reshape(k, n, c), torch.cat(qs).reshape(k, n, c), torch.cat(gs).reshape(k, n)
     z = z - z.amax(-1, keepdim=True)
     if single:
         z, q, g = z[0], q[0], g[0]
@@ -255,7 +237,7 @@ class _ProxyTeacherFunction(torch.autograd.Function):
         if not batched:
             e, z, grad_q = e.unsqueeze(0), z.unsqueeze(0), grad_q.unsqueeze(0)
         coef = [e[:, None, :, m] for m in range(e.shape[-1])]  # (K, 1, C) broadcast over N
-        st = _evaluate(z, p.unsqueeze(0), coef)
+        st = _evaluate(z, p.unsqueeze(0), coef, -1)
         q, gq = st.q, grad_q.to(torch.float64)
         b = q * (gq - (q * gq).sum(-1, keepdim=True))  # dL/dz, orthogonal to 1
         r = 1.0 / st.kappa
