@@ -15,6 +15,8 @@ import pandas as pd
 import torch
 
 SUFFIXES = (".npy", ".csv", ".parquet", ".pq")
+#: Columns never taken as probabilities when --prob-columns is not given.
+NON_PROB_COLUMNS = ("id", "label", "labels")
 
 
 def _read(path: str | Path) -> np.ndarray | pd.DataFrame:
@@ -78,7 +80,7 @@ def load_teacher_probs(
 
     A .npy file holds the (N, C) array.  In a table the probabilities are ``prob_columns``,
     else a list-valued ``probs`` column (as ptdistill writes teacher outputs), else every
-    numeric column other than the labels column.
+    numeric column other than the labels column and ``id``/``label``/``labels``.
     """
     path = Path(path)
     data = _read(path)
@@ -107,7 +109,7 @@ def load_teacher_probs(
             raise ValueError(f"{path}: column 'probs' must hold equal-length lists of numbers ({err})") from None
         return torch.from_numpy(probs), labels
     else:
-        columns = [c for c in data.columns if c != labels_column]
+        columns = [c for c in data.columns if c != labels_column and str(c).lower() not in NON_PROB_COLUMNS]
     for column in columns:
         _numeric(data, column, path)
     if len(columns) < 2:

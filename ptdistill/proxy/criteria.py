@@ -17,7 +17,7 @@ from ptdistill.checks import check_labels, check_probs
 
 
 def _onehot(labels: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
-    return torch.nn.functional.one_hot(labels.to(probs.device), probs.shape[-1]).to(probs.dtype)
+    return torch.nn.functional.one_hot(labels.to(probs.device, torch.int64), probs.shape[-1]).to(probs.dtype)
 
 
 def q_score(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -34,7 +34,7 @@ def brier(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 def nll(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Negative log-likelihood of the labels: -mean_n log q_n[y_n] (probabilities floored at 1e-300)."""
-    picked = probs.gather(-1, labels.to(probs.device).expand(*probs.shape[:-1]).unsqueeze(-1)).squeeze(-1)
+    picked = probs.gather(-1, labels.to(probs.device, torch.int64).expand(*probs.shape[:-1]).unsqueeze(-1)).squeeze(-1)
     return -torch.log(picked.clamp_min(1e-300)).mean(-1)
 
 

@@ -59,7 +59,7 @@ class SearchResult:
             "strategy": self.strategy,
             "seconds": self.seconds,
             "settings": self.settings,
-            "candidates": json.loads(self.table.to_json(orient="records")),
+            "candidates": self.table.to_dict(orient="records"),
         }
 
 
@@ -204,7 +204,7 @@ def search(
             raise ValueError(f"{name}: expected an integer >= {least}, got {value!r}")
     if not low < high:
         raise ValueError(f"low/high: expected low < high, got low={low}, high={high}")
-    if starts > trials:
+    if strategy == "implicit" and starts > trials:
         raise ValueError(f"starts: expected at most trials={trials}, got {starts}")
     settings = dict(max_order=max_order, trials=trials, low=low, high=high, seed=seed, strategy=strategy,
                     criterion=criterion)

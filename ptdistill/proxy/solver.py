@@ -14,7 +14,10 @@ scalar ``tau``, for every example at once: no C x C matrix is ever built.  The l
 convex in z for every eps, so the step is a Levenberg-Marquardt step damped in the Fisher
 metric of the softmax (``mu * P^T diag(q) P``, which only shifts kappa by mu), accepted only
 when the loss goes down, with mu raised until the damped model is positive definite.  Every
-example reports its final max |g|.
+example reports its final max |g|.  Convergence is quadratic except at degenerate minima
+(some kappa -> 0, e.g. every eps near -1 on a peaked teacher), where it is linear and can take
+a few thousand iterations: hence the large ``max_iter``; converged rows leave the working set,
+so stragglers cost little.
 
 Implicit differentiation uses the same structure: ``dq*/deps`` needs one more O(C) solve
 with H, which lets the coefficient search follow the gradient of its criterion.
@@ -165,12 +168,22 @@ def _solve_rows(z, p, coef, tol: float, max_iter: int):
         mu = torch.where(accept, good, torch.where(convex, bad, torch.maximum(mu * 4, needed)))
 
 
+def _renormalised(teacher_probs: torch.Tensor) -> torch.Tensor:
+    """float64 rows rescaled to sum to 1 exactly.
+
+    Inputs may be off by up to the checks' tolerance (float32 teachers, rounded CSVs); the
+    gradient's entries sum to 1 - sum(p), so without this no row could reach the tolerance.
+    """
+    p = teacher_probs.detach().to(torch.float64)
+    return p / p.sum(-1, keepdim=True)
+
+
 def solve_proxy(
     teacher_probs: torch.Tensor,
     eps: torch.Tensor,
     *,
     tol: float = 1e-8,
-    max_iter: int = 200,
+    max_iter: int = 5000,
     init: torch.Tensor | None = None,
 ) -> ProxySolution:
     """Solve the proxy teacher of every row for one coefficient set or a batch of them.
@@ -184,7 +197,7 @@ def solve_proxy(
     check_eps("eps", eps, c, allow_batch=True)
     single = eps.ndim == 2
     device = teacher_probs.device
-    p = teacher_probs.detach().to(torch.float64)
+    p = _renormalised(teacher_probs)
     e = eps.detach().to(device=device, dtype=torch.float64)
     if single:
         e = e.unsqueeze(0)
@@ -232,7 +245,7 @@ class _ProxyTeacherFunction(torch.autograd.Function):
     def backward(ctx, grad_q):  # noqa: D102
         teacher_probs, eps, z = ctx.saved_tensors
         e = eps.detach().to(torch.float64)
-        p = teacher_probs.detach().to(torch.float64)
+        p = _renormalised(teacher_probs)
         batched = e.ndim == 3
         if not batched:
             e, z, grad_q = e.unsqueeze(0), z.unsqueeze(0), grad_q.unsqueeze(0)

@@ -1,0 +1,331 @@
+"""Selection criteria, the coefficient search (Algorithm 1 and the implicit refinement), plots."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ptdistill.proxy import brier, get_criterion, nll, proxy_teacher, q_score, quality, search
+from ptdistill.proxy.plot import plot_proxy
+from ptdistill.synthetic import noisy_teacher
+
+REFERENCE = Path(__file__).parents[2] / "shared/reference/proxy_fsolve.py"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Solve on one thread: the 2-core CI box is shared, and oversubscribed OpenMP threads spin."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def hand_q(q: np.ndarray, labels: np.ndarray) -> float:
+    """SPEC: Q = (mean_n ||q_n - y_n||_2)^2 + (mean_n sum_c q_nc log q_nc)^2, with 0 log 0 = 0."""
+    y = np.eye(q.shape[-1])[labels]
+    dist = np.sqrt(((q - y) ** 2).sum(-1)).mean()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        neg_entropy = np.where(q > 0, q * np.log(np.where(q > 0, q, 1.0)), 0.0).sum(-1).mean()
+    return float(dist**2 + neg_entropy**2)
+
+
+def hand_brier(q: np.ndarray, labels: np.ndarray) -> float:
+    y = np.eye(q.shape[-1])[labels]
+    return float(((q - y) ** 2).sum(-1).mean())
+
+
+def hand_nll(q: np.ndarray, labels: np.ndarray) -> float:
+    return float(-np.log(q[np.arange(len(labels)), labels]).mean())
+
+
+def random_probs(rng: np.random.Generator, shape) -> np.ndarray:
+    p = rng.dirichlet(np.ones(shape[-1]), size=shape[:-1])
+    return p
+
+
+# ---------------------------------------------------------------- criteria
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 40), st.integers(2, 12), st.integers(0, 2**32 - 1))
+def test_criteria_equal_hand_computations(n, c, seed):
+    rng = np.random.default_rng(seed)
+    q = random_probs(rng, (n, c))
+    q[0, 0] = 0.0  # a zero probability (0 log 0 = 0) ...
+    q[0] /= q[0].sum()
+    labels = rng.integers(0, c, n)
+    labels[0] = 1  # ... not on the label, so NLL stays finite
+    qt, lt = torch.from_numpy(q), torch.from_numpy(labels)
+    np.testing.assert_allclose(float(quality(qt, lt)), hand_q(q, labels), rtol=1e-12)
+    np.testing.assert_allclose(float(q_score(qt, lt)), hand_q(q, labels), rtol=1e-12)
+    np.testing.assert_allclose(float(brier(qt, lt)), hand_brier(q, labels), rtol=1e-12)
+    np.testing.assert_allclose(float(nll(qt, lt)), hand_nll(q, labels), rtol=1e-12)
+    assert get_criterion("q") is q_score and get_criterion("brier") is brier and get_criterion("nll") is nll
+
+
+def test_criteria_reduce_last_two_dims():
+    rng = np.random.default_rng(1)
+    k, n, c = 4, 17, 5
+    q = random_probs(rng, (k, n, c))
+    labels = rng.integers(0, c, n)
+    qt, lt = torch.from_numpy(q), torch.from_numpy(labels)
+    for fn, hand in ((quality, hand_q), (q_score, hand_q), (brier, hand_brier), (nll, hand_nll)):
+        out = fn(qt, lt)
+        assert out.shape == (k,)
+        np.testing.assert_allclose(out.numpy(), [hand(q[i], labels) for i in range(k)], rtol=1e-12)
+
+
+def test_quality_rejects_bad_input():
+    q = torch.full((4, 3), 1 / 3, dtype=torch.float64)
+    with pytest.raises(ValueError, match="labels"):
+        quality(q, torch.tensor([0, 1, 2, 3]))
+    with pytest.raises(ValueError, match="labels"):
+        quality(q, torch.tensor([0, 1, 2]))
+    with pytest.raises(ValueError, match="proxy_probs"):
+        quality(torch.full((3,), 1 / 3), torch.tensor([0]))
+    with pytest.raises(ValueError, match=r"proxy_probs.*logits"):
+        quality(torch.log(q), torch.tensor([0, 1, 2, 0]))
+    with pytest.raises(ValueError, match="criterion"):
+        get_criterion("accuracy")
+
+
+# ---------------------------------------------------------------- Algorithm 1
+
+
+def _load_reference():
+    if not REFERENCE.exists():
+        return None
+    spec = importlib.util.spec_from_file_location("proxy_fsolve_reference", REFERENCE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_random_strategy_is_algorithm_1():
+    n, c, max_order, trials, seed, low, high = 30, 3, 3, 5, 7, -1.0, 10.0
+    teacher, labels = noisy_teacher(n, c, seed=3)
+    result = search(teacher, labels, max_order=max_order, trials=trials, low=low, high=high, seed=seed)
+
+    # Hand-rolled Algorithm 1: one generator, one (C, M) draw per trial, strict < global argmin.
+    rng = np.random.default_rng(seed)
+    y = labels.numpy()
+    drawn, scores = [], []
+    best_score, best_eps, best_order = np.inf, None, None
+    for m in range(1, max_order + 1):
+        for _ in range(trials):
+            eps = rng.uniform(low, high, size=(c, m))
+            q = proxy_teacher(teacher, torch.from_numpy(eps)).numpy()
+            score = hand_q(q, y)
+            drawn.append(eps)
+            scores.append(score)
+            if score < best_score:
+                best_score, best_eps, best_order = score, eps, m
+    np.testing.assert_array_equal(result.eps, best_eps)
+    assert result.order == best_order == result.eps.shape[1]
+    np.testing.assert_allclose(result.score, best_score, rtol=1e-10)
+    assert result.strategy == "random" and result.criterion == "q"
+
+    table = result.table
+    assert len(table) == max_order * trials
+    assert list(table["candidate"]) == list(range(max_order * trials))
+    assert list(table["order"]) == [m for m in range(1, max_order + 1) for _ in range(trials)]
+    assert set(table["source"]) == {"random"}
+    for row, eps, score in zip(table.itertuples(), drawn, scores):
+        np.testing.assert_array_equal(np.asarray(row.eps), eps)
+        np.testing.assert_allclose(row.q, score, rtol=1e-10)
+    assert (table["converged"] == 1.0).all() and (table["max_grad"] <= 1e-8).all()
+
+    # The paper-style reference solver picks the same coefficients with the same score.
+    ref = _load_reference()
+    if ref is not None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ref_score, ref_eps = ref.search(teacher.numpy(), y, max_order, trials, low, high, seed)
+        np.testing.assert_array_equal(ref_eps, result.eps)
+        np.testing.assert_allclose(ref_score, result.score, rtol=1e-6)
+
+
+def test_random_search_is_deterministic_per_seed():
+    teacher, labels = noisy_teacher(20, 3, seed=0)
+    a = search(teacher, labels, max_order=2, trials=4, seed=5)
+    b = search(teacher, labels, max_order=2, trials=4, seed=5)
+    c = search(teacher, labels, max_order=2, trials=4, seed=6)
+    np.testing.assert_array_equal(a.eps, b.eps)
+    assert a.table.drop(columns="eps").equals(b.table.drop(columns="eps"))
+    assert not np.array_equal(np.asarray(a.table["eps"][0]), np.asarray(c.table["eps"][0]))
+
+
+@pytest.mark.parametrize("criterion", ["brier", "nll", "q"])
+def test_criterion_selects_by_its_column(criterion):
+    teacher, labels = noisy_teacher(60, 4, seed=2)
+    result = search(teacher, labels, max_order=2, trials=6, seed=1, criterion=criterion)
+    table = result.table
+    best = int(np.argmin(table[criterion].to_numpy()))
+    assert result.criterion == criterion
+    assert result.score == table[criterion].min()
+    np.testing.assert_array_equal(result.eps, np.asarray(table["eps"][best]))
+    assert result.order == table["order"][best]
+    # The columns are the criteria of each candidate's proxy teacher.
+    q = proxy_teacher(teacher, torch.tensor(table["eps"][3], dtype=torch.float64)).numpy()
+    y = labels.numpy()
+    np.testing.assert_allclose(
+        [table["q"][3], table["brier"][3], table["nll"][3]],
+        [hand_q(q, y), hand_brier(q, y), hand_nll(q, y)],
+        rtol=1e-10,
+    )
+
+
+def test_criteria_can_disagree():
+    # Not an assertion of the library's choice, a sanity check that the columns are distinct.
+    teacher, labels = noisy_teacher(60, 4, seed=2)
+    table = search(teacher, labels, max_order=1, trials=8, seed=1).table
+    assert not np.allclose(table["q"], table["brier"])
+
+
+@pytest.mark.parametrize("trials", [1, 3])
+def test_random_search_accepts_few_trials(trials):
+    teacher, labels = noisy_teacher(20, 3, seed=0)
+    result = search(teacher, labels, max_order=2, trials=trials, seed=0)
+    assert len(result.table) == 2 * trials
+
+
+@pytest.mark.parametrize(
+    "kwargs,name",
+    [
+        (dict(strategy="grid"), "strategy"),
+        (dict(criterion="accuracy"), "criterion"),
+        (dict(max_order=0), "max_order"),
+        (dict(max_order=2.0), "max_order"),
+        (dict(trials=0), "trials"),
+        (dict(low=1.0, high=1.0), "low"),
+        (dict(low=2.0, high=1.0), "low"),
+        (dict(strategy="implicit", starts=0), "starts"),
+        (dict(strategy="implicit", steps=0), "steps"),
+        (dict(strategy="implicit", trials=2, starts=3), "starts"),
+    ],
+)
+def test_bad_settings_rejected(kwargs, name):
+    teacher, labels = noisy_teacher(10, 3, seed=0)
+    base = dict(max_order=1, trials=2)
+    with pytest.raises(ValueError, match=name):
+        search(teacher, labels, **{**base, **kwargs})
+
+
+@pytest.mark.parametrize(
+    "labels,name",
+    [
+        (torch.tensor([0, 1, 2, 3, 0, 1, 2, 0, 1, 2]), "labels"),  # 3 is out of range
+        (torch.tensor([0, 1, 2, -1, 0, 1, 2, 0, 1, 2]), "labels"),
+        (torch.tensor([0, 1, 2]), "labels"),  # shape mismatch
+        (torch.zeros(10), "labels"),  # floats
+    ],
+)
+def test_bad_labels_rejected(labels, name):
+    teacher, _ = noisy_teacher(10, 3, seed=0)
+    with pytest.raises(ValueError, match=name):
+        search(teacher, labels, max_order=1, trials=2)
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.uint8])
+def test_non_int64_labels_accepted(dtype):
+    teacher, labels = noisy_teacher(20, 3, seed=0)
+    expect = search(teacher, labels, max_order=1, trials=4)
+    got = search(teacher, labels.to(dtype), max_order=1, trials=4)
+    assert got.score == expect.score
+    np.testing.assert_allclose(float(quality(teacher, labels.to(dtype))), float(quality(teacher, labels)))
+
+
+def test_bad_teacher_rejected():
+    teacher, labels = noisy_teacher(10, 3, seed=0)
+    with pytest.raises(ValueError, match=r"teacher_probs.*logits"):
+        search(torch.log(teacher), labels, max_order=1, trials=2)
+    with pytest.raises(ValueError, match="teacher_probs"):
+        search(teacher[0], labels[:1], max_order=1, trials=2)
+
+
+# ---------------------------------------------------------------- implicit strategy
+
+
+@pytest.mark.parametrize("n,c,criterion", [(80, 3, "q"), (100, 10, "brier")])
+def test_implicit_never_worse_than_random(n, c, criterion):
+    teacher, labels = noisy_teacher(n, c, seed=12)
+    kw = dict(max_order=2, trials=6, seed=3, criterion=criterion)
+    rnd = search(teacher, labels, strategy="random", **kw)
+    imp = search(teacher, labels, strategy="implicit", starts=2, steps=8, **kw)
+    assert imp.score <= rnd.score
+    # It contains the random candidates, in the same order, first.
+    head = imp.table.iloc[: len(rnd.table)]
+    assert (head["source"] == "random").all()
+    np.testing.assert_array_equal(head[criterion].to_numpy(), rnd.table[criterion].to_numpy())
+    for a, b in zip(head["eps"], rnd.table["eps"]):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    tail = imp.table.iloc[len(rnd.table) :]
+    assert len(tail) == 2 * 2 and (tail["source"] == "implicit").all()
+    assert set(imp.table["source"]) == {"random", "implicit"}
+    assert imp.settings["starts"] == 2 and imp.settings["steps"] == 8
+
+
+def test_implicit_strictly_improves_on_ten_classes():
+    teacher, labels = noisy_teacher(200, 10, seed=0)
+    kw = dict(max_order=2, trials=8, seed=0)
+    rnd = search(teacher, labels, strategy="random", **kw)
+    imp = search(teacher, labels, strategy="implicit", starts=2, steps=20, **kw)
+    assert imp.score < rnd.score - 1e-6
+    assert imp.table.loc[imp.table["q"].idxmin(), "source"] == "implicit"
+    # The reported score is the criterion of the chosen coefficients' (re-solved) proxy teacher.
+    q = proxy_teacher(teacher, torch.from_numpy(imp.eps)).numpy()
+    np.testing.assert_allclose(imp.score, hand_q(q, labels.numpy()), rtol=1e-9)
+    # Refined coefficients stay in [low, high].
+    assert imp.eps.min() >= -1.0 and imp.eps.max() <= 10.0
+
+
+# ---------------------------------------------------------------- SearchResult
+
+
+def test_to_dict_is_json_and_round_trips_eps():
+    teacher, labels = noisy_teacher(30, 3, seed=1)
+    result = search(teacher, labels, max_order=3, trials=4, seed=7)
+    d = json.loads(json.dumps(result.to_dict()))
+    got = np.asarray(d["eps"], dtype=np.float64)
+    assert got.shape == result.eps.shape == (3, result.order)
+    np.testing.assert_array_equal(got, result.eps)
+    assert d["order"] == result.order and d["score"] == result.score
+    assert d["criterion"] == "q" and d["strategy"] == "random"
+    assert d["settings"]["trials"] == 4 and d["settings"]["seed"] == 7
+    assert len(d["candidates"]) == 12
+    assert {"candidate", "order", "source", "q", "brier", "nll", "converged", "max_grad", "eps"} <= set(
+        d["candidates"][0]
+    )
+
+
+def test_to_dict_candidates_keep_full_precision():
+    teacher, labels = noisy_teacher(30, 3, seed=1)
+    result = search(teacher, labels, max_order=3, trials=4, seed=7)
+    d = json.loads(json.dumps(result.to_dict()))
+    best = int(np.argmin([row["q"] for row in d["candidates"]]))
+    np.testing.assert_array_equal(np.asarray(d["candidates"][best]["eps"]), result.eps)
+    assert d["candidates"][best]["q"] == result.score
+
+
+# ---------------------------------------------------------------- plot
+
+
+@pytest.mark.parametrize("c", [3, 30])
+def test_plot_proxy_writes_png(tmp_path, c):
+    teacher, labels = noisy_teacher(60, c, seed=c)
+    eps = torch.from_numpy(np.random.default_rng(0).uniform(-1, 10, (c, 2)))
+    proxy = proxy_teacher(teacher, eps)
+    out = plot_proxy(teacher, proxy, labels, tmp_path / "sub" / "plot.png", title=f"C={c}")
+    assert out == tmp_path / "sub" / "plot.png"
+    data = out.read_bytes()
+    assert data.startswith(PNG_SIGNATURE) and len(data) > 1000
