@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from ptdistill.checks import check_labels, check_probs
+from ptdistill.cli_pipelines import add_pipeline_commands
 from ptdistill.io import load_labels, load_teacher_probs, write_json_atomic
 from ptdistill.proxy import CRITERIA, STRATEGIES, proxy_teacher, search
 from ptdistill.proxy.plot import plot_proxy
@@ -86,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ptdistill", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_search(sub)
+    add_pipeline_commands(sub)
     return parser
 
 
@@ -94,6 +96,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except ValueError as err:
+    except (ValueError, FileNotFoundError) as err:
         print(f"ptdistill {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -1,0 +1,76 @@
+"""The DAG: prepare_data -> train_teacher -> teacher_inference -> proxy_search ->
+ParallelFor(method x seed){distill_student -> evaluate} -> report (dsl.Collected).
+
+Inside the fan-out only pipeline parameters, the loop item and artifacts are used: kfp.local
+2.17 replaces any upstream *parameter* output passed into a ParallelFor body with the loop
+item, so facts such as the parent run id travel in the ``run_info`` artifact.
+"""
+
+
+import json
+from pathlib import Path
+
+from kfp import compiler, dsl
+
+from components.distill_student import distill_student
+from components.evaluate import evaluate
+from components.prepare_data import prepare_data
+from components.proxy_search import proxy_search
+from components.report import report
+from components.teacher_inference import teacher_inference
+from components.train_teacher import train_teacher
+from ptdistill.config import to_dict
+from ptdistill.experiments import ExperimentConfig
+
+
+def _on_accelerator(task: dsl.PipelineTask, config: ExperimentConfig) -> dsl.PipelineTask:
+    """Request the configured GPUs on a cluster (kfp.local ignores this with a warning)."""
+    if config.accelerator.count > 0:
+        task.set_accelerator_type(config.accelerator.type).set_accelerator_limit(config.accelerator.count)
+    return task
+
+
+def build_pipeline(config: ExperimentConfig):
+    """The pipeline function of ``config.benchmark``, with the config as its default parameters."""
+
+    @dsl.pipeline(
+        name=f"ptdistill-{config.benchmark}",
+        description=f"PTLoss distillation with proxy-teacher search: {config.benchmark} benchmark",
+    )
+    def pipeline(
+        config_json: str = json.dumps(to_dict(config)),
+        runs: list = config.runs(),
+        run_name: str = dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+        tracking_uri: str = "sqlite:///mlflow.db",
+        artifact_store: str = "runs",
+    ):
+        data = prepare_data(config=config_json, run_name=run_name, tracking_uri=tracking_uri,
+                            artifact_store=artifact_store)
+        info = data.outputs["run_info"]
+        teacher = _on_accelerator(train_teacher(config=config_json, run_info=info,
+                                                teacher_train=data.outputs["teacher_train"],
+                                                validation=data.outputs["validation"]), config)
+        inference = _on_accelerator(teacher_inference(
+            config=config_json, run_info=info, teacher=teacher.outputs["teacher"], distill=data.outputs["distill"],
+            validation=data.outputs["validation"], test=data.outputs["test"]), config)
+        searched = proxy_search(config=config_json, run_info=info, validation=data.outputs["validation"],
+                                validation_probs=inference.outputs["validation_probs"])
+        with dsl.ParallelFor(runs) as run:
+            student = _on_accelerator(distill_student(
+                config=config_json, run=run, run_info=info, distill=data.outputs["distill"],
+                distill_probs=inference.outputs["distill_probs"], validation=data.outputs["validation"],
+                search=searched.outputs["search"]), config)
+            scored = evaluate(config=config_json, run_info=info, student=student.outputs["student"],
+                              validation=data.outputs["validation"], test=data.outputs["test"])
+        report(config=config_json, summaries=dsl.Collected(scored.outputs["Output"]), run_info=info,
+               search=searched.outputs["search"], teacher_report=inference.outputs["teacher_report"])
+
+    return pipeline
+
+
+def compile_pipeline(config: ExperimentConfig, path: "str | Path") -> Path:
+    """Compile the benchmark's pipeline to KFP IR YAML (for Kubeflow Pipelines or Vertex AI)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    compiler.Compiler().compile(build_pipeline(config), str(path))
+    return path

@@ -1,0 +1,77 @@
+"""Run a benchmark's pipeline on the embedded default: kfp.local, a local artifact folder, MLflow on SQLite."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from kfp import local
+
+from pipelines.dag import build_pipeline
+from ptdistill.config import to_dict
+from ptdistill.experiments import ExperimentConfig
+from ptdistill.storage import open_store
+from ptdistill.tracking import Tracker
+
+
+@dataclass
+class RunResult:
+    """Where a finished local run left its results."""
+
+    run_name: str
+    seconds: float
+    report: dict
+    students: list[dict]
+    markdown: str
+
+
+def default_tracking_uri() -> str:
+    """``$MLFLOW_TRACKING_URI`` or a SQLite file in the working directory."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('mlflow.db').resolve()}"
+
+
+def run_local(
+    config: ExperimentConfig,
+    pipeline_root: str | Path = "runs",
+    artifact_store: str | None = None,
+    tracking_uri: str | None = None,
+    run_name: str | None = None,
+) -> RunResult:
+    """Run the pipeline through ``kfp.local`` (``SubprocessRunner(use_venv=False)``).
+
+    On failure the MLflow parent run is marked FAILED and the run's objects are removed from
+    the artifact store (the teacher cache keeps only complete entries), then the error is raised.
+    """
+    pipeline_root = Path(pipeline_root).resolve()
+    artifact_store = artifact_store or str(pipeline_root)
+    tracking_uri = tracking_uri or default_tracking_uri()
+    run_name = run_name or f"{config.benchmark}-{time.strftime('%Y%m%d-%H%M%S')}"
+    # Two students train at once locally (kfp.local runs ParallelFor two at a time): one thread each.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root), raise_on_error=True)
+    t0 = time.perf_counter()
+    try:
+        build_pipeline(config)(config_json=json.dumps(to_dict(config)), runs=config.runs(), run_name=run_name,
+                               tracking_uri=tracking_uri, artifact_store=artifact_store)
+    except BaseException as err:
+        _clean_up(config.benchmark, run_name, tracking_uri, artifact_store, repr(err))
+        raise
+    store = open_store(artifact_store)
+    prefix = f"{config.benchmark}/{run_name}/report"
+    return RunResult(
+        run_name=run_name,
+        seconds=time.perf_counter() - t0,
+        report={},
+        students=json.loads(store.read_text(f"{prefix}/students.json")),
+        markdown=store.read_text(f"{prefix}/report.md"),
+    )
+
+
+def _clean_up(benchmark: str, run_name: str, tracking_uri: str, artifact_store: str, reason: str) -> None:
+    Tracker(tracking_uri).fail_runs(benchmark, run_name, reason)
+    store = open_store(artifact_store)
+    for key in store.list(f"{benchmark}/{run_name}/"):
+        store.delete(key)

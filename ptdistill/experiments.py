@@ -1,0 +1,173 @@
+"""What an experiment is: data, teacher, student, coefficient search, methods and seeds.
+
+One config dataclass per benchmark (``SyntheticConfig``, ``TabularConfig``), registered by
+name in :data:`BENCHMARKS`.  The pipeline passes the config to every step as a JSON dict;
+:func:`config_from_dict` rebuilds the right class from its ``benchmark`` field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ptdistill.config import ConfigError, from_dict
+from ptdistill.gaussians import SPEC_SIZES
+from ptdistill.training import TrainConfig
+
+
+@dataclass
+class MethodSpec:
+    """A distillation method: a display name, a registry loss and its hyper-parameters.
+
+    For ``ptloss`` the coefficients ``eps`` come from the proxy search unless given here.
+    """
+
+    name: str
+    loss: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+def default_methods() -> list[MethodSpec]:
+    """SPEC's comparison: PTLoss with searched coefficients against the common baselines."""
+    return [
+        MethodSpec("ptloss", "ptloss"),
+        MethodSpec("kl", "kl"),
+        MethodSpec("temperature", "kl", {"temperature": 2.0}),
+        MethodSpec("label_smoothing", "label_smoothing", {"delta": 0.1}),
+        MethodSpec("focal", "focal", {"gamma": 1.0}),
+    ]
+
+
+@dataclass
+class SearchSpec:
+    """Settings of :func:`ptdistill.proxy.search` (paper's Algorithm 1 by default)."""
+
+    max_order: int = 5
+    trials: int = 100
+    low: float = -1.0
+    high: float = 10.0
+    seed: int = 0
+    strategy: str = "random"
+    criterion: str = "q"
+
+
+@dataclass
+class ModelSpec:
+    """An MLP and how it is trained."""
+
+    hidden: list[int] = field(default_factory=lambda: [128, 128])
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+@dataclass
+class Accelerator:
+    """GPU request of the training and inference steps on a cluster (ignored by kfp.local)."""
+
+    type: str = "nvidia.com/gpu"
+    count: int = 0
+
+
+@dataclass
+class GaussianData:
+    """SPEC's synthetic task and split sizes."""
+
+    num_classes: int = 3
+    dim: int = 30
+    sigma: float = 2.0
+    data_seed: int = 0
+    split_seed: int = 1
+    sizes: dict[str, int] = field(default_factory=lambda: dict(SPEC_SIZES))
+
+
+@dataclass
+class TabularData:
+    """Your own numeric table: feature columns and a label column, split four ways."""
+
+    path: str = ""
+    label_column: str = "label"
+    feature_columns: list[str] | None = None
+    fractions: dict[str, float] = field(
+        default_factory=lambda: {"teacher_train": 0.2, "distill": 0.5, "validation": 0.1, "test": 0.2}
+    )
+    split_seed: int = 0
+
+
+@dataclass
+class ExperimentConfig:
+    """Fields every benchmark shares."""
+
+    benchmark: str = ""
+    teacher: ModelSpec = field(default_factory=ModelSpec)
+    student: ModelSpec = field(default_factory=ModelSpec)
+    search: SearchSpec = field(default_factory=SearchSpec)
+    methods: list[MethodSpec] = field(default_factory=default_methods)
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    task_metric: str = "accuracy"
+    accelerator: Accelerator = field(default_factory=Accelerator)
+
+    def runs(self) -> list[dict[str, Any]]:
+        """The (method, seed) grid the pipeline fans out over."""
+        return [{"method": m.name, "seed": s} for m in self.methods for s in self.seeds]
+
+    def method(self, name: str) -> MethodSpec:
+        for m in self.methods:
+            if m.name == name:
+                return m
+        raise ConfigError(f"methods: no method named {name!r}; have {[m.name for m in self.methods]}")
+
+
+@dataclass
+class SyntheticConfig(ExperimentConfig):
+    """SPEC's synthetic benchmark: Gaussian classes with a known true posterior."""
+
+    benchmark: str = "synthetic"
+    data: GaussianData = field(default_factory=GaussianData)
+
+    @classmethod
+    def quick(cls) -> SyntheticConfig:
+        """Tiny sizes, one seed, ptloss and kl: a smoke run in well under two minutes."""
+        cfg = cls()
+        cfg.data.sizes = {"teacher_train": 600, "distill": 1200, "validation": 300, "test": 3000}
+        cfg.teacher.train.epochs = cfg.student.train.epochs = 8
+        cfg.search.trials = 10
+        cfg.search.max_order = 3
+        cfg.methods = [m for m in default_methods() if m.name in ("ptloss", "kl")]
+        cfg.seeds = [0]
+        return cfg
+
+
+@dataclass
+class TabularConfig(ExperimentConfig):
+    """Bring your own numeric data: an MLP teacher and student on a CSV/parquet table."""
+
+    benchmark: str = "tabular"
+    data: TabularData = field(default_factory=TabularData)
+
+    @classmethod
+    def quick(cls) -> TabularConfig:
+        cfg = cls()
+        cfg.teacher.train.epochs = cfg.student.train.epochs = 8
+        cfg.search.trials = 10
+        cfg.search.max_order = 3
+        cfg.methods = [m for m in default_methods() if m.name in ("ptloss", "kl")]
+        cfg.seeds = [0]
+        return cfg
+
+
+#: Benchmark name -> (config class, one-line description).
+BENCHMARKS: dict[str, tuple[type[ExperimentConfig], str]] = {
+    "synthetic": (SyntheticConfig, "SPEC Sec. 5.1: 3 Gaussian classes in 30 dims, MLP teacher and students, known p*"),
+    "tabular": (TabularConfig, "your own CSV/parquet table (--set data.path=FILE): MLP teacher and students"),
+}
+
+
+def config_class(benchmark: str) -> type[ExperimentConfig]:
+    """The config class of a benchmark name."""
+    if benchmark not in BENCHMARKS:
+        raise ConfigError(f"unknown benchmark {benchmark!r}; available: {', '.join(BENCHMARKS)}")
+    return BENCHMARKS[benchmark][0]
+
+
+def config_from_dict(data: dict[str, Any]) -> ExperimentConfig:
+    """Rebuild a benchmark config from its JSON dict (as passed between pipeline steps)."""
+    return from_dict(config_class(str(data.get("benchmark", ""))), data)

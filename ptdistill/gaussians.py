@@ -1,0 +1,116 @@
+"""SPEC's synthetic task: Gaussian classes in 30 dimensions with a known true posterior p*.
+
+Knowing p* in closed form is what makes this benchmark useful: every model (teacher, proxy
+teacher, students) can be scored by its distance to the truth, and the oracle student trained
+on p* gives the ceiling.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from dataclasses import dataclass
+from numbers import Real
+from types import MappingProxyType
+
+import numpy as np
+
+from ptdistill.datasets import FeatureSplit
+
+__all__ = ["SPEC_SIZES", "SPLITS", "GaussianTask", "make_splits"]
+
+#: Split names, in the order of the protocol; ``distill`` is unlabeled.
+SPLITS = ("teacher_train", "distill", "validation", "test")
+#: SPEC's sizes: 2,000 teacher-train, 7,000 distillation, 1,000 validation, 50,000 test.
+SPEC_SIZES: Mapping[str, int] = MappingProxyType(
+    {"teacher_train": 2_000, "distill": 7_000, "validation": 1_000, "test": 50_000}
+)
+
+
+@dataclass(frozen=True)
+class GaussianTask:
+    """y uniform over ``num_classes``; x | y=k ~ N(mu_k, sigma^2 I) in ``dim`` dimensions.
+
+    The class means have entries in {-1, 0, 1}, drawn once from ``data_seed`` (redrawn until
+    all means differ), so the task is fixed by its four fields.
+    """
+
+    num_classes: int = 3
+    dim: int = 30
+    sigma: float = 2.0
+    data_seed: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 2:
+            raise ValueError(f"num_classes: expected an integer >= 2, got {self.num_classes!r}")
+        if isinstance(self.dim, bool) or not isinstance(self.dim, int) or self.dim < 1:
+            raise ValueError(f"dim: expected an integer >= 1, got {self.dim!r}")
+        if 3**self.dim < self.num_classes:
+            raise ValueError(f"dim: {self.dim} dims allow only {3**self.dim} distinct means in {{-1, 0, 1}}^dim,"
+                             f" fewer than num_classes={self.num_classes}")
+        if isinstance(self.sigma, bool) or not isinstance(self.sigma, Real) or not 0 < self.sigma < np.inf:
+            raise ValueError(f"sigma: expected a finite number > 0, got {self.sigma!r}")
+
+    @functools.cached_property
+    def means(self) -> np.ndarray:
+        """Class means (C, dim) float64, read-only."""
+        rng = np.random.default_rng(self.data_seed)
+        while True:
+            means = rng.integers(-1, 2, size=(self.num_classes, self.dim)).astype(np.float64)
+            if len(np.unique(means, axis=0)) == self.num_classes:
+                means.flags.writeable = False
+                return means
+
+    def sample(self, n: int, seed: int | np.random.SeedSequence) -> tuple[np.ndarray, np.ndarray]:
+        """``n`` examples: features (n, dim) float32 and labels (n,) int64."""
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+            raise ValueError(f"n: expected an integer >= 1, got {n!r}")
+        rng = np.random.default_rng(seed)
+        labels = rng.integers(0, self.num_classes, size=n)
+        noise = rng.standard_normal((n, self.dim))
+        features = self.means[labels] + self.sigma * noise
+        return features.astype(np.float32), labels.astype(np.int64)
+
+    def posterior(self, features: np.ndarray) -> np.ndarray:
+        """True posterior p*(k | x) (n, C) float64 = softmax_k(-||x - mu_k||^2 / (2 sigma^2)).
+
+        ``-||x||^2`` is common to all classes and cancels in the softmax, so the logits are the
+        linear ``(x . mu_k - ||mu_k||^2 / 2) / sigma^2``: no large common term to lose precision to.
+        """
+        x = np.asarray(features, dtype=np.float64)
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"features: expected shape (n, {self.dim}), got {x.shape}")
+        logits = (x @ self.means.T - 0.5 * (self.means**2).sum(1)) / self.sigma**2
+        logits -= logits.max(1, keepdims=True)
+        probs = np.exp(logits)
+        return probs / probs.sum(1, keepdims=True)
+
+
+def make_splits(
+    task: GaussianTask, sizes: Mapping[str, int] = SPEC_SIZES, seed: int = 0
+) -> dict[str, FeatureSplit]:
+    """Draw the splits named in ``sizes`` (names from :data:`SPLITS`), each with ``p_star``.
+
+    Each split has its own seed derived from ``(seed, split name)``, so splits are independent
+    samples, and a split does not change when other splits are added or resized. ``distill``
+    gets ``labels=None``: the distillation set is unlabeled. Ids are ``0..n-1`` within a split.
+    """
+    unknown = sorted(set(sizes) - set(SPLITS))
+    if unknown:
+        raise ValueError(f"sizes: unknown split(s) {unknown}; expected names from {list(SPLITS)}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed: expected an integer >= 0, got {seed!r}")
+    splits = {}
+    for name in (s for s in SPLITS if s in sizes):
+        size = sizes[name]
+        if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+            raise ValueError(f"sizes[{name!r}]: expected an integer >= 1, got {size!r}")
+        # A spawn key keeps these streams apart from each other and from plain integer seeds.
+        split_seed = np.random.SeedSequence(int(seed), spawn_key=(SPLITS.index(name),))
+        features, labels = task.sample(size, split_seed)
+        splits[name] = FeatureSplit(
+            features=features,
+            labels=None if name == "distill" else labels,
+            p_star=task.posterior(features),
+        )
+    return splits

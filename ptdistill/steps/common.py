@@ -1,0 +1,52 @@
+"""What the steps share: the run-info record that travels between them and publishing to the store."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ptdistill.storage import open_store
+
+log = logging.getLogger("ptdistill.steps")
+
+
+@dataclass
+class RunInfo:
+    """Facts about one pipeline run that every later step needs (written by ``prepare_data``)."""
+
+    benchmark: str
+    run_name: str
+    parent_run_id: str
+    tracking_uri: str
+    artifact_store: str
+    fingerprint: str
+    num_classes: int
+    input_dim: int
+    class_names: list[str]
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(asdict(self), indent=1))
+
+    @classmethod
+    def load(cls, path: str | Path) -> RunInfo:
+        return cls(**json.loads(Path(path).read_text()))
+
+    @property
+    def prefix(self) -> str:
+        """Where this run's outputs live in the artifact store."""
+        return f"{self.benchmark}/{self.run_name}"
+
+
+def publish(info: RunInfo, key: str, local: str | Path) -> str:
+    """Copy a local file or directory to ``<store>/<benchmark>/<run>/<key>``; returns its URI."""
+    store = open_store(info.artifact_store)
+    local = Path(local)
+    full = f"{info.prefix}/{key}"
+    if local.is_dir():
+        store.upload_dir(full, local)
+    else:
+        store.upload_file(full, local)
+    log.info("published %s", store.uri(full))
+    return store.uri(full)

@@ -1,0 +1,69 @@
+"""prepare_data: build the four splits of the distillation protocol and open the MLflow parent run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ptdistill.datasets import FeatureSplit
+from ptdistill.experiments import ExperimentConfig, GaussianData, TabularData
+from ptdistill.gaussians import GaussianTask, make_splits
+from ptdistill.steps.common import RunInfo, log
+from ptdistill.storage import content_key
+from ptdistill.tabular import load_tabular, split_tabular
+from ptdistill.tracking import Tracker, git_commit
+
+SPLITS = ("teacher_train", "distill", "validation", "test")
+
+
+def build_splits(config: ExperimentConfig) -> tuple[dict[str, FeatureSplit], list[str]]:
+    """The four splits and the class names; fails on bad data before anything is written."""
+    data = config.data
+    if isinstance(data, GaussianData):
+        task = GaussianTask(num_classes=data.num_classes, dim=data.dim, sigma=data.sigma, data_seed=data.data_seed)
+        missing = sorted(set(SPLITS) - set(data.sizes))
+        if missing:
+            raise ValueError(f"data.sizes: missing {missing}; expected sizes for {list(SPLITS)}")
+        return make_splits(task, data.sizes, seed=data.split_seed), [str(c) for c in range(data.num_classes)]
+    if isinstance(data, TabularData):
+        if not data.path:
+            raise ValueError("data.path: the tabular benchmark needs a CSV or parquet file (--set data.path=FILE)")
+        features, labels, class_names = load_tabular(data.path, data.label_column, data.feature_columns)
+        return split_tabular(features, labels, data.fractions, seed=data.split_seed), class_names
+    raise ValueError(f"data: unsupported data config {type(data).__name__}")
+
+
+def prepare_data(
+    config: ExperimentConfig,
+    run_name: str,
+    tracking_uri: str,
+    artifact_store: str,
+    outputs: dict[str, Path],
+    run_info: Path,
+) -> RunInfo:
+    """Write the splits to ``outputs[split]``, start the parent run, write the run info."""
+    splits, class_names = build_splits(config)
+    for name in SPLITS:
+        splits[name].save(outputs[name])
+        log.info("%s: %d examples", name, len(splits[name]))
+    fingerprint = content_key({name: splits[name].fingerprint() for name in SPLITS})
+    parent = Tracker(tracking_uri).start_parent(
+        config.benchmark,
+        run_name,
+        tags={"kfp.run_name": run_name, "benchmark": config.benchmark, "data_fingerprint": fingerprint,
+              "git_commit": git_commit() or "unknown"},
+        params={"seeds": config.seeds, "methods": [m.name for m in config.methods],
+                **{f"data.{k}": v for k, v in vars(config.data).items()}},
+    )
+    info = RunInfo(
+        benchmark=config.benchmark,
+        run_name=run_name,
+        parent_run_id=parent,
+        tracking_uri=tracking_uri,
+        artifact_store=artifact_store,
+        fingerprint=fingerprint,
+        num_classes=len(class_names),
+        input_dim=splits["teacher_train"].dim,
+        class_names=class_names,
+    )
+    info.save(run_info)
+    return info

@@ -1,0 +1,63 @@
+"""evaluate: score one student on validation and test and record it as a child run in MLflow."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ptdistill.datasets import FeatureSplit
+from ptdistill.evaluation import evaluate
+from ptdistill.experiments import ExperimentConfig
+from ptdistill.models import MLP
+from ptdistill.steps.common import RunInfo, log
+from ptdistill.training import predict_probs
+from ptdistill.tracking import Tracker, confusion_matrix_png
+
+#: Metrics logged per split, besides the task metric.
+LOGGED = ("accuracy", "nll", "ece", "brier", "f1", "matthews", "l2_to_pstar", "tvd_to_pstar")
+
+
+def _flat_params(record: dict) -> dict:
+    params = {"method": record["method"], "loss": record["loss"], "seed": record["seed"]}
+    for key, value in record["params"].items():
+        if key == "eps":
+            eps = np.asarray(value)
+            params["order"] = eps.shape[1]
+            params["eps"] = json.dumps(np.round(eps, 6).tolist())
+        else:
+            params[key] = value
+    return params
+
+
+def evaluate_student(config: ExperimentConfig, info: RunInfo, student_dir: Path, validation: Path, test: Path,
+                     out_dir: Path) -> dict:
+    """Metrics of the student on both labeled splits; logs the child run; returns a summary row."""
+    student_dir, out_dir = Path(student_dir), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    record = json.loads((student_dir / "training.json").read_text())
+    model = MLP.from_pretrained(student_dir)
+    metrics: dict[str, float] = {}
+    matrix = None
+    for name, path in (("val", validation), ("test", test)):
+        split = FeatureSplit.load(path)
+        result = evaluate(predict_probs(model, split.features), split.labels, split.p_star, config.task_metric)
+        metrics |= {f"{name}_{k}": float(result[k]) for k in (*LOGGED, "task") if k in result}
+        matrix = result["confusion_matrix"]
+    png = confusion_matrix_png(matrix, info.class_names, out_dir / "confusion_matrix.png")
+    (out_dir / "confusion_matrix.json").write_text(json.dumps({"labels": info.class_names, "matrix": matrix}))
+    history = record["history"]
+    curves = {"train_loss": [tuple(x) for x in history.get("train_loss", [])],
+              "val_accuracy_by_epoch": list(zip(history.get("val_epoch", []), history.get("val_accuracy", [])))}
+    run_name = f"{record['method']}-seed{record['seed']}"
+    child = Tracker(info.tracking_uri).log_student(
+        info.parent_run_id, run_name, params=_flat_params(record), metrics=metrics, curves=curves,
+        artifacts={"confusion_matrix.png": png, "confusion_matrix.json": out_dir / "confusion_matrix.json",
+                   "training.json": student_dir / "training.json"},
+        model_dir=student_dir,
+    )
+    log.info("%s: test accuracy %.4f, NLL %.4f, ECE %.4f", run_name, metrics["test_accuracy"], metrics["test_nll"],
+             metrics["test_ece"])
+    return {"method": record["method"], "seed": record["seed"], "run_id": child, "confusion_matrix": matrix,
+            "params": _flat_params(record), **metrics}

@@ -1,0 +1,58 @@
+"""proxy_search: choose the PTLoss coefficients on the labeled validation split."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from ptdistill.datasets import FeatureSplit
+from ptdistill.experiments import ExperimentConfig
+from ptdistill.io import write_json_atomic
+from ptdistill.metrics import tvd
+from ptdistill.proxy import proxy_teacher, search
+from ptdistill.proxy.plot import plot_proxy
+from ptdistill.steps.common import RunInfo, log, publish
+from ptdistill.steps.teacher import load_teacher_probs
+from ptdistill.tracking import Tracker
+
+
+def proxy_search(config: ExperimentConfig, info: RunInfo, validation: Path, validation_probs: Path, out_dir: Path) -> dict:
+    """Run the search; write ``result.json``, ``candidates.csv`` and ``proxy.png`` to ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    split = FeatureSplit.load(validation)
+    teacher = torch.from_numpy(load_teacher_probs(validation_probs))
+    labels = torch.from_numpy(split.labels)
+    s = config.search
+    result = search(teacher, labels, max_order=s.max_order, trials=s.trials, low=s.low, high=s.high, seed=s.seed,
+                    strategy=s.strategy, criterion=s.criterion, progress=True)
+    proxy = proxy_teacher(teacher, torch.from_numpy(result.eps))
+    summary = {
+        "eps": result.eps.tolist(), "order": result.order, "score": result.score, "criterion": s.criterion,
+        "strategy": s.strategy, "seconds": result.seconds,
+        "teacher_tvd": tvd(teacher, labels), "proxy_tvd": tvd(proxy, labels),
+    }
+    if split.p_star is not None:
+        p_star = torch.from_numpy(split.p_star)
+        summary["teacher_l2_to_pstar"] = float(torch.linalg.vector_norm(teacher - p_star, dim=-1).mean())
+        summary["proxy_l2_to_pstar"] = float(torch.linalg.vector_norm(proxy - p_star, dim=-1).mean())
+    write_json_atomic(out_dir / "result.json", summary)
+    result.table.assign(eps=result.table["eps"].map(json.dumps)).to_csv(out_dir / "candidates.csv", index=False)
+    plot_proxy(teacher, proxy, labels, out_dir / "proxy.png",
+               title=f"{info.benchmark}: {s.strategy} search, order {result.order}, {s.criterion} {result.score:.4g}")
+    log.info("proxy search: order %d, %s %.5g, teacher TVD %.4f -> proxy TVD %.4f",
+             result.order, s.criterion, result.score, summary["teacher_tvd"], summary["proxy_tvd"])
+    tracker = Tracker(info.tracking_uri)
+    tracker.log_metrics(info.parent_run_id, {f"search_{k}": v for k, v in summary.items()
+                                             if isinstance(v, float)} | {"search_order": result.order})
+    tracker.log_parent_artifacts(info.parent_run_id, [out_dir / "result.json", out_dir / "candidates.csv",
+                                                      out_dir / "proxy.png"])
+    publish(info, "search", out_dir)
+    return summary
+
+
+def searched_eps(search_dir: Path) -> list[list[float]]:
+    """The coefficients chosen by :func:`proxy_search`."""
+    return json.loads((Path(search_dir) / "result.json").read_text())["eps"]

@@ -1,0 +1,71 @@
+"""distill_student: train one student with one method and seed on the teacher's outputs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ptdistill.datasets import FeatureSplit
+from ptdistill.experiments import ExperimentConfig
+from ptdistill.losses import build_loss
+from ptdistill.models import MLP, MLPConfig
+from ptdistill.steps.common import RunInfo, log, publish
+from ptdistill.steps.search import searched_eps
+from ptdistill.steps.teacher import load_teacher_probs
+from ptdistill.training import distill, seed_everything
+
+
+def method_params(config: ExperimentConfig, method: str, search_dir: Path) -> dict:
+    """The loss hyper-parameters of ``method``; PTLoss takes the searched eps unless set in the config."""
+    spec = config.method(method)
+    params = dict(spec.params)
+    if spec.loss == "ptloss" and "eps" not in params:
+        params["eps"] = searched_eps(search_dir)
+    return params
+
+
+def distill_student(
+    config: ExperimentConfig,
+    info: RunInfo,
+    method: str,
+    seed: int,
+    distill_split: Path,
+    distill_probs: Path,
+    validation: Path,
+    search_dir: Path,
+    out_dir: Path,
+) -> dict:
+    """Train the student; save it and ``training.json`` (params, curve, timing) to ``out_dir``."""
+    spec = config.method(method)
+    params = method_params(config, method, search_dir)
+    loss = build_loss(spec.loss, **params)
+    train_cfg = dataclasses.replace(config.student.train, seed=seed)
+    seed_everything(seed)
+    model = MLP(MLPConfig(input_dim=info.input_dim, num_classes=info.num_classes, hidden=tuple(config.student.hidden)))
+    teacher = load_teacher_probs(distill_probs)
+    split = FeatureSplit.load(distill_split)
+    if len(teacher) != len(split):
+        raise ValueError(f"{distill_probs}: {len(teacher)} teacher rows for {len(split)} distillation examples")
+    history = distill(model, split, teacher, loss, train_cfg, validation=FeatureSplit.load(validation), progress=True)
+    out_dir = Path(out_dir)
+    model.save_pretrained(out_dir)
+    record = {
+        "method": method, "loss": spec.loss, "seed": seed, "params": params,
+        "history": history.to_dict(),
+    }
+    (out_dir / "training.json").write_text(json.dumps(record, default=_json_default))
+    log.info("student %s seed %d: %d epochs in %.1f s (%.0f ex/s)", method, seed, history.epochs_run,
+             history.seconds, history.examples_per_second)
+    publish(info, f"students/{method}-seed{seed}", out_dir)
+    return record
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

@@ -1,0 +1,530 @@
+"""MLflow bookkeeping for the distillation pipeline: one parent run per pipeline run, one
+finished child run per student, and a ``champion`` alias on the registered model.
+
+Each pipeline step is a separate process that only receives the tracking URI and run ids as
+strings, so everything here goes through an explicit :class:`mlflow.MlflowClient` and never
+through MLflow's process-global state (``mlflow.set_tracking_uri``, ``mlflow.start_run``):
+several :class:`Tracker` objects on different stores can coexist, and a step cannot log into
+whatever run or store another piece of code left active.
+
+Naming conventions the rest of the pipeline relies on:
+
+* experiment ``ptdistill-<benchmark>``; registered model of the same name;
+* runs carry the tag ``ptdistill.role`` = ``parent`` | ``student``; children also carry
+  ``mlflow.parentRunId`` (what the MLflow UI nests on);
+* student metrics: ``test_*`` (``test_accuracy``, ``test_nll``, ``test_ece`` and the task
+  metric, e.g. ``test_f1``) and ``val_*`` for validation; training curves are metric histories
+  with steps (``train_loss``);
+* a student's model files are the run artifact directory ``model``;
+* structured params (lists, arrays, tensors, dicts, e.g. a C x M ``eps``) are logged as a compact
+  JSON param, cut to MLflow's length limit, and in full as the artifact ``params/<key>.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, Run, RunStatus, RunTag
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.utils.time import get_current_time_millis
+from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
+
+from ptdistill.io import write_json_atomic
+
+PathLike = str | os.PathLike[str]
+
+ROLE_TAG = "ptdistill.role"
+FAILURE_TAG = "ptdistill.failure_reason"
+PARENT_TAG = "mlflow.parentRunId"
+CHAMPION_ALIAS = "champion"
+SCORE_TAG = "validation_score"
+MODEL_ARTIFACT = "model"
+#: Metrics every student reports first, in this order; other test_* / val_* metrics follow.
+TEST_METRICS = ("test_accuracy", "test_nll", "test_ece")
+TRUNCATED = "...[truncated]"
+#: Where ``mlflow ui`` / ``mlflow server`` listen by default: the UI for a sqlite/file store.
+DEFAULT_UI_URL = "http://127.0.0.1:5000"
+
+
+def experiment_name(benchmark: str) -> str:
+    """The experiment (and registered model) name for a benchmark: one place to compare it."""
+    if not benchmark:
+        raise ValueError("benchmark must be a non-empty string")
+    return f"ptdistill-{benchmark}"
+
+
+def git_commit() -> str | None:
+    """Commit of this package's checkout, else ``$PTDISTILL_GIT_COMMIT`` (set when an image is
+    built, where there is no .git), else None.
+
+    git runs in the package's own directory, not the working directory, so a step started from
+    some other repository does not record that repository's commit.
+    """
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(Path(__file__).resolve().parent), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return os.environ.get("PTDISTILL_GIT_COMMIT") or None
+    return out.stdout.strip() or None
+
+
+def runs_url(tracking_uri_or_ui_url: str, experiment_id: str) -> str:
+    """Link to an experiment's runs table. An http(s) tracking URI is also the UI; any other
+    store (sqlite, file) is browsed with ``mlflow ui``, which listens on DEFAULT_UI_URL."""
+    base = tracking_uri_or_ui_url.rstrip("/")
+    if not base.startswith(("http://", "https://")):
+        base = DEFAULT_UI_URL
+    return f"{base}/#/experiments/{experiment_id}/runs"
+
+
+def _round_floats(value: object) -> object:
+    """Floats to 6 significant digits, so a float32 matrix reads as 0.1, not 0.10000000149."""
+    if isinstance(value, float):
+        return float(f"{value:.6g}")
+    if isinstance(value, (list, tuple)):
+        return [_round_floats(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _round_floats(v) for k, v in value.items()}
+    return value
+
+
+def _format_params(params: Mapping[str, object]) -> tuple[list[Param], dict[str, object]]:
+    """MLflow params (strings of at most MAX_PARAM_VAL_LENGTH characters) and, by key, the full
+    structured values that also go to ``params/<key>.json``.
+
+    Tensors and arrays become nested lists (``tolist``). A value that does not fit is cut and
+    ends with TRUNCATED, so the UI never shows a silently shortened matrix as if it were whole.
+    """
+    out: list[Param] = []
+    structured: dict[str, object] = {}
+    for key, value in params.items():
+        plain = value.tolist() if callable(getattr(value, "tolist", None)) else value
+        if plain is None or isinstance(plain, (str, bool, int, float)):
+            text = str(plain)
+        else:
+            structured[key] = plain
+            text = json.dumps(_round_floats(plain), separators=(",", ":"), default=str)
+        if len(text) > MAX_PARAM_VAL_LENGTH:
+            text = text[: MAX_PARAM_VAL_LENGTH - len(TRUNCATED)] + TRUNCATED
+        out.append(Param(key, text))
+    return out, structured
+
+
+def _metrics(values: Mapping[str, float], timestamp: int | None = None) -> list[Metric]:
+    """Final values, at step 0."""
+    timestamp = get_current_time_millis() if timestamp is None else timestamp
+    return [Metric(key, float(v), timestamp, 0) for key, v in values.items()]
+
+
+def _score(version: ModelVersion) -> float | None:
+    """A model version's validation score tag, or None if missing or unreadable."""
+    try:
+        score = float(version.tags[SCORE_TAG])
+    except (KeyError, ValueError):
+        return None
+    return score if math.isfinite(score) else None
+
+
+def _stage(files: Mapping[str, PathLike] | Iterable[PathLike], root: Path) -> None:
+    """Copy files (or directories) into ``root`` under their artifact paths.
+
+    A mapping gives artifact path -> local path (so files can be renamed); a plain list keeps
+    base names. Staging first means one upload call, and a missing input fails before any run
+    is created.
+    """
+    items = files.items() if isinstance(files, Mapping) else ((Path(p).name, p) for p in files)
+    for dest, src in items:
+        rel = PurePosixPath(dest)
+        if rel.is_absolute() or ".." in rel.parts or not rel.parts:
+            raise ValueError(f"artifact path {dest!r} must be relative and stay inside the run")
+        src, target = Path(src), root / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, target, dirs_exist_ok=True)
+        elif src.is_file():
+            shutil.copy2(src, target)
+        else:
+            raise FileNotFoundError(f"artifact {dest!r}: no such file or directory: {src}")
+
+
+def _stage_structured(structured: Mapping[str, object], root: Path) -> None:
+    for key, value in structured.items():
+        write_json_atomic(root / "params" / f"{key}.json", {"key": key, "value": value})
+
+
+def _sqlite_artifact_root(tracking_uri: str) -> str | None:
+    """``<db dir>/mlartifacts`` for a file-backed sqlite URI, else None (the server decides).
+
+    MLflow's own default is ``./mlruns`` relative to the working directory of whichever process
+    creates the experiment, which differs between pipeline steps.
+    """
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    db = tracking_uri.removeprefix("sqlite:///").split("?", 1)[0]
+    if not db or db == ":memory:":
+        return None
+    return str(Path(db).resolve().parent / "mlartifacts")
+
+
+class Tracker:
+    """All MLflow writes and reads of the pipeline, against one tracking store."""
+
+    def __init__(
+        self, tracking_uri: str, *, registry_uri: str | None = None, artifact_location: str | None = None
+    ) -> None:
+        """``registry_uri`` defaults to ``tracking_uri`` (not to $MLFLOW_REGISTRY_URI or global
+        state). ``artifact_location`` is only used for experiments this tracker creates; for a
+        sqlite store it defaults to ``mlartifacts`` beside the database file."""
+        if not tracking_uri:
+            # MlflowClient would silently use the global default store (MLflow 3: ./mlflow.db).
+            raise ValueError("tracking_uri must be a non-empty string")
+        self.tracking_uri = tracking_uri
+        self.client = MlflowClient(tracking_uri, registry_uri=registry_uri or tracking_uri)
+        self.artifact_location = artifact_location or _sqlite_artifact_root(tracking_uri)
+        self._experiment_ids: dict[str, str] = {}
+
+    # -- experiments and parent runs -------------------------------------------------------
+
+    def experiment_id(self, benchmark: str, *, create: bool = True) -> str | None:
+        """Id of the benchmark's experiment, created on first use (None if absent and not
+        ``create``). Two steps creating it at once is fine: the loser re-reads it."""
+        if benchmark in self._experiment_ids:
+            return self._experiment_ids[benchmark]
+        name = experiment_name(benchmark)
+        experiment = self.client.get_experiment_by_name(name)
+        if experiment is None:
+            if not create:
+                return None
+            try:
+                self.client.create_experiment(name, artifact_location=self.artifact_location)
+            except MlflowException as err:
+                if err.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+            experiment = self.client.get_experiment_by_name(name)
+        if experiment.lifecycle_stage == "deleted":
+            raise ValueError(
+                f"experiment {name!r} is deleted: restore it (mlflow experiments restore) "
+                "or remove it for good (mlflow gc) before logging to it"
+            )
+        self._experiment_ids[benchmark] = experiment.experiment_id
+        return experiment.experiment_id
+
+    def start_parent(
+        self, benchmark: str, run_name: str, tags: Mapping[str, str], params: Mapping[str, object]
+    ) -> str:
+        """Open the RUNNING parent run of a pipeline run and return its id.
+
+        ``tags`` should hold the KFP run/pipeline name, teacher id and data fingerprint; the
+        benchmark, role and git commit (also as ``mlflow.source.git.commit``, shown by the UI)
+        are added unless given.
+        """
+        commit = tags.get("git_commit") or git_commit()
+        defaults = {ROLE_TAG: "parent", "benchmark": benchmark}
+        if commit:
+            defaults |= {"git_commit": commit, "mlflow.source.git.commit": commit}
+        param_list, structured = _format_params(params)
+        with tempfile.TemporaryDirectory(prefix="ptdistill-mlflow-") as tmp:
+            _stage_structured(structured, Path(tmp))
+            run = self.client.create_run(
+                self.experiment_id(benchmark), tags={**defaults, **tags}, run_name=run_name
+            )
+            run_id = run.info.run_id
+            try:
+                self.client.log_batch(run_id, params=param_list, synchronous=True)
+                if structured:
+                    self.client.log_artifacts(run_id, tmp)
+            except BaseException:
+                self.client.set_terminated(run_id, "FAILED")
+                raise
+        return run_id
+
+    def log_parent_artifacts(
+        self, parent_id: str, files: Mapping[str, PathLike] | Iterable[PathLike]
+    ) -> None:
+        """Attach files to the parent (search table, teacher-vs-proxy plot, report): a mapping
+        of artifact path -> local path, or a list of paths kept under their base names."""
+        with tempfile.TemporaryDirectory(prefix="ptdistill-mlflow-") as tmp:
+            _stage(files, Path(tmp))
+            self.client.log_artifacts(parent_id, tmp)
+
+    def finish_parent(
+        self, parent_id: str, metrics: Mapping[str, float] | None = None, status: str = "FINISHED"
+    ) -> None:
+        """Log the parent's summary metrics and close it with a terminal status."""
+        if not RunStatus.is_terminated(RunStatus.from_string(status)):
+            raise ValueError(f"status must be a terminal run status, got {status!r}")
+        if metrics:
+            self.client.log_batch(parent_id, metrics=_metrics(metrics), synchronous=True)
+        self.client.set_terminated(parent_id, status)
+
+    def fail_parent(self, parent_id: str, reason: str) -> None:
+        """Mark the parent FAILED with ``reason`` (tag FAILURE_TAG), and any child a crashed
+        step left RUNNING too, so the UI shows no run as still in progress."""
+        reason = reason[:MAX_TAG_VAL_LENGTH] or "unknown"
+        parent = self.client.get_run(parent_id)
+        for child in self._children(parent.info.experiment_id, parent_id):
+            if child.info.status == "RUNNING":
+                self.client.set_tag(child.info.run_id, FAILURE_TAG, f"parent failed: {reason}"[:MAX_TAG_VAL_LENGTH])
+                self.client.set_terminated(child.info.run_id, "FAILED")
+        self.client.set_tag(parent_id, FAILURE_TAG, reason)
+        self.client.set_terminated(parent_id, "FAILED")
+
+    def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
+        """Tag a run (e.g. the teacher id once it is trained, the teacher-cache outcome)."""
+        self.client.log_batch(run_id, tags=[RunTag(k, str(v)[:MAX_TAG_VAL_LENGTH]) for k, v in tags.items()],
+                              synchronous=True)
+
+    def log_metrics(self, run_id: str, metrics: Mapping[str, float]) -> None:
+        """Log summary metrics (step 0) on a run, e.g. the teacher's and the search's on the parent."""
+        self.client.log_batch(run_id, metrics=_metrics(metrics), synchronous=True)
+
+    def fail_runs(self, benchmark: str, run_name: str, reason: str) -> list[str]:
+        """Fail every parent of pipeline run ``run_name`` still RUNNING; returns their ids.
+
+        The local runner calls this when a step crashed, so no run stays half-written.
+        """
+        experiment = self.experiment_id(benchmark, create=False)
+        if experiment is None:
+            return []
+        parents = self._search(experiment, f"tags.`kfp.run_name` = '{run_name}' and attributes.status = 'RUNNING'")
+        for run in parents:
+            self.fail_parent(run.info.run_id, reason)
+        return [run.info.run_id for run in parents]
+
+    # -- students ------------------------------------------------------------------------
+
+    def log_student(
+        self,
+        parent_id: str,
+        run_name: str,
+        params: Mapping[str, object],
+        metrics: Mapping[str, float],
+        curves: Mapping[str, Iterable[tuple[int, float]]],
+        artifacts: Mapping[str, PathLike] | None = None,
+        model_dir: PathLike | None = None,
+    ) -> str:
+        """Record one trained student as a FINISHED child of ``parent_id`` and return its id.
+
+        ``params`` must include ``method`` and ``seed`` (what students are compared by) plus the
+        method's hyper-parameters; ``metrics`` are final values (step 0); ``curves`` are
+        ``(step, value)`` histories; ``artifacts`` maps artifact path -> local file;
+        ``model_dir`` becomes the artifact directory ``model`` (what promote_champion registers).
+        The child lives in the parent's experiment by construction. Inputs are checked and staged
+        before the run exists; if logging then fails the child is closed as FAILED, not left
+        RUNNING.
+        """
+        missing = {"method", "seed"} - params.keys()
+        if missing:
+            raise ValueError(f"params must include {sorted(missing)}")
+        reserved = [p for p in artifacts or {} if PurePosixPath(p).parts[:1] in ((MODEL_ARTIFACT,), ("params",))]
+        if reserved:
+            raise ValueError(f"artifact paths {reserved} are reserved for model_dir and structured params")
+        if model_dir is not None and not Path(model_dir).is_dir():
+            raise NotADirectoryError(f"model_dir is not a directory: {model_dir}")
+        parent = self.client.get_run(parent_id)
+        param_list, structured = _format_params(params)
+        now = get_current_time_millis()
+        metric_list = _metrics(metrics, timestamp=now) + [
+            Metric(key, float(value), now, int(step)) for key, points in curves.items() for step, value in points
+        ]
+        tags = {
+            PARENT_TAG: parent_id,
+            ROLE_TAG: "student",
+            "benchmark": parent.data.tags.get("benchmark", ""),
+        }
+        with tempfile.TemporaryDirectory(prefix="ptdistill-mlflow-") as tmp:
+            root = Path(tmp)
+            _stage(artifacts or {}, root)
+            _stage_structured(structured, root)
+            run_id = self.client.create_run(parent.info.experiment_id, tags=tags, run_name=run_name).info.run_id
+            try:
+                self.client.log_batch(run_id, metrics=metric_list, params=param_list, synchronous=True)
+                if any(root.iterdir()):
+                    self.client.log_artifacts(run_id, tmp)
+                if model_dir is not None:
+                    self.client.log_artifacts(run_id, str(model_dir), MODEL_ARTIFACT)
+            except BaseException:
+                self.client.set_terminated(run_id, "FAILED")
+                raise
+        self.client.set_terminated(run_id, "FINISHED")
+        return run_id
+
+    # -- model registry ------------------------------------------------------------------
+
+    def promote_champion(
+        self, benchmark: str, child_run_id: str, score: float, higher_is_better: bool = True
+    ) -> dict[str, object]:
+        """Register the student's ``model`` directory as a new version of
+        ``ptdistill-<benchmark>`` (tag SCORE_TAG = its validation score) and move the
+        ``champion`` alias to it only if it strictly beats the current champion's score.
+
+        Every candidate is registered, winner or not, so the version list is the history of
+        what each pipeline run proposed; consumers load ``models:/<name>@champion``. A tie keeps
+        the incumbent. A champion whose SCORE_TAG is missing or unreadable (e.g. set by hand) is
+        never replaced automatically. The read-compare-move is not atomic: two pipelines
+        promoting at the same instant can both win; the last alias write stays.
+
+        Returns {"version": int, "champion": bool, "previous_score": float | None}.
+        """
+        score = float(score)
+        if not math.isfinite(score):
+            raise ValueError(f"validation score must be finite, got {score}")
+        if not self.client.list_artifacts(child_run_id, MODEL_ARTIFACT):
+            raise FileNotFoundError(f"run {child_run_id} has no '{MODEL_ARTIFACT}' artifact to register")
+        name = experiment_name(benchmark)
+        try:
+            self.client.create_registered_model(name)
+        except MlflowException as err:
+            if err.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        current = self.client.get_registered_model(name).aliases.get(CHAMPION_ALIAS)
+        previous = None if current is None else _score(self.client.get_model_version(name, str(current)))
+        version = self.client.create_model_version(
+            name,
+            f"runs:/{child_run_id}/{MODEL_ARTIFACT}",
+            run_id=child_run_id,
+            tags={SCORE_TAG: repr(score)},
+        ).version
+        if current is None:
+            wins = True
+        elif previous is None:
+            wins = False  # an unscored champion was chosen by hand: leave it to a human
+        else:
+            wins = score > previous if higher_is_better else score < previous
+        if wins:
+            self.client.set_registered_model_alias(name, CHAMPION_ALIAS, str(version))
+        return {"version": int(version), "champion": wins, "previous_score": previous}
+
+    def download_model(self, benchmark: str, dst_dir: PathLike, alias: str = CHAMPION_ALIAS) -> Path:
+        """Download the model directory of ``ptdistill-<benchmark>@<alias>`` into ``dst_dir``.
+
+        Not ``mlflow.artifacts.download_artifacts("models:/...")``: in MLflow 3.17 that resolves
+        the model name through the process-global registry URI even when ``tracking_uri`` and
+        ``registry_uri`` are passed (and, unset, opens ./mlflow.db in the working directory).
+        """
+        version = self.client.get_model_version_by_alias(experiment_name(benchmark), alias)
+        Path(dst_dir).mkdir(parents=True, exist_ok=True)
+        return Path(self.client.download_artifacts(version.run_id, MODEL_ARTIFACT, str(dst_dir)))
+
+    # -- reading back --------------------------------------------------------------------
+
+    def _search(self, experiment_id: str, filter_string: str, order_by: list[str] | None = None) -> list[Run]:
+        runs: list[Run] = []
+        token = None
+        while True:
+            page = self.client.search_runs([experiment_id], filter_string, order_by=order_by, page_token=token)
+            runs.extend(page)
+            token = page.token
+            if not token:
+                return runs
+
+    def _children(self, experiment_id: str, parent_id: str) -> list[Run]:
+        return self._search(experiment_id, f"tags.{PARENT_TAG} = '{parent_id}'")
+
+    def latest_students(self, benchmark: str, n_parents: int = 1) -> pd.DataFrame:
+        """One row per student of the ``n_parents`` most recently started parent runs (FAILED
+        ones included: their finished students are real results), newest parent first, then by
+        method and seed. Columns: parent_run_id, parent_run_name, run_id, run_name, method,
+        seed, TEST_METRICS, other test_* metrics, val_* metrics (NaN where a run lacks one)."""
+        experiment_id = self.experiment_id(benchmark, create=False)
+        parents = []
+        if experiment_id is not None:
+            parents = self.client.search_runs(
+                [experiment_id],
+                f"tags.{ROLE_TAG} = 'parent'",
+                order_by=["attributes.start_time DESC"],
+                max_results=n_parents,
+            )
+        rows = []
+        for order, parent in enumerate(parents):
+            for child in self._children(experiment_id, parent.info.run_id):
+                seed = child.data.params.get("seed", "")
+                rows.append(
+                    {
+                        "_order": order,
+                        "parent_run_id": parent.info.run_id,
+                        "parent_run_name": parent.info.run_name,
+                        "run_id": child.info.run_id,
+                        "run_name": child.info.run_name,
+                        "method": child.data.params.get("method"),
+                        "seed": int(seed) if seed.lstrip("-").isdigit() else seed,
+                        **{k: v for k, v in child.data.metrics.items() if k.startswith(("test_", "val_"))},
+                    }
+                )
+        columns = ["_order", "parent_run_id", "parent_run_name", "run_id", "run_name", "method", "seed"]
+        columns += TEST_METRICS
+        extra = {key for row in rows for key in row} - set(columns)
+        columns += sorted(extra, key=lambda key: (not key.startswith("test_"), key))
+        frame = pd.DataFrame(rows, columns=columns)
+        frame = frame.sort_values(["_order", "method", "seed"], kind="stable").drop(columns="_order")
+        return frame.reset_index(drop=True)
+
+
+# -- plots ----------------------------------------------------------------------------------
+
+
+def confusion_matrix_png(matrix: np.ndarray | list[list[float]], class_names: list[str], path: PathLike) -> Path:
+    """Draw a confusion matrix (rows: true class, columns: predicted) to a PNG.
+
+    Cells are coloured by the share of their true class, so rare classes are as readable as
+    frequent ones, and labelled with raw counts (up to 20 classes). Uses a bare Agg canvas, not
+    pyplot, so it changes no global matplotlib state and needs no display.
+    """
+    counts = np.asarray(matrix, dtype=np.float64)
+    n = len(class_names)
+    if counts.shape != (n, n):
+        raise ValueError(f"matrix must be {n} x {n} to match class_names, got shape {counts.shape}")
+    totals = counts.sum(axis=1, keepdims=True)
+    share = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
+    side = min(3.0 + 0.45 * n, 16.0)
+    fig = Figure(figsize=(side + 1.0, side), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    image = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0)
+    ax.set_xticks(range(n), labels=class_names, rotation=45, ha="right")
+    ax.set_yticks(range(n), labels=class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if n <= 20:
+        for i in range(n):
+            for j in range(n):
+                colour = "white" if share[i, j] > 0.5 else "black"
+                ax.text(j, i, f"{counts[i, j]:g}", ha="center", va="center", color=colour, fontsize=8)
+    fig.colorbar(image, ax=ax, label="share of true class")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def confusion_matrix_files(
+    matrix: np.ndarray | list[list[float]], class_names: list[str], directory: PathLike
+) -> dict[str, Path]:
+    """Write ``confusion_matrix.png`` and ``confusion_matrix.json`` into ``directory`` and return
+    them as the ``artifacts`` mapping log_student takes (the JSON keeps exact counts)."""
+    directory = Path(directory)
+    counts = np.asarray(matrix).tolist()
+    return {
+        "confusion_matrix.png": confusion_matrix_png(matrix, class_names, directory / "confusion_matrix.png"),
+        "confusion_matrix.json": write_json_atomic(
+            directory / "confusion_matrix.json", {"class_names": list(class_names), "matrix": counts}
+        ),
+    }
