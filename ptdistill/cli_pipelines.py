@@ -84,7 +84,9 @@ def _compare(args: argparse.Namespace) -> int:
     if frame.empty:
         print(f"no finished {args.benchmark} runs in MLflow yet: run `ptdistill run {args.benchmark}` first")
         return 1
-    print(frame.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    keep = ["parent_run_name", "method", "seed", "test_accuracy", "test_nll", "test_ece", "test_task",
+            "test_l2_to_pstar", "val_task"]
+    print(frame[[c for c in keep if c in frame.columns]].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     return 0
 
 

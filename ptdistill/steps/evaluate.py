@@ -49,7 +49,7 @@ def evaluate_student(config: ExperimentConfig, info: RunInfo, student_dir: Path,
     (out_dir / "confusion_matrix.json").write_text(json.dumps({"labels": info.class_names, "matrix": matrix}))
     history = record["history"]
     curves = {"train_loss": [tuple(x) for x in history.get("train_loss", [])],
-              "val_accuracy_by_epoch": list(zip(history.get("val_epoch", []), history.get("val_accuracy", [])))}
+              "epoch_val_accuracy": list(zip(history.get("val_epoch", []), history.get("val_accuracy", [])))}
     run_name = f"{record['method']}-seed{record['seed']}"
     child = Tracker(info.tracking_uri).log_student(
         info.parent_run_id, run_name, params=_flat_params(record), metrics=metrics, curves=curves,
