@@ -19,7 +19,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-__all__ = ["FeatureSplit"]
+__all__ = ["SPLITS", "FeatureSplit"]
+
+#: The benchmark's split names, in protocol order; ``distill`` is unlabeled.
+SPLITS = ("teacher_train", "distill", "validation", "test")
 
 #: Parquet columns; ``label`` and ``p_star`` are absent when the split has none.
 ID_COLUMN, FEATURES_COLUMN, LABEL_COLUMN, PSTAR_COLUMN = "id", "features", "label", "p_star"

@@ -15,12 +15,10 @@ from types import MappingProxyType
 
 import numpy as np
 
-from ptdistill.datasets import FeatureSplit
+from ptdistill.datasets import SPLITS, FeatureSplit
 
-__all__ = ["SPEC_SIZES", "SPLITS", "GaussianTask", "make_splits"]
+__all__ = ["SPEC_SIZES", "GaussianTask", "make_splits"]
 
-#: Split names, in the order of the protocol; ``distill`` is unlabeled.
-SPLITS = ("teacher_train", "distill", "validation", "test")
 #: SPEC's sizes: 2,000 teacher-train, 7,000 distillation, 1,000 validation, 50,000 test.
 SPEC_SIZES: Mapping[str, int] = MappingProxyType(
     {"teacher_train": 2_000, "distill": 7_000, "validation": 1_000, "test": 50_000}

@@ -15,8 +15,7 @@ from types import MappingProxyType
 import numpy as np
 import pandas as pd
 
-from ptdistill.datasets import FeatureSplit
-from ptdistill.gaussians import SPLITS
+from ptdistill.datasets import SPLITS, FeatureSplit
 
 __all__ = ["DEFAULT_FRACTIONS", "MIN_ROWS", "SUFFIXES", "Standardizer", "load_tabular", "split_tabular", "standardize"]
 

@@ -9,7 +9,7 @@ from ptdistill.experiments import ExperimentConfig, GaussianData, TabularData
 from ptdistill.gaussians import GaussianTask, make_splits
 from ptdistill.steps.common import RunInfo, log
 from ptdistill.storage import content_key
-from ptdistill.tabular import load_tabular, split_tabular
+from ptdistill.tabular import load_tabular, split_tabular, standardize
 from ptdistill.tracking import Tracker, git_commit
 
 SPLITS = ("teacher_train", "distill", "validation", "test")
@@ -28,7 +28,9 @@ def build_splits(config: ExperimentConfig) -> tuple[dict[str, FeatureSplit], lis
         if not data.path:
             raise ValueError("data.path: the tabular benchmark needs a CSV or parquet file (--set data.path=FILE)")
         features, labels, class_names = load_tabular(data.path, data.label_column, data.feature_columns)
-        return split_tabular(features, labels, data.fractions, seed=data.split_seed), class_names
+        # Scaled with teacher-train statistics only: no model sees validation/test statistics.
+        splits, _ = standardize(split_tabular(features, labels, data.fractions, seed=data.split_seed))
+        return splits, class_names
     raise ValueError(f"data: unsupported data config {type(data).__name__}")
 
 
