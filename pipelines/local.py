@@ -23,7 +23,6 @@ class RunResult:
 
     run_name: str
     seconds: float
-    report: dict
     students: list[dict]
     markdown: str
 
@@ -64,7 +63,6 @@ def run_local(
     return RunResult(
         run_name=run_name,
         seconds=time.perf_counter() - t0,
-        report={},
         students=json.loads(store.read_text(f"{prefix}/students.json")),
         markdown=store.read_text(f"{prefix}/report.md"),
     )

@@ -109,6 +109,14 @@ class ExperimentConfig:
         """The (method, seed) grid the pipeline fans out over."""
         return [{"method": m.name, "seed": s} for m in self.methods for s in self.seeds]
 
+    def _shrink(self) -> None:
+        """The quick preset's common part: few epochs, a small search, ptloss and kl, one seed."""
+        self.teacher.train.epochs = self.student.train.epochs = 8
+        self.search.trials = 10
+        self.search.max_order = 3
+        self.methods = [m for m in default_methods() if m.name in ("ptloss", "kl")]
+        self.seeds = [0]
+
     def method(self, name: str) -> MethodSpec:
         for m in self.methods:
             if m.name == name:
@@ -127,12 +135,8 @@ class SyntheticConfig(ExperimentConfig):
     def quick(cls) -> SyntheticConfig:
         """Tiny sizes, one seed, ptloss and kl: a smoke run in well under two minutes."""
         cfg = cls()
+        cfg._shrink()
         cfg.data.sizes = {"teacher_train": 600, "distill": 1200, "validation": 300, "test": 3000}
-        cfg.teacher.train.epochs = cfg.student.train.epochs = 8
-        cfg.search.trials = 10
-        cfg.search.max_order = 3
-        cfg.methods = [m for m in default_methods() if m.name in ("ptloss", "kl")]
-        cfg.seeds = [0]
         return cfg
 
 
@@ -145,12 +149,9 @@ class TabularConfig(ExperimentConfig):
 
     @classmethod
     def quick(cls) -> TabularConfig:
+        """Few epochs, one seed, ptloss and kl on your table."""
         cfg = cls()
-        cfg.teacher.train.epochs = cfg.student.train.epochs = 8
-        cfg.search.trials = 10
-        cfg.search.max_order = 3
-        cfg.methods = [m for m in default_methods() if m.name in ("ptloss", "kl")]
-        cfg.seeds = [0]
+        cfg._shrink()
         return cfg
 
 

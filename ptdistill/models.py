@@ -11,12 +11,13 @@ import hashlib
 import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from ptdistill.config import from_dict, to_dict
 from ptdistill.io import write_json_atomic
 
 __all__ = ["ACTIVATIONS", "CONFIG_NAME", "WEIGHTS_NAME", "MLP", "MLPConfig", "weights_hash"]
@@ -57,18 +58,6 @@ class MLPConfig:
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation: expected one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
 
-    def to_dict(self) -> dict:
-        """JSON-ready dict (``hidden`` as a list)."""
-        return {**asdict(self), "hidden": list(self.hidden)}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> MLPConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are an error, not silently dropped."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"config: unknown key(s) {unknown}; expected keys from {sorted(known)}")
-        return cls(**data)
 
 
 class MLP(nn.Module):
@@ -105,7 +94,7 @@ class MLP(nn.Module):
         except BaseException:
             os.unlink(tmp)
             raise
-        write_json_atomic(directory / CONFIG_NAME, self.config.to_dict())
+        write_json_atomic(directory / CONFIG_NAME, to_dict(self.config))
         return directory
 
     @classmethod
@@ -125,7 +114,7 @@ class MLP(nn.Module):
         if not isinstance(data, dict):
             raise ValueError(f"{config_path}: expected a JSON object, got {type(data).__name__}")
         try:
-            config = MLPConfig.from_dict(data)
+            config = from_dict(MLPConfig, data)
         except (TypeError, ValueError) as err:
             raise ValueError(f"{config_path}: {err}") from None
         model = cls(config)

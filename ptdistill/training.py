@@ -20,7 +20,7 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from numbers import Real
 
 import numpy as np
@@ -101,18 +101,6 @@ class TrainConfig:
         """Optimiser steps of a full run, e.g. for ``build_loss("annealing_kd", total_steps=...)``."""
         return self.epochs * self.steps_per_epoch(num_examples)
 
-    def to_dict(self) -> dict:
-        """JSON-ready dict."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> TrainConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are an error, not silently dropped."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"config: unknown key(s) {unknown}; expected keys from {sorted(known)}")
-        return cls(**data)
 
 
 @dataclass

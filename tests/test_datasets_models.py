@@ -205,7 +205,7 @@ def test_from_pretrained_errors_name_the_directory(tmp_path):
     good = json.loads(config_path.read_text())
 
     config_path.write_text(json.dumps({**good, "dropout": 0.1}))
-    with pytest.raises(ValueError, match=r"config.json: config: unknown key\(s\) \['dropout'\]"):
+    with pytest.raises(ValueError, match=r"config.json: unknown key dropout"):
         MLP.from_pretrained(tmp_path / "m")
 
     config_path.write_text("{not json")

@@ -52,14 +52,15 @@ def teacher_inference(
 ) -> dict:
     """Teacher probabilities on each split, served from the cache when teacher, data and settings match."""
     model = MLP.from_pretrained(teacher_dir)
-    teacher_id = f"mlp:{weights_hash(teacher_dir)[:16]}"
+    weights = weights_hash(teacher_dir)
+    teacher_id = f"mlp:{weights[:16]}"
     store = open_store(info.artifact_store)
     settings = {"batch_size": INFERENCE_BATCH, "dtype": "float32", "version": CACHE_VERSION}
     report: dict = {"teacher_id": teacher_id, "splits": {}}
     tracker = Tracker(info.tracking_uri)
     for name, path in splits.items():
         split = FeatureSplit.load(path)
-        key = "cache/teacher/" + content_key(teacher_id, weights_hash(teacher_dir), split.fingerprint(), name, settings)
+        key = "cache/teacher/" + content_key(teacher_id, weights, split.fingerprint(), name, settings)
         key += ".parquet"
         if store.exists(key):
             Path(outputs[name]).write_bytes(store.read_bytes(key))
