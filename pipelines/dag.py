@@ -23,10 +23,14 @@ from ptdistill.config import to_dict
 from ptdistill.experiments import ExperimentConfig
 
 
-def _on_accelerator(task: dsl.PipelineTask, config: ExperimentConfig) -> dsl.PipelineTask:
-    """Request the configured GPUs on a cluster (kfp.local ignores this with a warning)."""
+def _on_accelerator(task: dsl.PipelineTask, config: ExperimentConfig, kind, count) -> dsl.PipelineTask:
+    """Request GPUs on a cluster when the benchmark is compiled with ``accelerator.count > 0``.
+
+    Type and count are then the run's ``accelerator_type``/``accelerator_count`` parameters, so a
+    run can change them without recompiling; kfp.local ignores them with a warning.
+    """
     if config.accelerator.count > 0:
-        task.set_accelerator_type(config.accelerator.type).set_accelerator_limit(config.accelerator.count)
+        task.set_accelerator_type(kind).set_accelerator_limit(count)
     return task
 
 
@@ -43,23 +47,26 @@ def build_pipeline(config: ExperimentConfig):
         run_name: str = dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
         tracking_uri: str = "sqlite:///mlflow.db",
         artifact_store: str = "runs",
+        accelerator_type: str = config.accelerator.type,
+        accelerator_count: int = config.accelerator.count,
     ):
+        gpu = (config, accelerator_type, accelerator_count)
         data = prepare_data(config=config_json, run_name=run_name, tracking_uri=tracking_uri,
                             artifact_store=artifact_store)
         info = data.outputs["run_info"]
         teacher = _on_accelerator(train_teacher(config=config_json, run_info=info,
                                                 teacher_train=data.outputs["teacher_train"],
-                                                validation=data.outputs["validation"]), config)
+                                                validation=data.outputs["validation"]), *gpu)
         inference = _on_accelerator(teacher_inference(
             config=config_json, run_info=info, teacher=teacher.outputs["teacher"], distill=data.outputs["distill"],
-            validation=data.outputs["validation"], test=data.outputs["test"]), config)
+            validation=data.outputs["validation"], test=data.outputs["test"]), *gpu)
         searched = proxy_search(config=config_json, run_info=info, validation=data.outputs["validation"],
                                 validation_probs=inference.outputs["validation_probs"])
         with dsl.ParallelFor(runs) as run:
             student = _on_accelerator(distill_student(
                 config=config_json, run=run, run_info=info, distill=data.outputs["distill"],
                 distill_probs=inference.outputs["distill_probs"], validation=data.outputs["validation"],
-                search=searched.outputs["search"]), config)
+                search=searched.outputs["search"]), *gpu)
             scored = evaluate(config=config_json, run_info=info, student=student.outputs["student"],
                               validation=data.outputs["validation"], test=data.outputs["test"])
         report(config=config_json, summaries=dsl.Collected(scored.outputs["Output"]), run_info=info,

@@ -47,8 +47,14 @@ def _run(args: argparse.Namespace) -> int:
     tracking_uri = args.tracking_uri or default_tracking_uri()
     print(f"ptdistill run {config.benchmark}: {len(config.runs())} students "
           f"({', '.join(m.name for m in config.methods)} x seeds {config.seeds}) via kfp.local", flush=True)
-    result = run_local(config, pipeline_root=args.pipeline_root, artifact_store=args.artifact_store,
-                       tracking_uri=tracking_uri)
+    try:
+        result = run_local(config, pipeline_root=args.pipeline_root, artifact_store=args.artifact_store,
+                           tracking_uri=tracking_uri)
+    except RuntimeError as err:  # kfp.local: a task failed; its log is printed above
+        print(f"ptdistill run {config.benchmark}: failed: {err}", file=sys.stderr)
+        print("The MLflow parent run is marked FAILED and this run's objects were removed from the artifact store.",
+              file=sys.stderr)
+        return 1
     print()
     print(result.markdown)
     experiment = Tracker(tracking_uri).experiment_id(config.benchmark)
