@@ -273,6 +273,8 @@ def proxy_teacher_differentiable(
     Returns the probabilities (in the autograd graph) and the full solution, whose
     ``logits`` warm-start the next call for nearby coefficients.
     """
-    fn = _ProxyTeacherFunction
-    probs = fn.apply(teacher_probs, eps, init)
-    return probs, probs.grad_fn.solution if probs.grad_fn is not None else solve_proxy(teacher_probs, eps, init=init)
+    if not (torch.is_grad_enabled() and eps.requires_grad):
+        sol = solve_proxy(teacher_probs, eps, init=init)
+        return sol.probs, sol
+    probs = _ProxyTeacherFunction.apply(teacher_probs, eps, init)
+    return probs, probs.grad_fn.solution
