@@ -28,8 +28,8 @@ def _check_inputs(config: ExperimentConfig) -> None:
     """Fail on bad data before a pipeline starts (and before anything is written)."""
     from ptdistill.steps.data import build_splits
 
-    if config.benchmark == "tabular":
-        build_splits(config)
+    _, class_names = build_splits(config)
+    config.validate(len(class_names))
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:

@@ -61,7 +61,9 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
-        return dict(value)
+        args = typing.get_args(tp)
+        item = args[1] if args else Any
+        return {k: _convert(v, item, f"{key}.{k}") for k, v in value.items()}
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
@@ -91,6 +93,8 @@ def _build(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
         return cls(**kwargs)
     except TypeError as err:
         raise ConfigError(f"{prefix or cls.__name__}: {err}") from None
+    except ValueError as err:  # a class's own range check names the field: prefix it with where it sits
+        raise ConfigError(f"{prefix}.{err}" if prefix else str(err)) from None
 
 
 def from_dict(cls: type[T], data: dict[str, Any]) -> T:

@@ -117,6 +117,40 @@ class ExperimentConfig:
         self.methods = [m for m in default_methods() if m.name in ("ptloss", "kl")]
         self.seeds = [0]
 
+    def validate(self, num_classes: int) -> None:
+        """Check what only fails deep inside a pipeline step otherwise: losses, metric, search, seeds."""
+        from ptdistill.evaluation import TASK_METRICS
+        from ptdistill.losses import build_loss
+        from ptdistill.proxy import CRITERIA, STRATEGIES
+
+        if not self.methods:
+            raise ConfigError("methods: expected at least one method")
+        names = [m.name for m in self.methods]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"methods: names must be unique, got {names}")
+        for i, m in enumerate(self.methods):
+            params = dict(m.params)
+            if m.loss == "ptloss":
+                params.setdefault("eps", [[0.0]] * num_classes)  # the search fills it in
+            try:
+                build_loss(m.loss, **params)
+            except ValueError as err:
+                raise ConfigError(f"methods[{i}] ({m.name}): {err}") from None
+        if not self.seeds:
+            raise ConfigError("seeds: expected at least one seed")
+        if self.task_metric not in TASK_METRICS:
+            raise ConfigError(f"task_metric: expected one of {', '.join(TASK_METRICS)}, got {self.task_metric!r}")
+        s = self.search
+        if s.strategy not in STRATEGIES:
+            raise ConfigError(f"search.strategy: expected one of {', '.join(STRATEGIES)}, got {s.strategy!r}")
+        if s.criterion not in CRITERIA:
+            raise ConfigError(f"search.criterion: expected one of {', '.join(CRITERIA)}, got {s.criterion!r}")
+        for key in ("max_order", "trials"):
+            if getattr(s, key) < 1:
+                raise ConfigError(f"search.{key}: expected an integer >= 1, got {getattr(s, key)}")
+        if not s.low < s.high:
+            raise ConfigError(f"search.low/high: expected low < high, got {s.low} and {s.high}")
+
     def method(self, name: str) -> MethodSpec:
         for m in self.methods:
             if m.name == name:

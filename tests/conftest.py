@@ -1,0 +1,413 @@
+"""Shared fixtures: tiny experiment configs, a GCS emulator, and local pipeline runs.
+
+Local pipeline runs (``pipelines.local.run_local``) cost about 7 s per step on a 2-core box,
+almost all of it process start-up (importing torch and MLflow, opening the SQLite store), so a
+run takes about a minute whatever its size. To keep the suite short, the runs the tests need
+are started once per session, right after collection and only if a selected test uses one of
+the fixtures below, each chain in its own child process (its own kfp.local state, MLflow
+SQLite file, pipeline root and artifact store). They run while the other test modules run;
+a fixture waits for its chain and returns what it left behind:
+
+* ``local_pipeline``: two runs of the same tiny config (ptloss and kl, seed 0) on a local
+  artifact store; the second must hit the teacher cache;
+* ``failing_pipeline``: one run whose only method has an unknown loss, so it fails inside
+  ``distill_student``;
+* ``gcs_pipeline``: two runs of the smallest config (ptloss only) with the artifact store in a
+  bucket of gcp-storage-emulator (served in this process; the children get
+  ``STORAGE_EMULATOR_HOST``, which ``GCSStore``'s default ``storage.Client()`` honours).
+
+The emulator set-up follows tests/test_storage.py (its own ``emulator`` fixture is left as it
+is): the real emulator server plus GCS's ``ifGenerationMatch`` check on uploads, which the
+emulator ignores and the teacher cache's create-only writes rely on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from functools import partial
+from http import HTTPStatus
+from http.server import ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+TESTS = Path(__file__).resolve().parent
+GCS_BUCKET = "ptdistill-pipeline"
+GCS_PREFIX = "ptd"
+#: Longest a pipeline chain may take before its fixture gives up (they take 1-3 minutes).
+CHAIN_TIMEOUT = 900
+PIPELINE_FIXTURES = {"local_pipeline": "local", "failing_pipeline": "failing", "gcs_pipeline": "gcs"}
+
+
+# --------------------------------------------------------------------------- tiny configs
+
+
+def tiny_synthetic(methods: tuple[str, ...] = ("ptloss", "kl"), seeds: tuple[int, ...] = (0,)):
+    """``SyntheticConfig.quick()`` shrunk further: a few hundred examples, 2 epochs, tiny MLPs.
+
+    ``methods`` are names of ``default_methods()``; any other name becomes a method of that
+    name whose loss is that name (an unknown loss, to make a run fail in distill_student).
+    """
+    from ptdistill.experiments import MethodSpec, SyntheticConfig, default_methods
+
+    cfg = SyntheticConfig.quick()
+    known = {m.name: m for m in default_methods()}
+    train = dataclasses.replace(cfg.student.train, epochs=2, batch_size=32, log_every_steps=2)
+    return dataclasses.replace(
+        cfg,
+        data=dataclasses.replace(cfg.data, sizes={"teacher_train": 120, "distill": 160, "validation": 80, "test": 80}),
+        teacher=dataclasses.replace(cfg.teacher, hidden=[16], train=train),
+        student=dataclasses.replace(cfg.student, hidden=[16], train=dataclasses.replace(train)),
+        search=dataclasses.replace(cfg.search, trials=3, max_order=2),
+        methods=[known.get(name, MethodSpec(name, name)) for name in methods],
+        seeds=list(seeds),
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+    """Factory of tiny synthetic configs (see :func:`tiny_synthetic`)."""
+    return tiny_synthetic
+
+
+# --------------------------------------------------------------------------- GCS emulator
+
+
+def _honour_if_generation_match(insert):
+    """Wrap the emulator's upload handler so ``ifGenerationMatch`` is checked as on GCS."""
+    from gcp_storage_emulator.exceptions import NotFound
+
+    def handler(request, response, storage, *args, **kwargs):
+        wanted = request.query.get("ifGenerationMatch")
+        if wanted and "upload_id" not in request.query:
+            data = request.data if isinstance(request.data, dict) else {}
+            if "name" in request.query:
+                name = request.query["name"][0]
+            else:
+                name = data["meta"]["name"] if "meta" in data else data["name"]
+            try:
+                current = storage.get_file_obj(request.params["bucket_name"], name)["generation"]
+            except NotFound:
+                current = "0"
+            if str(current) != wanted[0]:
+                response.status = HTTPStatus.PRECONDITION_FAILED
+                response.json({"error": {"code": 412, "message": "At least one of the pre-conditions did not hold."}})
+                return None
+        return insert(request, response, storage, *args, **kwargs)
+
+    return handler
+
+
+@dataclass
+class GCSEmulator:
+    """gcp-storage-emulator served on 127.0.0.1 from a thread of this process."""
+
+    endpoint: str
+    client: Any  # google.cloud.storage.Client bound to the emulator
+    _stop: Any = None
+
+    def store(self, uri: str):
+        from ptdistill.storage import GCSStore
+
+        return GCSStore(uri, client=self.client)
+
+    def close(self) -> None:
+        if self._stop is not None:
+            self._stop()
+            self._stop = None
+
+
+def start_gcs_emulator(buckets: tuple[str, ...] = (GCS_BUCKET,)) -> GCSEmulator:
+    from gcp_storage_emulator import server as emu_server
+    from gcp_storage_emulator.handlers import buckets as bucket_handlers
+    from gcp_storage_emulator.handlers import objects
+    from gcp_storage_emulator.storage import Storage
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage as gcs
+
+    checked_insert = _honour_if_generation_match(objects.insert)
+
+    class Router(emu_server.Router):
+        """The emulator's router with the upload check (no module state patched: test_storage
+        patches ``HANDLERS`` for its own emulator)."""
+
+        def handle(self, method):
+            method = self._request_handler.headers.get("x-http-method-override") or method
+            request = emu_server.Request(self._request_handler, method)
+            response = emu_server.Response(self._request_handler)
+            for regex, by_method in emu_server.HANDLERS:
+                match = re.fullmatch(regex, request.path)
+                if not match:
+                    continue
+                request.set_match(match)
+                handler = by_method.get(method)
+                if handler is None and method == "POST" and request.query.get("uploadType") \
+                        and request.path.endswith("/o"):
+                    handler = objects.insert  # uploads posted without the /upload prefix
+                if handler is objects.insert:
+                    handler = checked_insert
+                if handler is None:
+                    response.status = HTTPStatus.NOT_IMPLEMENTED
+                else:
+                    handler(request, response, self._request_handler.storage)
+                break
+            else:
+                response.status = HTTPStatus.NOT_IMPLEMENTED
+            response.close()
+
+    class Handler(emu_server.RequestHandler):
+        def _serve(self, method: str) -> None:
+            Router(self).handle(method)
+
+        def do_GET(self):
+            self._serve("GET")
+
+        def do_POST(self):
+            self._serve("POST")
+
+        def do_PUT(self):
+            self._serve("PUT")
+
+        def do_DELETE(self):
+            self._serve("DELETE")
+
+        def do_PATCH(self):
+            self._serve("PATCH")
+
+    backing = Storage(use_memory_fs=True)
+    for name in buckets:
+        bucket_handlers.create_bucket(name, backing)
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, backing))
+    endpoint = f"http://127.0.0.1:{httpd.server_address[1]}"
+    thread = threading.Thread(target=httpd.serve_forever, name="gcs-emulator-pipelines", daemon=True)
+    thread.start()
+
+    def stop() -> None:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=5)
+
+    client = gcs.Client(project="test", credentials=AnonymousCredentials(), client_options={"api_endpoint": endpoint})
+    return GCSEmulator(endpoint=endpoint, client=client, _stop=stop)
+
+
+# --------------------------------------------------------------------------- pipeline chains
+
+
+def _drive(spec_path: str) -> None:
+    """Child-process entry point: run the spec's pipeline runs in order, write their outcomes."""
+    spec = json.loads(Path(spec_path).read_text())
+    from pipelines.local import run_local
+    from ptdistill.experiments import config_from_dict
+
+    outcomes = []
+    for run in spec["runs"]:
+        t0 = time.perf_counter()
+        try:
+            result = run_local(config_from_dict(run["config"]), pipeline_root=spec["pipeline_root"],
+                               artifact_store=spec["artifact_store"], tracking_uri=spec["tracking_uri"],
+                               run_name=run["run_name"])
+        except BaseException as err:  # noqa: BLE001 - recorded for the test to judge
+            outcomes.append({"run_name": run["run_name"], "ok": False, "error_type": type(err).__name__,
+                             "error": str(err), "traceback": traceback.format_exc(),
+                             "seconds": time.perf_counter() - t0})
+            if not run.get("expect_failure"):
+                break
+        else:
+            outcomes.append({"run_name": result.run_name, "ok": True, "seconds": result.seconds,
+                             "students": result.students, "markdown": result.markdown})
+    Path(spec["result"]).write_text(json.dumps(outcomes))
+
+
+@dataclass
+class PipelineChain:
+    """Pipeline runs done one after the other in a child process, and where they left things."""
+
+    name: str
+    root: Path
+    configs: list  # one ExperimentConfig per run
+    run_names: list[str]
+    artifact_store: str
+    expect_failure: bool = False
+    env: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen | None = None
+    outcomes: list[dict] | None = None
+    started: float = 0.0
+    seconds: float = 0.0
+
+    @property
+    def tracking_uri(self) -> str:
+        return f"sqlite:///{self.root / 'mlflow.db'}"
+
+    @property
+    def pipeline_root(self) -> Path:
+        return self.root / "kfp"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "chain.log"
+
+    def start(self) -> None:
+        from ptdistill.config import to_dict
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / "cwd").mkdir(exist_ok=True)
+        spec = {
+            "pipeline_root": str(self.pipeline_root), "artifact_store": self.artifact_store,
+            "tracking_uri": self.tracking_uri, "result": str(self.root / "outcomes.json"),
+            "runs": [{"config": to_dict(c), "run_name": n, "expect_failure": self.expect_failure}
+                     for c, n in zip(self.configs, self.run_names)],
+        }
+        (self.root / "spec.json").write_text(json.dumps(spec))
+        env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "STORAGE_EMULATOR_HOST")}
+        env |= {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **self.env}
+        code = f"import sys; sys.path.insert(0, {str(TESTS)!r}); from conftest import _drive; _drive(sys.argv[1])"
+        self.started = time.perf_counter()
+        with open(self.log, "wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-c", code, str(self.root / "spec.json")], cwd=self.root / "cwd", env=env,
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+
+    def wait(self) -> PipelineChain:
+        if self.outcomes is not None:
+            return self
+        assert self.process is not None, f"pipeline chain {self.name} was never started"
+        try:
+            code = self.process.wait(timeout=max(1.0, CHAIN_TIMEOUT - (time.perf_counter() - self.started)))
+        except subprocess.TimeoutExpired:
+            self.kill()
+            pytest.fail(f"pipeline chain {self.name} took over {CHAIN_TIMEOUT} s; log tail:\n{self.log_tail()}")
+        self.seconds = time.perf_counter() - self.started
+        result = self.root / "outcomes.json"
+        if code != 0 or not result.exists():
+            pytest.fail(f"pipeline chain {self.name} exited with {code}; log tail:\n{self.log_tail()}")
+        self.outcomes = json.loads(result.read_text())
+        unexpected = [o for o in self.outcomes if not o["ok"]] if not self.expect_failure else []
+        if unexpected or len(self.outcomes) != len(self.run_names):
+            detail = unexpected[0]["traceback"] if unexpected else "runs missing"
+            pytest.fail(f"pipeline chain {self.name} failed: {detail}\nlog tail:\n{self.log_tail()}")
+        return self
+
+    def log_tail(self, lines: int = 80) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def kill(self) -> None:
+        """Stop this chain's child process and the steps it started (its own process group)."""
+        if self.process is not None and self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                self.process.kill()
+            self.process.wait(timeout=30)
+
+    def tracker(self):
+        from ptdistill.tracking import Tracker
+
+        return Tracker(self.tracking_uri)
+
+
+class PipelineLauncher:
+    """The session's pipeline chains and the GCS emulator they may use."""
+
+    def __init__(self) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="ptdistill-pipelines-"))
+        self.chains: dict[str, PipelineChain] = {}
+        self.emulator: GCSEmulator | None = None
+
+    def chain(self, name: str) -> PipelineChain:
+        if name not in self.chains:
+            self.chains[name] = self._make(name)
+            self.chains[name].start()
+        return self.chains[name]
+
+    def _make(self, name: str) -> PipelineChain:
+        root = self.root / name
+        if name == "local":
+            config = tiny_synthetic(("ptloss", "kl"))
+            return PipelineChain(name, root, [config, config], ["local-1", "local-2"], str(root / "store"))
+        if name == "failing":
+            return PipelineChain(name, root, [tiny_synthetic(("no_such_loss",))], ["failing-1"], str(root / "store"),
+                                 expect_failure=True)
+        if name == "gcs":
+            if self.emulator is None:
+                self.emulator = start_gcs_emulator()
+            config = tiny_synthetic(("ptloss",))
+            return PipelineChain(name, root, [config, config], ["gcs-1", "gcs-2"], f"gs://{GCS_BUCKET}/{GCS_PREFIX}",
+                                 env={"STORAGE_EMULATOR_HOST": self.emulator.endpoint})
+        raise KeyError(name)
+
+    def close(self) -> None:
+        for chain in self.chains.values():
+            chain.kill()
+        if self.emulator is not None:
+            self.emulator.close()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+_LAUNCHER: PipelineLauncher | None = None
+
+
+def _launcher() -> PipelineLauncher:
+    global _LAUNCHER
+    if _LAUNCHER is None:
+        _LAUNCHER = PipelineLauncher()
+    return _LAUNCHER
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start the pipeline chains the selected tests need, so they overlap with the other tests."""
+    if session.config.option.collectonly:
+        return
+    wanted = {name for item in session.items for name in getattr(item, "fixturenames", ())}
+    for fixture, chain in PIPELINE_FIXTURES.items():
+        if fixture in wanted:
+            _launcher().chain(chain)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    global _LAUNCHER
+    if _LAUNCHER is not None:
+        _LAUNCHER.close()
+        _LAUNCHER = None
+
+
+@pytest.fixture(scope="session")
+def local_pipeline() -> PipelineChain:
+    """Two finished runs (``local-1``, ``local-2``) of the same tiny config on a local store."""
+    return _launcher().chain("local").wait()
+
+
+@pytest.fixture(scope="session")
+def failing_pipeline() -> PipelineChain:
+    """One run (``failing-1``) that fails in distill_student (unknown loss)."""
+    return _launcher().chain("failing").wait()
+
+
+@pytest.fixture(scope="session")
+def gcs_pipeline() -> PipelineChain:
+    """Two finished runs (``gcs-1``, ``gcs-2``) with the artifact store in the emulator's bucket."""
+    return _launcher().chain("gcs").wait()
+
+
+@pytest.fixture(scope="session")
+def gcs_pipeline_emulator(gcs_pipeline) -> GCSEmulator:
+    """The emulator behind ``gcs_pipeline``'s bucket."""
+    assert _launcher().emulator is not None
+    return _launcher().emulator

@@ -1,0 +1,204 @@
+"""Compiling every benchmark's pipeline to KFP IR YAML, read back strictly as protobuf messages."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from google.protobuf import json_format
+from kfp.pipeline_spec import pipeline_spec_pb2
+
+from components.images import CPU_IMAGE, GPU_IMAGE
+from pipelines.dag import compile_pipeline
+from ptdistill.cli import main
+from ptdistill.config import load_config, to_dict
+from ptdistill.experiments import BENCHMARKS, config_from_dict
+
+TOP_TASKS = {"prepare-data", "train-teacher", "teacher-inference", "proxy-search", "report"}
+LOOP_TASKS = {"distill-student", "evaluate"}
+GPU_TASKS = {"train-teacher", "teacher-inference", "distill-student"}
+ORDER = [("prepare-data", "train-teacher"), ("train-teacher", "teacher-inference"),
+         ("teacher-inference", "proxy-search"), ("proxy-search", "LOOP"), ("LOOP", "report")]
+PLACEHOLDER = re.compile(r"\{\{\$\.inputs\.parameters\['pipelinechannel--(\w+)'\]\}\}")
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory) -> Path:
+    """A tiny numeric CSV for the tabular benchmark."""
+    path = tmp_path_factory.mktemp("data") / "table.csv"
+    rng = np.random.default_rng(0)
+    pd.DataFrame({"x1": rng.normal(size=40), "x2": rng.normal(size=40),
+                  "label": ["yes", "no"] * 20}).to_csv(path, index=False)
+    return path
+
+
+def _config(benchmark: str, table: Path, overrides: list[str] = ()):
+    cls = BENCHMARKS[benchmark][0]
+    extra = [f"data.path={table}"] if benchmark == "tabular" else []
+    return load_config(cls, None, [*extra, *overrides])
+
+
+class Compiled:
+    """A compiled pipeline, parsed with unknown fields rejected."""
+
+    def __init__(self, path: Path) -> None:
+        docs = list(yaml.safe_load_all(path.read_text()))
+        assert docs and isinstance(docs[0], dict), f"{path}: no pipeline spec"
+        self.spec = json_format.ParseDict(docs[0], pipeline_spec_pb2.PipelineSpec(), ignore_unknown_fields=False)
+        self.platform = [json_format.ParseDict(d, pipeline_spec_pb2.PlatformSpec(), ignore_unknown_fields=False)
+                         for d in docs[1:] if d]
+        self.deployment = json_format.ParseDict(docs[0]["deploymentSpec"],
+                                                pipeline_spec_pb2.PipelineDeploymentConfig(),
+                                                ignore_unknown_fields=False)
+
+    @property
+    def tasks(self):
+        return self.spec.root.dag.tasks
+
+    def loop(self) -> tuple[str, pipeline_spec_pb2.PipelineTaskSpec]:
+        loops = [(name, t) for name, t in self.tasks.items() if t.WhichOneof("iterator") == "parameter_iterator"]
+        assert len(loops) == 1, f"expected one ParallelFor, got {[n for n, _ in loops]}"
+        return loops[0]
+
+    def loop_tasks(self):
+        _, task = self.loop()
+        return self.spec.components[task.component_ref.name].dag.tasks
+
+    def all_tasks(self) -> dict:
+        return {**{n: t for n, t in self.tasks.items()}, **{n: t for n, t in self.loop_tasks().items()}}
+
+    def container(self, task):
+        label = self.spec.components[task.component_ref.name].executor_label
+        return self.deployment.executors[label].container
+
+    def root_default(self, name: str):
+        return json_format.MessageToDict(self.spec.root.input_definitions.parameters[name].default_value)
+
+    def resolve(self, raw: str):
+        """A literal, or the default of the pipeline parameter a placeholder names."""
+        match = PLACEHOLDER.fullmatch(raw)
+        return self.root_default(match.group(1)) if match else raw
+
+    def accelerator(self, task) -> tuple[str, int] | None:
+        resources = self.container(task).resources
+        if not resources.HasField("accelerator"):
+            return None
+        acc = resources.accelerator
+        kind = self.resolve(acc.resource_type or acc.type)
+        count = self.resolve(acc.resource_count or str(acc.count))
+        return str(kind), int(float(count))
+
+
+def _compile(config, tmp_path: Path, name: str = "x.yaml") -> Compiled:
+    path = compile_pipeline(config, tmp_path / name)
+    assert path == tmp_path / name and path.is_file()
+    return Compiled(path)
+
+
+@pytest.fixture(scope="module", params=sorted(BENCHMARKS))
+def compiled(request, table, tmp_path_factory) -> tuple[object, Compiled]:
+    config = _config(request.param, table)
+    return config, _compile(config, tmp_path_factory.mktemp(f"compile-{request.param}"))
+
+
+def test_pipeline_name_and_default_parameters(compiled):
+    config, c = compiled
+    assert c.spec.pipeline_info.name == f"ptdistill-{config.benchmark}"
+    assert c.spec.sdk_version.startswith("kfp-2.")
+    # The config travels as JSON and comes back as the same config; the fan-out grid is the default.
+    assert config_from_dict(json.loads(c.root_default("config_json"))) == config
+    assert c.root_default("runs") == config.runs()
+    assert set(c.spec.root.input_definitions.parameters) >= {"config_json", "runs", "run_name", "tracking_uri",
+                                                             "artifact_store"}
+
+
+def test_dag_tasks_and_fan_out(compiled):
+    _, c = compiled
+    loop_name, loop = c.loop()
+    assert set(c.tasks) == TOP_TASKS | {loop_name}
+    assert set(c.loop_tasks()) == LOOP_TASKS
+    assert loop.parameter_iterator.items.input_parameter == "pipelinechannel--runs"
+    assert loop.inputs.parameters["pipelinechannel--runs"].component_input_parameter == "runs"
+    assert "distill-student" in c.loop_tasks()["evaluate"].dependent_tasks
+    for before, after in ORDER:
+        before, after = (loop_name if t == "LOOP" else t for t in (before, after))
+        assert before in c.tasks[after].dependent_tasks, (before, after)
+    # report collects the students' rows from the loop (dsl.Collected).
+    summaries = c.tasks["report"].inputs.parameters["summaries"].task_output_parameter
+    assert summaries.producer_task == loop_name
+
+
+def test_executors_use_the_project_images_without_installing_kfp(compiled):
+    _, c = compiled
+    tasks = c.all_tasks()
+    assert set(tasks) - {c.loop()[0]} == TOP_TASKS | LOOP_TASKS
+    for name, task in tasks.items():
+        if name == c.loop()[0]:
+            continue
+        container = c.container(task)
+        assert container.image == (GPU_IMAGE if name in GPU_TASKS else CPU_IMAGE), name
+        text = " ".join([*container.command, *container.args])
+        assert "kfp.dsl.executor_main" in text, name
+        assert "pip install" not in text and "kfp==" not in text, name  # install_kfp_package=False
+
+
+def test_no_accelerator_by_default(compiled):
+    config, c = compiled
+    assert config.accelerator.count == 0
+    for name, task in c.all_tasks().items():
+        if task.HasField("component_ref") and c.spec.components[task.component_ref.name].executor_label:
+            assert c.accelerator(task) is None, name
+
+
+def test_accelerator_request_with_set_override(tmp_path):
+    out = tmp_path / "gpu.yaml"
+    assert main(["compile", "synthetic", "--set", "accelerator.count=1", "-o", str(out)]) == 0
+    c = Compiled(out)
+    for name, task in c.all_tasks().items():
+        if name == c.loop()[0]:
+            continue
+        expected = ("nvidia.com/gpu", 1) if name in GPU_TASKS else None
+        assert c.accelerator(task) == expected, name
+
+
+def test_accelerator_type_and_count_come_from_the_config(table, tmp_path):
+    config = _config("tabular", table, ["accelerator.count=2", "accelerator.type=NVIDIA_TESLA_T4"])
+    c = _compile(config, tmp_path)
+    for name in GPU_TASKS:
+        assert c.accelerator(c.all_tasks()[name]) == ("NVIDIA_TESLA_T4", 2), name
+
+
+def test_cli_compile_console_script(tmp_path):
+    """``ptdistill compile synthetic -o FILE`` as a user runs it; image overrides are honoured."""
+    script = Path(sys.executable).with_name("ptdistill")
+    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "ptdistill"]
+    out = tmp_path / "out" / "synthetic.yaml"
+    env = {**os.environ, "PTDISTILL_CPU_IMAGE": "registry.example/ptd-cpu:test",
+           "PTDISTILL_GPU_IMAGE": "registry.example/ptd-gpu:test"}
+    proc = subprocess.run([*cmd, "compile", "synthetic", "--quick", "-o", str(out)], capture_output=True, text=True,
+                          cwd=tmp_path, env=env, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"wrote {out}"
+    c = Compiled(out)
+    quick = BENCHMARKS["synthetic"][0].quick()
+    assert config_from_dict(json.loads(c.root_default("config_json"))) == quick
+    assert {c.container(t).image for n, t in c.all_tasks().items() if n != c.loop()[0]} == {
+        "registry.example/ptd-cpu:test", "registry.example/ptd-gpu:test"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no runs/ or mlflow.db from compiling
+
+
+def test_cli_compile_tabular_checks_and_compiles(table, tmp_path, capsys):
+    out = tmp_path / "tabular.yaml"
+    assert main(["compile", "tabular", "--set", f"data.path={table}", "-o", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == f"wrote {out}"
+    config = config_from_dict(json.loads(Compiled(out).root_default("config_json")))
+    assert config.data.path == str(table)
+    assert to_dict(config) == to_dict(_config("tabular", table))

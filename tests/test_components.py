@@ -1,0 +1,411 @@
+"""Unit tests of each KFP component, run in this process through ``component.python_func``.
+
+As in kubeflow/pipelines-components: inputs and outputs are ``dsl`` artifact objects whose
+``uri`` is a path under a temporary folder, the way the KFP executor hands them over. The
+components are chained by module fixtures (one stage each) on a tiny synthetic config, with
+MLflow on a temporary SQLite file and the artifact store in a temporary folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from kfp import dsl
+
+from components.distill_student import distill_student
+from components.evaluate import evaluate
+from components.prepare_data import prepare_data
+from components.proxy_search import proxy_search
+from components.report import report
+from components.teacher_inference import teacher_inference
+from components.train_teacher import train_teacher
+from ptdistill.config import ConfigError, to_dict
+from ptdistill.datasets import FeatureSplit
+from ptdistill.experiments import TabularConfig
+from ptdistill.models import MLP
+from ptdistill.steps.common import RunInfo
+from ptdistill.storage import open_store
+from ptdistill.tracking import CHAMPION_ALIAS, PARENT_TAG, ROLE_TAG, Tracker
+
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:The ``noload`` loader strategy is deprecated:DeprecationWarning",
+)
+
+SPLITS = ("teacher_train", "distill", "validation", "test")
+PNG = b"\x89PNG\r\n\x1a\n"
+RUN_NAME = "unit-run"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """One thread: the pipeline runs of test_pipeline_local share the 2-core box in the background."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@dataclass
+class Env:
+    root: Path
+    config: object
+    tracking_uri: str
+    store: str
+
+    @property
+    def config_json(self) -> str:
+        return json.dumps(to_dict(self.config))
+
+    def artifact(self, cls, *parts: str):
+        """An output artifact as the executor makes it: a ``uri`` whose parent folder exists."""
+        path = self.root.joinpath(*parts)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return cls(name=parts[-1], uri=str(path))
+
+    def tracker(self) -> Tracker:
+        return Tracker(self.tracking_uri)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory, tiny_config) -> Env:
+    root = tmp_path_factory.mktemp("components")
+    return Env(root=root, config=tiny_config(("ptloss", "kl")), tracking_uri=f"sqlite:///{root / 'mlflow.db'}",
+               store=str(root / "store"))
+
+
+# --------------------------------------------------------------------------- stages
+
+
+@pytest.fixture(scope="module")
+def prepared(env) -> dict:
+    outputs = {name: env.artifact(dsl.Dataset, "prepare_data", name) for name in SPLITS}
+    outputs["run_info"] = env.artifact(dsl.Artifact, "prepare_data", "run_info")
+    result = prepare_data.python_func(config=env.config_json, run_name=RUN_NAME, tracking_uri=env.tracking_uri,
+                                      artifact_store=env.store, **outputs)
+    assert result is None
+    info = RunInfo.load(outputs["run_info"].path)
+    # Snapshot now: the report stage closes the parent later.
+    outputs["parent_at_start"] = env.tracker().client.get_run(info.parent_run_id)
+    return outputs
+
+
+@pytest.fixture(scope="module")
+def info(prepared) -> RunInfo:
+    return RunInfo.load(prepared["run_info"].path)
+
+
+@pytest.fixture(scope="module")
+def teacher(env, prepared) -> dict:
+    model = env.artifact(dsl.Model, "train_teacher", "teacher")
+    out = train_teacher.python_func(config=env.config_json, run_info=prepared["run_info"],
+                                    teacher_train=prepared["teacher_train"], validation=prepared["validation"],
+                                    teacher=model)
+    return {"model": model, "teacher_id": out.teacher_id}
+
+
+def _infer(env, prepared, teacher, folder: str) -> dict:
+    outputs = {name: env.artifact(dsl.Dataset, folder, name) for name in ("distill_probs", "validation_probs",
+                                                                          "test_probs")}
+    outputs["teacher_report"] = env.artifact(dsl.Artifact, folder, "teacher_report")
+    teacher_inference.python_func(config=env.config_json, run_info=prepared["run_info"], teacher=teacher["model"],
+                                  distill=prepared["distill"], validation=prepared["validation"],
+                                  test=prepared["test"], **outputs)
+    outputs["report"] = json.loads(Path(outputs["teacher_report"].path).read_text())
+    return outputs
+
+
+@pytest.fixture(scope="module")
+def inference(env, prepared, teacher) -> dict:
+    """Two calls: the first fills the teacher cache, the second is served from it."""
+    first = _infer(env, prepared, teacher, "teacher_inference_1")
+    parent = env.tracker().client.get_run(RunInfo.load(prepared["run_info"].path).parent_run_id)
+    first["cache_tag"] = parent.data.tags["teacher_cache"]
+    second = _infer(env, prepared, teacher, "teacher_inference_2")
+    return {"first": first, "second": second}
+
+
+@pytest.fixture(scope="module")
+def searched(env, prepared, inference) -> dict:
+    outputs = {"search": env.artifact(dsl.Artifact, "proxy_search", "search"),
+               "summary": env.artifact(dsl.Markdown, "proxy_search", "summary")}
+    proxy_search.python_func(config=env.config_json, run_info=prepared["run_info"],
+                             validation=prepared["validation"],
+                             validation_probs=inference["first"]["validation_probs"], **outputs)
+    return outputs
+
+
+@pytest.fixture(scope="module")
+def students(env, prepared, inference, searched) -> dict:
+    out = {}
+    for method in ("ptloss", "kl"):
+        model = env.artifact(dsl.Model, f"distill_student_{method}", "student")
+        # kfp.local hands loop items over as JSON numbers: the seed arrives as a float.
+        distill_student.python_func(config=env.config_json, run={"method": method, "seed": 0.0},
+                                    run_info=prepared["run_info"], distill=prepared["distill"],
+                                    distill_probs=inference["first"]["distill_probs"],
+                                    validation=prepared["validation"], search=searched["search"], student=model)
+        out[method] = model
+    return out
+
+
+@pytest.fixture(scope="module")
+def evaluated(env, prepared, students) -> dict:
+    out = {}
+    for method, model in students.items():
+        metrics = env.artifact(dsl.Metrics, f"evaluate_{method}", "metrics")
+        confusion = env.artifact(dsl.ClassificationMetrics, f"evaluate_{method}", "confusion")
+        row = evaluate.python_func(config=env.config_json, run_info=prepared["run_info"], student=model,
+                                   validation=prepared["validation"], test=prepared["test"], metrics=metrics,
+                                   confusion=confusion)
+        out[method] = {"json": row, "row": json.loads(row), "metrics": metrics, "confusion": confusion}
+    return out
+
+
+@pytest.fixture(scope="module")
+def reported(env, prepared, inference, searched, evaluated) -> dict:
+    outputs = {"markdown": env.artifact(dsl.Markdown, "report", "markdown"),
+               "page": env.artifact(dsl.HTML, "report", "page")}
+    report.python_func(config=env.config_json, summaries=[e["json"] for e in evaluated.values()],
+                       run_info=prepared["run_info"], search=searched["search"],
+                       teacher_report=inference["first"]["teacher_report"], **outputs)
+    return outputs
+
+
+# --------------------------------------------------------------------------- prepare_data
+
+
+def test_prepare_data_writes_four_splits(env, prepared, info):
+    sizes = env.config.data.sizes
+    for name in SPLITS:
+        split = FeatureSplit.load(prepared[name].path)
+        assert len(split) == sizes[name]
+        assert split.dim == env.config.data.dim
+        assert (split.labels is None) == (name == "distill"), name  # the distillation split is unlabeled
+        assert split.p_star is not None  # synthetic data: the true posterior is known
+        assert prepared[name].metadata["fingerprint"] == info.fingerprint
+
+
+def test_prepare_data_writes_run_info(env, prepared, info):
+    raw = json.loads(Path(prepared["run_info"].path).read_text())
+    assert set(raw) == {f.name for f in dataclasses.fields(RunInfo)}
+    assert info.benchmark == "synthetic" and info.run_name == RUN_NAME
+    assert info.tracking_uri == env.tracking_uri and info.artifact_store == env.store
+    assert info.num_classes == 3 and info.input_dim == env.config.data.dim
+    assert info.class_names == ["0", "1", "2"]
+    assert len(info.fingerprint) == 64
+
+
+def test_prepare_data_opens_a_running_parent(prepared, info):
+    parent = prepared["parent_at_start"]
+    assert parent.info.run_id == info.parent_run_id
+    assert parent.info.status == "RUNNING"
+    assert parent.info.run_name == RUN_NAME
+    tags = parent.data.tags
+    assert tags[ROLE_TAG] == "parent" and tags["kfp.run_name"] == RUN_NAME and tags["benchmark"] == "synthetic"
+    assert tags["data_fingerprint"] == info.fingerprint
+    assert tags["git_commit"]
+    assert json.loads(parent.data.params["seeds"]) == [0]
+    assert json.loads(parent.data.params["methods"]) == ["ptloss", "kl"]
+
+
+def test_prepare_data_rejects_bad_data_before_writing(env, tmp_path):
+    csv = tmp_path / "one_class.csv"
+    pd.DataFrame({"x1": np.arange(20.0), "x2": np.ones(20), "label": ["a"] * 20}).to_csv(csv, index=False)
+    config = TabularConfig.quick()
+    config.data.path = str(csv)
+    outputs = {name: dsl.Dataset(name=name, uri=str(tmp_path / "out" / name)) for name in SPLITS}
+    run_info = dsl.Artifact(name="run_info", uri=str(tmp_path / "out" / "run_info"))
+    with pytest.raises(ValueError, match="single class"):
+        prepare_data.python_func(config=json.dumps(to_dict(config)), run_name="bad", tracking_uri=env.tracking_uri,
+                                 artifact_store=env.store, run_info=run_info, **outputs)
+    assert not (tmp_path / "out").exists()
+    assert env.tracker().experiment_id("tabular", create=False) is None  # no parent run was opened
+
+
+# --------------------------------------------------------------------------- train_teacher
+
+
+def test_train_teacher_saves_a_model_dir(env, teacher, info):
+    path = Path(teacher["model"].path)
+    assert path.is_dir() and (path / "config.json").is_file()
+    model = MLP.from_pretrained(path)
+    assert model.config.input_dim == info.input_dim and model.config.num_classes == info.num_classes
+    assert list(model.config.hidden) == env.config.teacher.hidden
+    assert teacher["teacher_id"].startswith("mlp:")
+    assert teacher["model"].metadata["teacher_id"] == teacher["teacher_id"]
+    assert teacher["model"].metadata["epochs_run"] == env.config.teacher.train.epochs
+    parent = env.tracker().client.get_run(info.parent_run_id)
+    assert parent.data.tags["teacher_id"] == teacher["teacher_id"]
+    keys = open_store(env.store).list(f"synthetic/{RUN_NAME}/teacher/")
+    assert f"synthetic/{RUN_NAME}/teacher/config.json" in keys
+
+
+# --------------------------------------------------------------------------- teacher_inference
+
+
+@pytest.mark.parametrize("split", ["distill", "validation", "test"])
+def test_teacher_inference_writes_probabilities(env, prepared, teacher, inference, split):
+    frame = pd.read_parquet(inference["first"][f"{split}_probs"].path)
+    probs = np.stack(frame["probs"].to_numpy())
+    assert probs.shape == (env.config.data.sizes[split], 3)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-6)
+    assert (probs >= 0).all()
+    assert (frame["teacher_id"] == teacher["teacher_id"]).all()
+    np.testing.assert_array_equal(frame["id"].to_numpy(), FeatureSplit.load(prepared[split].path).ids)
+
+
+def test_teacher_inference_second_call_is_a_cache_hit(env, teacher, inference):
+    first, second = inference["first"], inference["second"]
+    for split in ("distill", "validation", "test"):
+        assert first[f"{split}_probs"].metadata["cache"] == "miss"
+        assert second[f"{split}_probs"].metadata["cache"] == "hit"
+        assert first["report"]["splits"][split]["cache"] == "miss"
+        assert second["report"]["splits"][split]["cache"] == "hit"
+        assert first["report"]["splits"][split]["uri"] == second["report"]["splits"][split]["uri"]
+        assert Path(second[f"{split}_probs"].path).read_bytes() == Path(first[f"{split}_probs"].path).read_bytes()
+    assert first["report"]["teacher_id"] == second["report"]["teacher_id"] == teacher["teacher_id"]
+    assert first["report"]["splits"]["test"]["metrics"] == second["report"]["splits"]["test"]["metrics"]
+    assert "metrics" not in first["report"]["splits"]["distill"]  # unlabeled
+    assert first["cache_tag"] == "distill:miss,validation:miss,test:miss"
+    assert len(open_store(env.store).list("cache/teacher/")) == 3
+
+
+def test_teacher_inference_tags_the_cache_outcome(env, info, inference):
+    parent = env.tracker().client.get_run(info.parent_run_id)
+    assert parent.data.tags["teacher_cache"] == "distill:hit,validation:hit,test:hit"
+    assert "teacher_test_accuracy" in parent.data.metrics
+
+
+# --------------------------------------------------------------------------- proxy_search
+
+
+def test_proxy_search_writes_result_table_and_plot(env, searched):
+    folder = Path(searched["search"].path)
+    result = json.loads((folder / "result.json").read_text())
+    eps = np.asarray(result["eps"])
+    assert 1 <= result["order"] <= env.config.search.max_order
+    assert eps.shape == (3, result["order"])
+    assert result["criterion"] == env.config.search.criterion and result["strategy"] == env.config.search.strategy
+    candidates = pd.read_csv(folder / "candidates.csv")
+    assert len(candidates) == env.config.search.trials * env.config.search.max_order
+    assert (folder / "proxy.png").read_bytes().startswith(PNG)
+    assert searched["search"].metadata["order"] == result["order"]
+    assert "eps" not in searched["search"].metadata
+    assert "Proxy search" in Path(searched["summary"].path).read_text()
+
+
+def test_proxy_search_logs_to_the_parent_and_publishes(env, info, searched):
+    client = env.tracker().client
+    assert {a.path for a in client.list_artifacts(info.parent_run_id)} >= {"result.json", "candidates.csv",
+                                                                           "proxy.png"}
+    assert "search_order" in client.get_run(info.parent_run_id).data.metrics
+    keys = open_store(env.store).list(f"synthetic/{RUN_NAME}/search/")
+    assert {k.rsplit("/", 1)[1] for k in keys} == {"result.json", "candidates.csv", "proxy.png"}
+
+
+# --------------------------------------------------------------------------- distill_student
+
+
+def test_distill_student_saves_model_and_training_record(env, info, searched, students):
+    eps = json.loads((Path(searched["search"].path) / "result.json").read_text())["eps"]
+    for method, model in students.items():
+        folder = Path(model.path)
+        student = MLP.from_pretrained(folder)
+        assert list(student.config.hidden) == env.config.student.hidden
+        record = json.loads((folder / "training.json").read_text())
+        assert record["method"] == method and record["seed"] == 0 and isinstance(record["seed"], int)
+        assert model.metadata == {"method": method, "seed": 0}
+        assert record["history"]["epochs_run"] == env.config.student.train.epochs
+        assert len(record["history"]["train_loss"]) >= 3
+        if method == "ptloss":
+            assert record["loss"] == "ptloss"
+            assert record["params"]["eps"] == eps  # the coefficients chosen by the search
+        else:
+            assert record["loss"] == "kl" and "eps" not in record["params"]
+        keys = open_store(env.store).list(f"synthetic/{RUN_NAME}/students/{method}-seed0/")
+        assert f"synthetic/{RUN_NAME}/students/{method}-seed0/training.json" in keys
+
+
+def test_distill_student_rejects_an_unknown_method(env, prepared, inference, searched):
+    model = env.artifact(dsl.Model, "distill_student_unknown", "student")
+    with pytest.raises(ConfigError, match="no method named 'nope'"):
+        distill_student.python_func(config=env.config_json, run={"method": "nope", "seed": 0.0},
+                                    run_info=prepared["run_info"], distill=prepared["distill"],
+                                    distill_probs=inference["first"]["distill_probs"],
+                                    validation=prepared["validation"], search=searched["search"], student=model)
+    assert not Path(model.path).exists()
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+def test_evaluate_returns_a_summary_row(evaluated):
+    for method, out in evaluated.items():
+        row = out["row"]
+        assert row["method"] == method and row["seed"] == 0
+        assert "confusion_matrix" not in row  # it goes to the ClassificationMetrics output
+        for split in ("test", "val"):
+            for metric in ("accuracy", "nll", "ece", "task"):
+                assert isinstance(row[f"{split}_{metric}"], float), (method, split, metric)
+        assert row["test_task"] == row["test_accuracy"]
+        assert out["metrics"].metadata["test_accuracy"] == row["test_accuracy"]
+        assert out["metrics"].metadata["val_nll"] == row["val_nll"]
+        matrix = out["confusion"].metadata["confusionMatrix"]
+        assert [c["displayName"] for c in matrix["annotationSpecs"]] == ["0", "1", "2"]
+
+
+def test_evaluate_logs_a_finished_child_run(env, info, evaluated):
+    client = env.tracker().client
+    for method, out in evaluated.items():
+        child = client.get_run(out["row"]["run_id"])
+        assert child.info.status == "FINISHED"
+        assert child.info.run_name == f"{method}-seed0"
+        assert child.data.tags[PARENT_TAG] == info.parent_run_id
+        params = child.data.params
+        assert params["method"] == method and params["seed"] == "0"
+        if method == "ptloss":
+            eps = json.loads(params["eps"])
+            assert int(params["order"]) == len(eps[0]) and len(eps) == 3
+        else:
+            assert "eps" not in params and "order" not in params
+        assert child.data.metrics["test_accuracy"] == pytest.approx(out["row"]["test_accuracy"])
+        assert len(client.get_metric_history(child.info.run_id, "train_loss")) >= 3
+        assert {a.path for a in client.list_artifacts(child.info.run_id)} >= {"model", "confusion_matrix.png",
+                                                                              "training.json"}
+
+
+# --------------------------------------------------------------------------- report
+
+
+def test_report_writes_markdown_and_html(reported, info, evaluated):
+    markdown = Path(reported["markdown"].path).read_text()
+    assert markdown.startswith(f"# ptdistill synthetic: {RUN_NAME}")
+    assert "| ptloss | 1 |" in markdown and "| kl | 1 |" in markdown
+    assert f"`{info.fingerprint[:12]}`" in markdown
+    page = Path(reported["page"].path).read_text()
+    assert page.startswith("<html>") and "<table" in page and "data:image/png;base64," in page
+    folder = Path(reported["markdown"].path).parent / "report"
+    assert (folder / "report.md").read_text() == markdown
+    assert json.loads((folder / "students.json").read_text()) == [e["row"] for e in evaluated.values()]
+
+
+def test_report_registers_the_champion_and_closes_the_parent(env, info, evaluated, reported):
+    client = env.tracker().client
+    version = client.get_model_version_by_alias("ptdistill-synthetic", CHAMPION_ALIAS)
+    best = max(evaluated.values(), key=lambda e: e["row"]["val_task"])["row"]
+    assert version.run_id == best["run_id"]
+    parent = client.get_run(info.parent_run_id)
+    assert parent.info.status == "FINISHED"
+    for method in ("ptloss", "kl"):
+        assert f"test_accuracy_mean_{method}" in parent.data.metrics
+    assert {a.path for a in client.list_artifacts(info.parent_run_id)} >= {"report.md", "report.html",
+                                                                           "accuracy.png", "students.json"}
+    keys = open_store(env.store).list(f"synthetic/{RUN_NAME}/report/")
+    assert f"synthetic/{RUN_NAME}/report/report.md" in keys

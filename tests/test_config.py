@@ -1,0 +1,399 @@
+"""Strict configuration: defaults, YAML files, ``--set`` overrides, round trips, and the CLI
+rejecting bad config or bad data before any pipeline starts."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ptdistill.cli import main
+from ptdistill.config import ConfigError, from_dict, load_config, parse_override, to_dict
+from ptdistill.experiments import (
+    BENCHMARKS,
+    GaussianData,
+    MethodSpec,
+    SyntheticConfig,
+    TabularConfig,
+    config_class,
+    config_from_dict,
+    default_methods,
+)
+from ptdistill.training import TrainConfig
+
+
+def _ints_as_floats(value):
+    """What a JSON/protobuf-Struct round trip (KFP parameters) does to integers."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return float(value)
+    if isinstance(value, dict):
+        return {k: _ints_as_floats(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_ints_as_floats(v) for v in value]
+    return value
+
+
+# --------------------------------------------------------------------------- defaults and presets
+
+
+def test_defaults():
+    config = load_config(SyntheticConfig)
+    assert config == SyntheticConfig()
+    assert config.benchmark == "synthetic" and isinstance(config.data, GaussianData)
+    assert config.teacher.train == TrainConfig() and config.student.hidden == [128, 128]
+    assert [m.name for m in config.methods] == [m.name for m in default_methods()]
+    assert config.seeds == [0, 1, 2] and config.accelerator.count == 0
+    assert load_config(TabularConfig).data.path == ""
+
+
+@pytest.mark.parametrize("benchmark", sorted(BENCHMARKS))
+def test_quick_presets(benchmark):
+    cls = config_class(benchmark)
+    quick = cls.quick()
+    assert isinstance(quick, cls) and quick.benchmark == benchmark
+    assert [m.name for m in quick.methods] == ["ptloss", "kl"]
+    assert quick.seeds == [0]
+    assert quick.teacher.train.epochs == quick.student.train.epochs == 8
+    assert (quick.search.trials, quick.search.max_order) == (10, 3)
+    assert cls.quick() is not quick and cls.quick() == quick
+    if benchmark == "synthetic":
+        assert quick.data.sizes == {"teacher_train": 600, "distill": 1200, "validation": 300, "test": 3000}
+    # quick() does not leak into the defaults (no shared mutable state).
+    assert cls().teacher.train.epochs == 100 and cls().seeds == [0, 1, 2]
+
+
+def test_overrides_on_top_of_quick():
+    config = load_config(SyntheticConfig, None, ["seeds=[0,1]"], base=SyntheticConfig.quick())
+    assert config.seeds == [0, 1]
+    assert config.data.sizes["distill"] == 1200 and config.student.train.epochs == 8
+
+
+def test_unknown_benchmark():
+    with pytest.raises(ConfigError, match="unknown benchmark 'nope'; available: synthetic, tabular"):
+        config_class("nope")
+
+
+# --------------------------------------------------------------------------- --set
+
+
+@pytest.mark.parametrize(
+    ("override", "get", "expected"),
+    [
+        ("student.train.epochs=3", lambda c: c.student.train.epochs, 3),
+        ("teacher.train.lr=0.01", lambda c: c.teacher.train.lr, 0.01),
+        ("teacher.train.lr=1", lambda c: c.teacher.train.lr, 1.0),  # an int where a float is expected
+        ("seeds=[0,1]", lambda c: c.seeds, [0, 1]),
+        ("seeds=[0, 1.0]", lambda c: c.seeds, [0, 1]),
+        ("student.hidden=[8, 4]", lambda c: c.student.hidden, [8, 4]),
+        ("student.train.patience=2", lambda c: c.student.train.patience, 2),
+        ("student.train.patience=null", lambda c: c.student.train.patience, None),
+        ("search.strategy=implicit", lambda c: c.search.strategy, "implicit"),
+        ("data.sizes.test=500", lambda c: c.data.sizes, {"teacher_train": 2000, "distill": 7000,
+                                                          "validation": 1000, "test": 500}),
+        ("accelerator.count=1", lambda c: (c.accelerator.type, c.accelerator.count), ("nvidia.com/gpu", 1)),
+        ("methods=[{name: kl, loss: kl}]", lambda c: c.methods, [MethodSpec("kl", "kl")]),
+        ("task_metric=f1", lambda c: c.task_metric, "f1"),
+    ],
+)
+def test_set_overrides(override, get, expected):
+    config = load_config(SyntheticConfig, None, [override])
+    value = get(config)
+    assert value == expected
+    assert type(value) is type(expected)
+    if isinstance(expected, list) and expected and isinstance(expected[0], int):
+        assert all(type(v) is int for v in value)
+
+
+def test_set_tabular_path_and_columns(tmp_path):
+    path = tmp_path / "data with space.csv"
+    config = load_config(TabularConfig, None, [f"data.path={path}", "data.feature_columns=[x1, x2]",
+                                               "data.label_column=y"])
+    assert config.data.path == str(path)
+    assert config.data.feature_columns == ["x1", "x2"] and config.data.label_column == "y"
+
+
+def test_ints_given_as_floats_are_accepted():
+    config = load_config(SyntheticConfig, None, ["student.train.epochs=3.0", "search.trials=7.0"])
+    assert config.student.train.epochs == 3 and type(config.student.train.epochs) is int
+    assert config.search.trials == 7 and type(config.search.trials) is int
+
+
+def test_later_overrides_win_and_siblings_are_kept():
+    config = load_config(SyntheticConfig, None, ["student.train.epochs=3", "student.train.epochs=4"])
+    assert config.student.train.epochs == 4
+    assert config.student.train.lr == TrainConfig().lr and config.teacher.train.epochs == 100
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("student.train.epochz=3", "unknown key student.train.epochz; valid keys here: batch_size, device, epochs"),
+        ("teacher.widht=3", "unknown key teacher.widht; valid keys here: hidden, train"),
+        ("foo=1", "unknown key foo; valid keys here: accelerator, benchmark, data"),
+        ("foo.bar=1", "unknown key foo in --set 'foo.bar=1'"),
+        ("data.pth=/x.csv", "unknown key data.pth; valid keys here: data_seed, dim, num_classes"),
+        ("methods=[{name: a, loss: kl, prams: {}}]", "unknown key methods[0].prams"),
+    ],
+)
+def test_unknown_keys_name_the_full_key(override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(SyntheticConfig, None, [override])
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("student.train.epochs=abc", "student.train.epochs: expected an integer, got 'abc'"),
+        ("student.train.epochs=3.5", "student.train.epochs: expected an integer, got 3.5"),
+        ("student.train.epochs=true", "student.train.epochs: expected an integer, got True"),  # bool is not an int
+        ("teacher.train.seed=false", "teacher.train.seed: expected an integer, got False"),
+        ("student.train.patience=yes", "student.train.patience: expected an integer, got True"),
+        ("seeds=[a]", "seeds[0]: expected an integer, got 'a'"),
+        ("seeds=3", "seeds: expected a list, got 3"),
+        ("student.hidden=[8, x]", "student.hidden[1]: expected an integer, got 'x'"),
+        ("teacher.train.lr=fast", "teacher.train.lr: expected a number, got 'fast'"),
+        ("teacher.train.lr=true", "teacher.train.lr: expected a number, got True"),
+        ("search.strategy=3", "search.strategy: expected str, got 3"),
+        ("student=3", "student: expected a mapping for ModelSpec, got 3"),
+        ("data.sizes=[1, 2]", "data.sizes: expected a mapping, got [1, 2]"),
+    ],
+)
+def test_wrong_types_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(SyntheticConfig, None, [override])
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("noequals", "expected key=value"), ("a..b=1", "expected a dotted key"), ("=1", "expected a dotted key"),
+     ("seeds=[1", "cannot parse value")],
+)
+def test_malformed_overrides(text, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_override(text)
+
+
+def test_parse_override_values_are_yaml():
+    assert parse_override("a.b=3") == (["a", "b"], 3)
+    assert parse_override("a=3.0") == (["a"], 3.0)
+    assert parse_override("a=[0,1]") == (["a"], [0, 1])
+    assert parse_override("path=/x/y=z.csv") == (["path"], "/x/y=z.csv")  # split at the first '='
+    assert parse_override("a=") == (["a"], "")
+
+
+@pytest.mark.parametrize(("override", "expected"), [("data.sizes.test=abc", None), ("data.sizes.test=100.0", 100)])
+def test_dict_values_are_checked(override, expected):
+    """``data.sizes`` is ``dict[str, int]``, yet any value passes: 'abc' only fails in the pipeline's
+    prepare_data, and 100.0 stays a float (unlike int fields, where 3.0 becomes 3)."""
+    if expected is None:
+        with pytest.raises(ConfigError, match=re.escape("data.sizes.test")):
+            load_config(SyntheticConfig, None, [override])
+    else:
+        value = load_config(SyntheticConfig, None, [override]).data.sizes["test"]
+        assert value == expected and type(value) is int
+
+
+def test_out_of_range_values_name_the_full_key():
+    with pytest.raises(ValueError, match=re.escape("student.train.epochs")):
+        load_config(SyntheticConfig, None, ["student.train.epochs=0"])
+
+
+# --------------------------------------------------------------------------- YAML files
+
+
+def test_yaml_file_is_merged_then_overrides_apply(tmp_path):
+    path = tmp_path / "exp.yaml"
+    path.write_text(
+        "student:\n  train:\n    epochs: 3\n    lr: 0.01\n"
+        "seeds: [4, 5]\n"
+        "methods:\n  - {name: kl, loss: kl}\n  - {name: smooth, loss: label_smoothing, params: {delta: 0.2}}\n"
+        "data:\n  sizes: {teacher_train: 10, distill: 20, validation: 5, test: 5}\n"
+    )
+    config = load_config(SyntheticConfig, path)
+    assert config.student.train.epochs == 3 and config.student.train.lr == 0.01
+    assert config.student.train.batch_size == TrainConfig().batch_size  # siblings keep their defaults
+    assert config.student.hidden == [128, 128] and config.teacher.train.epochs == 100
+    assert config.seeds == [4, 5]
+    assert config.methods == [MethodSpec("kl", "kl"), MethodSpec("smooth", "label_smoothing", {"delta": 0.2})]
+    assert config.data.sizes == {"teacher_train": 10, "distill": 20, "validation": 5, "test": 5}
+    assert config.data.dim == 30
+    over = load_config(SyntheticConfig, path, ["student.train.epochs=9", "seeds=[1]"])
+    assert over.student.train.epochs == 9 and over.seeds == [1] and over.student.train.lr == 0.01
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("student:\n  train:\n    epochz: 3\n", "unknown key student.train.epochz"),
+        ("student:\n  train:\n    epochs: abc\n", "student.train.epochs: expected an integer, got 'abc'"),
+        ("seeds: [0, x]\n", "seeds[1]: expected an integer, got 'x'"),
+        ("- 1\n- 2\n", "expected a mapping at the top level"),
+        ("student: [1\n", "not valid YAML"),
+    ],
+)
+def test_bad_yaml_files(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(SyntheticConfig, path)
+
+
+def test_missing_and_empty_yaml_files(tmp_path):
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config(SyntheticConfig, tmp_path / "nope.yaml")
+    (tmp_path / "empty.yaml").write_text("")
+    assert load_config(SyntheticConfig, tmp_path / "empty.yaml") == SyntheticConfig()
+
+
+# --------------------------------------------------------------------------- round trips and the grid
+
+
+@pytest.mark.parametrize("benchmark", sorted(BENCHMARKS))
+@pytest.mark.parametrize("preset", ["default", "quick"])
+def test_config_from_dict_round_trip(benchmark, preset):
+    cls = config_class(benchmark)
+    config = cls.quick() if preset == "quick" else cls()
+    data = json.loads(json.dumps(to_dict(config)))
+    back = config_from_dict(data)
+    assert type(back) is cls and back == config
+    assert to_dict(back) == to_dict(config)
+    # Through a protobuf Struct (KFP parameters) every integer becomes a float.
+    floated = config_from_dict(_ints_as_floats(data))
+    assert floated == config
+    assert type(floated.student.train.epochs) is int and all(type(s) is int for s in floated.seeds)
+
+
+def test_config_from_dict_is_strict():
+    data = to_dict(SyntheticConfig.quick())
+    with pytest.raises(ConfigError, match="unknown benchmark ''"):
+        config_from_dict({k: v for k, v in data.items() if k != "benchmark"})
+    with pytest.raises(ConfigError, match=re.escape("unknown key search.bogus")):
+        config_from_dict({**data, "search": {**data["search"], "bogus": 1}})
+    with pytest.raises(ConfigError, match=re.escape("unknown key data.path")):  # a tabular key in a synthetic config
+        config_from_dict({**data, "data": {**data["data"], "path": "x.csv"}})
+    with pytest.raises(ConfigError, match="expected a mapping for SyntheticConfig"):
+        from_dict(SyntheticConfig, [1, 2])
+
+
+def test_runs_grid():
+    config = dataclasses.replace(SyntheticConfig(), seeds=[0, 1])
+    runs = config.runs()
+    assert runs == [{"method": m.name, "seed": s} for m in default_methods() for s in (0, 1)]
+    assert len(runs) == 10 and runs[:3] == [{"method": "ptloss", "seed": 0}, {"method": "ptloss", "seed": 1},
+                                            {"method": "kl", "seed": 0}]
+    assert SyntheticConfig.quick().runs() == [{"method": "ptloss", "seed": 0}, {"method": "kl", "seed": 0}]
+    assert json.loads(json.dumps(runs)) == runs
+    assert dataclasses.replace(config, seeds=[]).runs() == []
+
+
+def test_method_lookup():
+    config = SyntheticConfig()
+    assert config.method("temperature") == MethodSpec("temperature", "kl", {"temperature": 2.0})
+    with pytest.raises(ConfigError, match=r"methods: no method named 'nope'; have \['ptloss', 'kl'"):
+        config.method("nope")
+
+
+# --------------------------------------------------------------------------- the CLI, before any pipeline
+
+
+@pytest.fixture
+def data_dir(tmp_path) -> Path:
+    folder = tmp_path / "data"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    n = 30
+    base = {"x1": rng.normal(size=n), "x2": rng.normal(size=n)}
+    pd.DataFrame({**base, "label": ["a", "b", "c"] * 10}).to_csv(folder / "good.csv", index=False)
+    pd.DataFrame({**base, "target": ["a", "b"] * 15}).to_csv(folder / "no_label.csv", index=False)
+    pd.DataFrame({"x1": base["x1"], "x2": ["low", "high"] * 15, "label": ["a", "b"] * 15}).to_csv(
+        folder / "text_feature.csv", index=False)
+    pd.DataFrame({**base, "label": ["a"] * n}).to_csv(folder / "one_class.csv", index=False)
+    (folder / "bad.yaml").write_text("student:\n  train:\n    epochz: 3\n")
+    return folder
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch) -> Path:
+    """An empty working directory, where a started pipeline would create runs/ and mlflow.db."""
+    folder = tmp_path / "work"
+    folder.mkdir()
+    monkeypatch.chdir(folder)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return folder
+
+
+BAD_INPUTS = [
+    pytest.param([], "data.path: the tabular benchmark needs a CSV or parquet file", id="missing-data-path"),
+    pytest.param(["--set", "data.path={data}/nope.csv"], "nope.csv: file not found", id="data-file-not-found"),
+    pytest.param(["--set", "data.path={data}/no_label.csv"], "no label column 'label'", id="missing-label-column"),
+    pytest.param(["--set", "data.path={data}/text_feature.csv"],
+                 re.compile(r"text_feature\.csv: feature column 'x2' has dtype \w+; expected numbers"),
+                 id="non-numeric-feature"),
+    pytest.param(["--set", "data.path={data}/one_class.csv"], "label column 'label' has a single class",
+                 id="single-class"),
+    pytest.param(["--set", "data.path={data}/good.csv", "--set", "data.feature_columns=[x1, x9]"],
+                 "feature column(s) ['x9'] not found", id="missing-feature-column"),
+    pytest.param(["--set", "data.path={data}/good.csv", "--set", "student.train.epochs=abc"],
+                 "student.train.epochs: expected an integer, got 'abc'", id="wrong-type"),
+    pytest.param(["--set", "data.path={data}/good.csv", "--set", "student.train.epochz=3"],
+                 "unknown key student.train.epochz", id="unknown-key"),
+    pytest.param(["--set", "data.path={data}/good.csv", "--set", "seeds=[a]"],
+                 "seeds[0]: expected an integer, got 'a'", id="wrong-list-item"),
+    pytest.param(["--set", "data.path={data}/good.csv", "--config", "{data}/bad.yaml"],
+                 "unknown key student.train.epochz", id="bad-yaml"),
+    pytest.param(["--set", "data.path={data}/good.csv", "--config", "{data}/missing.yaml"],
+                 "missing.yaml: file not found", id="missing-yaml"),
+    pytest.param(["--set", "nodots"], "--set 'nodots': expected key=value", id="malformed-set"),
+]
+
+
+@pytest.mark.parametrize("command", ["run", "compile"])
+@pytest.mark.parametrize(("args", "message"), BAD_INPUTS)
+def test_cli_rejects_bad_config_or_data_before_any_pipeline(command, args, message, data_dir, workdir, capsys):
+    argv = [command, "tabular", *(a.format(data=data_dir) for a in args)]
+    if command == "compile":
+        argv += ["-o", str(workdir / "pipeline.yaml")]
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert out == ""  # nothing started, not even the run banner
+    assert err.endswith("\n") and err.count("\n") == 1, f"not one line: {err!r}"
+    assert err.startswith(f"ptdistill {command}: error: ")
+    assert (message.search(err) if isinstance(message, re.Pattern) else message in err), err
+    assert list(workdir.iterdir()) == []  # no runs/, mlflow.db, mlruns/ or compiled file
+
+
+def test_cli_rejects_unknown_benchmark(workdir, capsys):
+    assert main(["run", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert err == "ptdistill run: error: unknown benchmark 'nope'; available: synthetic, tabular\n"
+    assert list(workdir.iterdir()) == []
+
+
+# Bad values that load_config accepts: the CLI should still stop them before a pipeline starts.
+# run_local is replaced by a stub so that, while the bug stands, these tests fail in a second
+# instead of running (and failing) a pipeline for a minute.
+LATE_FAILURES = [
+    pytest.param("methods=[{name: x, loss: no_such_loss}]", "unknown loss 'no_such_loss'", id="unknown-loss"),
+    pytest.param("data.sizes={teacher_train: 100}", "data.sizes: missing", id="synthetic-sizes-missing-splits"),
+    pytest.param("task_metric=bogus", "task_metric", id="unknown-task-metric"),
+]
+
+
+@pytest.mark.parametrize(("override", "message"), LATE_FAILURES)
+def test_cli_rejects_values_that_would_fail_inside_the_pipeline(override, message, workdir, capsys, monkeypatch):
+    import pipelines.local
+
+    def pipeline_started(*args, **kwargs):
+        raise AssertionError("run_local was called: the pipeline started")
+
+    monkeypatch.setattr(pipelines.local, "run_local", pipeline_started)
+    assert main(["run", "synthetic", "--quick", "--set", override]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
