@@ -200,7 +200,7 @@ def _validation_tensors(
         raise ValueError("validation: has no labels; early stopping and validation metrics need a labeled split")
     _check_features("validation.features", validation.features, dim)
     _check_labels("validation.labels", validation.labels, num_classes)
-    return torch.as_tensor(validation.features).to(device), torch.as_tensor(validation.labels).to(device)
+    return torch.tensor(validation.features).to(device), torch.tensor(validation.labels).to(device)
 
 
 def _validate(
@@ -323,7 +323,7 @@ def _prepare(
     device = resolve_device(config.device)
     bf16 = _use_bf16(config.precision, device)
     model.to(device)
-    features = torch.as_tensor(train.features).to(device)
+    features = torch.tensor(train.features).to(device)
     return device, bf16, features, _num_outputs(model, features)
 
 
@@ -341,7 +341,7 @@ def train_classifier(
     device, bf16, features, num_classes = _prepare(model, train, config, validation)
     _check_labels("train.labels", train.labels, num_classes)
     val = _validation_tensors(validation, train.dim, num_classes, device)
-    labels = torch.as_tensor(train.labels).to(device)
+    labels = torch.tensor(train.labels).to(device)
     return _fit(
         model, features, labels, lambda logits, y: F.cross_entropy(logits.float(), y), config, val, device, bf16,
         set_step=None, progress=progress, on_epoch=on_epoch, desc="teacher",
@@ -373,7 +373,7 @@ def distill(
         )
     if not np.issubdtype(probs.dtype, np.floating):
         raise ValueError(f"teacher_probs: expected floating-point probabilities, got dtype {probs.dtype}")
-    targets = torch.as_tensor(np.ascontiguousarray(probs, dtype=np.float32)).to(device)
+    targets = torch.tensor(np.ascontiguousarray(probs, dtype=np.float32)).to(device)
     check_probs("teacher_probs", targets)
     val = _validation_tensors(validation, train.dim, num_classes, device)
     loss.to(device)
@@ -396,7 +396,7 @@ def predict_probs(
     chunks = []
     with torch.inference_mode():
         for lo in range(0, len(features), batch_size):
-            logits = model(torch.as_tensor(features[lo : lo + batch_size]).to(resolved))
+            logits = model(torch.tensor(features[lo : lo + batch_size]).to(resolved))
             chunks.append(torch.softmax(logits.double(), -1).cpu())
     model.train(was_training)
     return torch.cat(chunks).numpy()
