@@ -115,7 +115,7 @@ def _newton_step(st: _State, mu: torch.Tensor):
 
 
 #: Rows solved together: about this many (row, class) entries stay in cache between ops.
-_CHUNK_ENTRIES = 1 << 17
+_CHUNK_ENTRIES = 1 << 18
 
 
 def _select(st: _State, keep: torch.Tensor) -> _State:
