@@ -51,7 +51,8 @@ def prepare_data(
     parent = Tracker(tracking_uri).start_parent(
         config.benchmark,
         run_name,
-        tags={"kfp.run_name": run_name, "benchmark": config.benchmark, "data_fingerprint": fingerprint,
+        tags={"kfp.run_name": run_name, "kfp.pipeline_name": f"ptdistill-{config.benchmark}",
+              "benchmark": config.benchmark, "data_fingerprint": fingerprint,
               "git_commit": git_commit() or "unknown"},
         params={"seeds": config.seeds, "methods": [m.name for m in config.methods],
                 **{f"data.{k}": v for k, v in vars(config.data).items()}},
