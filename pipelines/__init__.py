@@ -2,5 +2,7 @@
 
 from pipelines.dag import build_pipeline, compile_pipeline
 from pipelines.local import RunResult, run_local
+from pipelines.remote import RemoteError, list_schedules, resolve_host, schedule, submit
 
-__all__ = ["RunResult", "build_pipeline", "compile_pipeline", "run_local"]
+__all__ = ["RemoteError", "RunResult", "build_pipeline", "compile_pipeline", "list_schedules", "resolve_host",
+           "run_local", "schedule", "submit"]

@@ -1,4 +1,4 @@
-"""``ptdistill run | compile | benchmarks | compare | ui``: the pipeline side of the command line.
+"""``ptdistill run | compile | benchmarks | compare | ui | submit | schedule``: the pipeline side of the command line.
 
 kfp and the ``pipelines`` package are imported inside the commands, so the library and
 ``ptdistill search`` work without them.
@@ -109,8 +109,131 @@ def _ui(args: argparse.Namespace) -> int:
     return subprocess.call(cmd, env={**os.environ, "MLFLOW_TRACKING_URI": uri})
 
 
+_SCHEDULE_ACTIONS = ("list", "pause", "resume", "delete")
+
+
+def _add_remote_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", help="Kubeflow Pipelines API URL (default $KFP_HOST, else \"endpoint\" in "
+                   "~/.config/kfp/context.json)")
+    p.add_argument("--token", help="bearer token for the API (default $KFP_TOKEN)")
+    p.add_argument("--namespace", help="Kubernetes namespace of a multi-user installation (default $KFP_NAMESPACE)")
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--experiment", help="KFP experiment (default ptdistill-BENCHMARK)")
+    p.add_argument("--pipeline-root", help="where KFP keeps outputs, e.g. gs://bucket/pipeline-root "
+                   "(default: the installation's)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI the pods use (default $MLFLOW_TRACKING_URI)")
+    p.add_argument("--artifact-store", help="components' outputs and teacher cache, e.g. gs://bucket/ptdistill "
+                   "(default: --pipeline-root)")
+    p.add_argument("--no-cache", action="store_true", help="disable KFP step caching for this run")
+
+
+def _add_vertex_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--vertex", action="store_true", help="target Vertex AI Pipelines instead of a KFP host "
+                   "(needs ptdistill[vertex] and --pipeline-root gs://...)")
+    p.add_argument("--project", help="Vertex AI: Google Cloud project (default $GOOGLE_CLOUD_PROJECT)")
+    p.add_argument("--region", help="Vertex AI: region, e.g. us-central1 (default $GOOGLE_CLOUD_REGION)")
+    p.add_argument("--service-account", help="Vertex AI: service account the pipeline runs as")
+
+
+def _vertex_args(args: argparse.Namespace) -> dict:
+    return dict(project=args.project, region=args.region, pipeline_root=args.pipeline_root,
+                tracking_uri=args.tracking_uri, artifact_store=args.artifact_store,
+                enable_caching=not args.no_cache, service_account=args.service_account)
+
+
+def _remote_config(args: argparse.Namespace) -> ExperimentConfig:
+    from pipelines.remote import resolve_host
+
+    config = _config(args)
+    args.host = resolve_host(args.host)
+    return config
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from pipelines.remote import run_url, submit
+
+    if args.vertex:
+        from pipelines.remote import vertex_submit
+
+        job = vertex_submit(_config(args), run_name=args.run_name, wait=args.wait, **_vertex_args(args))
+        print(f"run id: {job.resource_name}")
+        print(f"url: {job._dashboard_uri()}")
+        if args.wait:
+            print(f"run finished: {job.state.name}")
+            return 0 if job.state.name == "PIPELINE_STATE_SUCCEEDED" else 1
+        return 0
+    config = _remote_config(args)
+    run = submit(config, host=args.host, experiment=args.experiment, run_name=args.run_name,
+                 pipeline_root=args.pipeline_root, tracking_uri=args.tracking_uri,
+                 artifact_store=args.artifact_store, enable_caching=not args.no_cache,
+                 existing_token=args.token, namespace=args.namespace)
+    print(f"submitted {config.benchmark}: run {run.run_id} ({run.display_name})")
+    print(f"run id: {run.run_id}")
+    print(f"url: {run_url(args.host, run.run_id)}", flush=True)
+    if not args.wait:
+        return 0
+    from pipelines.remote import _state, client, follow
+
+    final = follow(client(args.host, args.token, args.namespace), run.run_id, host=args.host,
+                   poll_seconds=args.poll_seconds)
+    state = _state(final)
+    print(f"run {run.run_id} finished: {state}")
+    return 0 if state == "SUCCEEDED" else 1
+
+
+def _schedule(args: argparse.Namespace) -> int:
+    from pipelines import remote
+
+    target = args.target
+    if target in _SCHEDULE_ACTIONS:
+        if args.vertex:
+            raise ValueError(f"schedule {target} --vertex: manage Vertex AI schedules in the console or with "
+                             "`gcloud ai schedules`")
+        if target == "list":
+            rows = remote.list_schedules(args.host, args.token, args.namespace)
+            if not rows:
+                print("no recurring runs")
+            for r in rows:
+                trigger = getattr(r, "trigger", None)
+                cron = getattr(getattr(trigger, "cron_schedule", None), "cron", None)
+                every = getattr(getattr(trigger, "periodic_schedule", None), "interval_second", None)
+                when = f"cron {cron!r}" if cron else (f"every {every} s" if every else "-")
+                print(f"{r.recurring_run_id}  {r.display_name}  {r.status or r.mode or '-'}  {when}  "
+                      f"max_concurrency={r.max_concurrency}")
+            return 0
+        getattr(remote, target)(args.id, args.host, args.token, args.namespace)
+        print(f"{ {'pause': 'paused', 'resume': 'resumed', 'delete': 'deleted'}[target]} recurring run {args.id}")
+        return 0
+    if args.id is not None:
+        raise ValueError(f"unexpected argument {args.id!r} after benchmark {target!r}")
+    if not args.cron:
+        raise ValueError("--cron is required to create a schedule, e.g. --cron \"0 0 3 * * *\" (03:00 daily)")
+    args.benchmark = target
+    remote.validate_cron(args.cron)
+    if args.vertex:
+        remote.vertex_cron(args.cron)
+        sched = remote.vertex_schedule(_config(args), cron=args.cron, max_concurrency=args.max_concurrency,
+                                       name=args.name, **_vertex_args(args))
+        print(f"schedule id: {sched.resource_name}")
+        print(f"url: {sched._dashboard_uri()}")
+        return 0
+    config = _remote_config(args)
+    rr = remote.schedule(config, host=args.host, cron=args.cron, max_concurrency=args.max_concurrency,
+                         no_catchup=args.no_catchup, experiment=args.experiment, name=args.name,
+                         pipeline_root=args.pipeline_root, tracking_uri=args.tracking_uri,
+                         artifact_store=args.artifact_store, enable_caching=not args.no_cache,
+                         existing_token=args.token, namespace=args.namespace)
+    print(f"scheduled {config.benchmark}: recurring run {rr.recurring_run_id} ({rr.display_name}) "
+          f"on cron {args.cron!r}, max concurrency {args.max_concurrency}")
+    print(f"recurring run id: {rr.recurring_run_id}")
+    print(f"url: {remote.schedule_url(args.host, rr.recurring_run_id)}")
+    return 0
+
+
 def add_pipeline_commands(sub: argparse._SubParsersAction) -> None:
-    """Register run, compile, benchmarks, compare and ui."""
+    """Register run, compile, benchmarks, compare, ui, submit and schedule."""
     p = sub.add_parser("run", help="run a benchmark pipeline locally (kfp.local) and print its results")
     _add_config_args(p)
     p.add_argument("--pipeline-root", default="runs", help="local folder for KFP outputs (default ./runs)")
@@ -138,3 +261,32 @@ def add_pipeline_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tracking-uri")
     p.add_argument("--artifacts-destination", help="artifact root for runs created through the server")
     p.set_defaults(run=_ui)
+
+
+    p = sub.add_parser("submit", help="submit a benchmark's pipeline run to Kubeflow Pipelines")
+    _add_config_args(p)
+    _add_remote_args(p)
+    _add_run_args(p)
+    _add_vertex_args(p)
+    p.add_argument("--run-name", help="run name in KFP and MLflow (default BENCHMARK-YYYYmmdd-HHMMSS)")
+    p.add_argument("--wait", action="store_true", help="follow the run until it ends (exit 1 unless it succeeds)")
+    p.add_argument("--poll-seconds", type=float, default=10.0, help=argparse.SUPPRESS)
+    p.set_defaults(run=_submit)
+
+    p = sub.add_parser(
+        "schedule", help="recurring re-distillation on Kubeflow Pipelines: create, list, pause, resume, delete",
+        description="`ptdistill schedule BENCHMARK --cron \"0 0 3 * * *\"` creates a recurring run (KFP's "
+        "6-field cron, seconds first); `ptdistill schedule list|pause ID|resume ID|delete ID` manage them.")
+    p.add_argument("target", metavar="BENCHMARK|list|pause|resume|delete")
+    p.add_argument("id", nargs="?", metavar="ID", help="recurring run id (pause, resume, delete)")
+    p.add_argument("--config", type=Path, help="YAML file overriding the benchmark's defaults")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one key")
+    p.add_argument("--quick", action="store_true", help="tiny sizes, one seed, ptloss and kl")
+    _add_remote_args(p)
+    _add_run_args(p)
+    p.add_argument("--cron", help="6-field cron, e.g. \"0 0 3 * * *\" for 03:00 daily")
+    p.add_argument("--max-concurrency", type=int, default=1)
+    p.add_argument("--no-catchup", action="store_true", help="after a pause run only the latest missed interval")
+    p.add_argument("--name", help="recurring run name (default ptdistill-BENCHMARK-schedule)")
+    _add_vertex_args(p)
+    p.set_defaults(run=_schedule)

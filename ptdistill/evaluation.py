@@ -70,7 +70,7 @@ def evaluate(
     labels_t = torch.as_tensor(labels.astype(np.int64))
     check_labels("labels", labels_t, n, num_classes)
     if p_star is not None:
-        p_star_t = torch.as_tensor(np.asarray(p_star, dtype=np.float64))
+        p_star_t = torch.tensor(np.asarray(p_star, dtype=np.float64))
         check_probs("p_star", p_star_t)
         if p_star_t.shape != probs_t.shape:
             raise ValueError(
