@@ -61,13 +61,13 @@ def evaluate(
     """
     if task_metric not in TASK_METRICS:
         raise ValueError(f"task_metric: expected one of {', '.join(TASK_METRICS)}, got {task_metric!r}")
-    probs_t = torch.as_tensor(np.asarray(probs, dtype=np.float64))
+    probs_t = torch.tensor(np.asarray(probs, dtype=np.float64))
     check_probs("probs", probs_t)
     n, num_classes = probs_t.shape
     labels = np.asarray(labels)
     if not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"labels: expected integer class indices, got dtype {labels.dtype}")
-    labels_t = torch.as_tensor(labels.astype(np.int64))
+    labels_t = torch.tensor(labels.astype(np.int64))
     check_labels("labels", labels_t, n, num_classes)
     if p_star is not None:
         p_star_t = torch.tensor(np.asarray(p_star, dtype=np.float64))
