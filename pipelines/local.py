@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +52,9 @@ def run_local(
     # Two students train at once locally (kfp.local runs ParallelFor two at a time): one thread each.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root), raise_on_error=True)
+    # Locally the components run on this environment's ptdistill by design, not in their images.
+    warnings.filterwarnings("ignore", message="You may be attemping to run a task that uses custom",
+                            category=RuntimeWarning)
     t0 = time.perf_counter()
     try:
         build_pipeline(config)(config_json=json.dumps(to_dict(config)), runs=config.runs(), run_name=run_name,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -101,12 +100,13 @@ def _ui(args: argparse.Namespace) -> int:
 
     uri = args.tracking_uri or default_tracking_uri()
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", "127.0.0.1",
-           "--port", str(args.port)]
+           "--port", str(args.port), "--workers", str(args.workers)]
     if args.artifacts_destination:
         cmd += ["--artifacts-destination", args.artifacts_destination]
     print(f"MLflow UI at http://127.0.0.1:{args.port} (experiments at /#/experiments/<id>/runs); Ctrl-C stops it",
           flush=True)
-    return subprocess.call(cmd, env={**os.environ, "MLFLOW_TRACKING_URI": uri})
+    # Become the server, so a signal to this process (Ctrl-C, SIGTERM) reaches it directly.
+    os.execve(sys.executable, cmd, {**os.environ, "MLFLOW_TRACKING_URI": uri})
 
 
 _SCHEDULE_ACTIONS = ("list", "pause", "resume", "delete")
@@ -260,6 +260,7 @@ def add_pipeline_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=5000)
     p.add_argument("--tracking-uri")
     p.add_argument("--artifacts-destination", help="artifact root for runs created through the server")
+    p.add_argument("--workers", type=int, default=1, help="uvicorn workers (MLflow's default of 4 starts slowly)")
     p.set_defaults(run=_ui)
 
 
