@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 TESTS = Path(__file__).resolve().parent
 GCS_BUCKET = "ptdistill-pipeline"
@@ -81,6 +82,16 @@ def tiny_synthetic(methods: tuple[str, ...] = ("ptloss", "kl"), seeds: tuple[int
 def tiny_config():
     """Factory of tiny synthetic configs (see :func:`tiny_synthetic`)."""
     return tiny_synthetic
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module: the 2-core CI box is shared (background pipeline runs), and
+    oversubscribed OpenMP threads spin instead of working."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 # --------------------------------------------------------------------------- GCS emulator

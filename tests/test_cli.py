@@ -20,13 +20,7 @@ N, C = 40, 3
 TRIALS, MAX_ORDER = 4, 2
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Solve on one thread: the 2-core CI box is shared, and oversubscribed OpenMP threads spin."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

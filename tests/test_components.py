@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from kfp import dsl
 
 from components.distill_student import distill_student
@@ -43,13 +42,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 RUN_NAME = "unit-run"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One thread: the pipeline runs of test_pipeline_local share the 2-core box in the background."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @dataclass

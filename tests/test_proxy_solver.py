@@ -31,13 +31,7 @@ TOL = 1e-8
 REFERENCE = Path(__file__).parents[2] / "shared/reference/proxy_fsolve.py"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Solve on one thread: the 2-core CI box is shared, and oversubscribed OpenMP threads spin."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ---------------------------------------------------------------- independent numpy formulas

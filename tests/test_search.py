@@ -21,13 +21,7 @@ REFERENCE = Path(__file__).parents[2] / "shared/reference/proxy_fsolve.py"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Solve on one thread: the 2-core CI box is shared, and oversubscribed OpenMP threads spin."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def hand_q(q: np.ndarray, labels: np.ndarray) -> float:

@@ -28,11 +28,11 @@ import threading
 import uuid
 from dataclasses import dataclass, field
 from functools import partial
-from http import HTTPStatus
 from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from conftest import _honour_if_generation_match
 
 from ptdistill import storage as storage_mod
 from ptdistill.storage import (
@@ -71,38 +71,6 @@ class Emulator:
         with self.lock:
             self.faults.clear()
             self.requests = 0
-
-
-def _honour_if_generation_match(insert):
-    """Wrap the emulator's upload handler so that ``ifGenerationMatch`` is checked as on GCS."""
-    from gcp_storage_emulator.exceptions import NotFound
-
-    def handler(request, response, storage, *args, **kwargs):
-        wanted = request.query.get("ifGenerationMatch")
-        if wanted and "upload_id" not in request.query:
-            data = request.data if isinstance(request.data, dict) else {}
-            if "name" in request.query:
-                name = request.query["name"][0]
-            else:
-                name = data["meta"]["name"] if "meta" in data else data["name"]
-            try:
-                current = storage.get_file_obj(request.params["bucket_name"], name)["generation"]
-            except NotFound:
-                current = "0"
-            if str(current) != wanted[0]:
-                response.status = HTTPStatus.PRECONDITION_FAILED
-                response.json(
-                    {
-                        "error": {
-                            "code": 412,
-                            "message": "At least one of the pre-conditions you specified did not hold.",
-                        }
-                    }
-                )
-                return None
-        return insert(request, response, storage, *args, **kwargs)
-
-    return handler
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,6 @@ Strategies live in a registry and are selected by name:
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
