@@ -320,14 +320,15 @@ class Tracker:
         curves: Mapping[str, Iterable[tuple[int, float]]],
         artifacts: Mapping[str, PathLike] | None = None,
         model_dir: PathLike | None = None,
+        seconds: float | None = None,
     ) -> str:
         """Record one trained student as a FINISHED child of ``parent_id`` and return its id.
 
         ``params`` must include ``method`` and ``seed`` (what students are compared by) plus the
         method's hyper-parameters; ``metrics`` are final values (step 0); ``curves`` are
         ``(step, value)`` histories; ``artifacts`` maps artifact path -> local file;
-        ``model_dir`` becomes the artifact directory ``model`` (what promote_champion registers).
-        The child lives in the parent's experiment by construction. Inputs are checked and staged
+        ``model_dir`` becomes the artifact directory ``model`` (what promote_champion registers);
+        ``seconds`` (training time) back-dates the run's start. The child lives in the parent's experiment by construction. Inputs are checked and staged
         before the run exists; if logging then fails the child is closed as FAILED, not left
         RUNNING.
         """
@@ -354,7 +355,11 @@ class Tracker:
             root = Path(tmp)
             _stage(artifacts or {}, root)
             _stage_structured(structured, root)
-            run_id = self.client.create_run(parent.info.experiment_id, tags=tags, run_name=run_name).info.run_id
+            # The run is logged after training: back-date its start so the UI's Duration is the training time.
+            start = get_current_time_millis() - int(seconds * 1000) if seconds is not None else None
+            run_id = self.client.create_run(
+                parent.info.experiment_id, start_time=start, tags=tags, run_name=run_name
+            ).info.run_id
             try:
                 self.client.log_batch(run_id, metrics=metric_list, params=param_list, synchronous=True)
                 if any(root.iterdir()):

@@ -56,6 +56,7 @@ def evaluate_student(config: ExperimentConfig, info: RunInfo, student_dir: Path,
         artifacts={"confusion_matrix.png": png, "confusion_matrix.json": out_dir / "confusion_matrix.json",
                    "training.json": student_dir / "training.json"},
         model_dir=student_dir,
+        seconds=history.get("seconds"),
     )
     log.info("%s: test accuracy %.4f, NLL %.4f, ECE %.4f", run_name, metrics["test_accuracy"], metrics["test_nll"],
              metrics["test_ece"])
