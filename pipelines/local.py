@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 import time
@@ -56,12 +57,17 @@ def run_local(
     warnings.filterwarnings("ignore", message="You may be attemping to run a task that uses custom",
                             category=RuntimeWarning)
     t0 = time.perf_counter()
+    # kfp.local indents task logs by swapping builtins.print per task; with two ParallelFor tasks in
+    # threads the swaps interleave and an indented print can outlive the run: put ours back after.
+    original_print = builtins.print
     try:
         build_pipeline(config)(config_json=json.dumps(to_dict(config)), runs=config.runs(), run_name=run_name,
                                tracking_uri=tracking_uri, artifact_store=artifact_store)
     except BaseException as err:
         _clean_up(config.benchmark, run_name, tracking_uri, artifact_store, repr(err))
         raise
+    finally:
+        builtins.print = original_print
     store = open_store(artifact_store)
     prefix = f"{config.benchmark}/{run_name}/report"
     return RunResult(

@@ -18,6 +18,7 @@ budget, and a screenshot of the shared runs view is kept in ``tests/artifacts/``
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import json
 import os
@@ -229,9 +230,12 @@ def ui() -> UISession:
         from ptdistill.tracking import Tracker
 
         t0 = time.perf_counter()
+        original_print = builtins.print
         result = run_local(tiny_synthetic(("ptloss", "kl"), (0,)), pipeline_root=root / "kfp",
                            artifact_store=str(root / "store"), tracking_uri=server.url, run_name="ui-1")
         seconds["pipeline"] = time.perf_counter() - t0
+        # kfp.local's per-task print indentation must not outlive the in-process run.
+        assert builtins.print is original_print
         students = {f"{s['method']}-seed{s['seed']}": s for s in result.students}
         assert set(students) == set(STUDENTS), result.students
         experiment_id = Tracker(server.url).experiment_id("synthetic", create=False)

@@ -24,7 +24,7 @@ def proxy_search(config: ExperimentConfig, info: RunInfo, validation: Path, vali
     out_dir.mkdir(parents=True, exist_ok=True)
     split = FeatureSplit.load(validation)
     teacher = torch.from_numpy(load_teacher_probs(validation_probs))
-    labels = torch.from_numpy(split.labels)
+    labels = torch.tensor(split.labels)
     s = config.search
     result = search(teacher, labels, max_order=s.max_order, trials=s.trials, low=s.low, high=s.high, seed=s.seed,
                     strategy=s.strategy, criterion=s.criterion, progress=True)
