@@ -35,7 +35,7 @@ def proxy_search(config: ExperimentConfig, info: RunInfo, validation: Path, vali
         "teacher_tvd": tvd(teacher, labels), "proxy_tvd": tvd(proxy, labels),
     }
     if split.p_star is not None:
-        p_star = torch.from_numpy(split.p_star)
+        p_star = torch.tensor(split.p_star)
         summary["teacher_l2_to_pstar"] = float(torch.linalg.vector_norm(teacher - p_star, dim=-1).mean())
         summary["proxy_l2_to_pstar"] = float(torch.linalg.vector_norm(proxy - p_star, dim=-1).mean())
     write_json_atomic(out_dir / "result.json", summary)
