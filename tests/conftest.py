@@ -40,6 +40,7 @@ from functools import partial
 from http import HTTPStatus
 from http.server import ThreadingHTTPServer
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -141,7 +142,11 @@ class GCSEmulator:
             self._stop = None
 
 
-def start_gcs_emulator(buckets: tuple[str, ...] = (GCS_BUCKET,)) -> GCSEmulator:
+def start_gcs_emulator(
+    buckets: tuple[str, ...] = (GCS_BUCKET,), intercept: Callable[[Any], bool] | None = None
+) -> GCSEmulator:
+    """Serve the emulator with GCS's ``ifGenerationMatch`` check; ``intercept(handler)`` sees each
+    request first and returns True when it answered it itself (test_storage injects faults)."""
     from gcp_storage_emulator import server as emu_server
     from gcp_storage_emulator.handlers import buckets as bucket_handlers
     from gcp_storage_emulator.handlers import objects
@@ -152,8 +157,7 @@ def start_gcs_emulator(buckets: tuple[str, ...] = (GCS_BUCKET,)) -> GCSEmulator:
     checked_insert = _honour_if_generation_match(objects.insert)
 
     class Router(emu_server.Router):
-        """The emulator's router with the upload check (no module state patched: test_storage
-        patches ``HANDLERS`` for its own emulator)."""
+        """The emulator's router with the upload check (no module state patched)."""
 
         def handle(self, method):
             method = self._request_handler.headers.get("x-http-method-override") or method
@@ -181,7 +185,8 @@ def start_gcs_emulator(buckets: tuple[str, ...] = (GCS_BUCKET,)) -> GCSEmulator:
 
     class Handler(emu_server.RequestHandler):
         def _serve(self, method: str) -> None:
-            Router(self).handle(method)
+            if intercept is None or not intercept(self):
+                Router(self).handle(method)
 
         def do_GET(self):
             self._serve("GET")

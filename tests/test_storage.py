@@ -27,12 +27,10 @@ import sys
 import threading
 import uuid
 from dataclasses import dataclass, field
-from functools import partial
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from conftest import _honour_if_generation_match
+from conftest import GCSEmulator, start_gcs_emulator
 
 from ptdistill import storage as storage_mod
 from ptdistill.storage import (
@@ -57,91 +55,58 @@ OBJECT_REQUEST = re.compile(r"/b/[^/?]+/o(/|\?|$)")
 
 @dataclass
 class Emulator:
-    port: int
-    client: object  # google.cloud.storage.Client
+    """The shared emulator (tests/conftest.py) plus fault injection on object requests."""
+
+    server: GCSEmulator
     faults: list[int] = field(default_factory=list)  # statuses for the next requests; DROP drops
     requests: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return self.server.endpoint
+
+    @property
+    def client(self):  # google.cloud.storage.Client
+        return self.server.client
 
     def reset(self) -> None:
         with self.lock:
             self.faults.clear()
             self.requests = 0
 
+    def intercept(self, handler) -> bool:
+        """Count object requests and answer the next queued fault instead of the emulator."""
+        if not OBJECT_REQUEST.search(handler.path):
+            return False
+        with self.lock:
+            self.requests += 1
+            fault = self.faults.pop(0) if self.faults else None
+        if fault is None:
+            return False
+        handler.rfile.read(int(handler.headers.get("Content-Length") or 0))
+        if fault == DROP:
+            handler.close_connection = True
+            return True
+        body = json.dumps({"error": {"code": fault, "message": "injected fault"}}).encode()
+        handler.send_response(fault)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+        return True
+
 
 @pytest.fixture(scope="session")
 def emulator():
-    emu_server = pytest.importorskip("gcp_storage_emulator.server")
-    gcs = pytest.importorskip("google.cloud.storage")
-    from gcp_storage_emulator.handlers import buckets, objects
-    from gcp_storage_emulator.storage import Storage
-    from google.auth.credentials import AnonymousCredentials
-
-    class Handler(emu_server.RequestHandler):
-        def _serve(self, method: str) -> None:
-            fault = None
-            if OBJECT_REQUEST.search(self.path):
-                with emu.lock:
-                    emu.requests += 1
-                    fault = emu.faults.pop(0) if emu.faults else None
-            if fault is None:
-                emu_server.Router(self).handle(method)
-                return
-            self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            if fault == DROP:
-                self.close_connection = True
-                return
-            body = json.dumps({"error": {"code": fault, "message": "injected fault"}}).encode()
-            self.send_response(fault)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def do_GET(self):
-            self._serve("GET")
-
-        def do_POST(self):
-            self._serve("POST")
-
-        def do_PUT(self):
-            self._serve("PUT")
-
-        def do_DELETE(self):
-            self._serve("DELETE")
-
-        def do_PATCH(self):
-            self._serve("PATCH")
-
-    handlers = tuple(
-        (regex, {m: _honour_if_generation_match(h) if h is objects.insert else h for m, h in by_method.items()})
-        for regex, by_method in emu_server.HANDLERS
-    )
-    backing = Storage(use_memory_fs=True)
-    buckets.create_bucket(BUCKET, backing)
-    buckets.create_bucket(BUCKET + "-root", backing)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(emu_server, "HANDLERS", handlers)
-        httpd = ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, backing))
-        port = httpd.server_address[1]
-        client = gcs.Client(
-            project="test",
-            credentials=AnonymousCredentials(),
-            client_options={"api_endpoint": f"http://127.0.0.1:{port}"},
-        )
-        emu = Emulator(port=port, client=client)
-        thread = threading.Thread(target=httpd.serve_forever, name="gcs-emulator", daemon=True)
-        thread.start()
-        try:
-            yield emu
-        finally:
-            httpd.shutdown()
-            httpd.server_close()
-            thread.join(timeout=5)
+    pytest.importorskip("gcp_storage_emulator.server")
+    pytest.importorskip("google.cloud.storage")
+    emu = Emulator(server=None)
+    emu.server = start_gcs_emulator((BUCKET, BUCKET + "-root"), intercept=emu.intercept)
+    try:
+        yield emu
+    finally:
+        emu.server.close()
 
 
 @pytest.fixture
