@@ -84,13 +84,14 @@ def report(
     Path(markdown_path).write_text(markdown)
     image = base64.b64encode(plot.read_bytes()).decode()
     body = "".join(f"<p>{html.escape(line)}</p>" for line in lines if not line.startswith("|"))
-    Path(html_path).write_text(
+    page = (
         f"<html><head><meta charset='utf-8'><title>ptdistill {html.escape(info.benchmark)}</title></head><body>"
         f"{table.to_html(float_format=lambda v: f'{v:.4f}')}{body}"
         f"<img src='data:image/png;base64,{image}'/></body></html>"
     )
+    Path(html_path).write_text(page)
     (out_dir / "report.md").write_text(markdown)
-    (out_dir / "report.html").write_text(Path(html_path).read_text())
+    (out_dir / "report.html").write_text(page)
     (out_dir / "students.json").write_text(json.dumps(summaries, indent=1))
     tracker = Tracker(info.tracking_uri)
     best = max(summaries, key=lambda r: r["val_task"])
