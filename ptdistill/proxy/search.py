@@ -72,8 +72,10 @@ class _Scored:
     max_grad: torch.Tensor  # (K,)
 
 
-def _score_all(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-    return {name: fn(probs, labels).detach() for name, fn in CRITERIA.items()}
+def _scored(eps: torch.Tensor, sol, labels: torch.Tensor) -> _Scored:
+    """Every criterion and the convergence summary of candidates ``eps`` solved as ``sol``."""
+    return _Scored(eps, {name: fn(sol.probs, labels).detach() for name, fn in CRITERIA.items()},
+                   sol.converged.double().mean(-1), sol.max_grad.amax(-1))
 
 
 def _score(teacher: torch.Tensor, labels: torch.Tensor, eps: torch.Tensor, on_batch: Callable[[int], None]) -> _Scored:
@@ -83,14 +85,7 @@ def _score(teacher: torch.Tensor, labels: torch.Tensor, eps: torch.Tensor, on_ba
     parts: list[_Scored] = []
     for lo in range(0, eps.shape[0], per):
         sol = solve_proxy(teacher, eps[lo : lo + per])
-        parts.append(
-            _Scored(
-                eps[lo : lo + per],
-                _score_all(sol.probs, labels),
-                sol.converged.double().mean(-1),
-                sol.max_grad.amax(-1),
-            )
-        )
+        parts.append(_scored(eps[lo : lo + per], sol, labels))
         on_batch(parts[-1].eps.shape[0])
     return _Scored(
         torch.cat([x.eps for x in parts]),
@@ -162,8 +157,7 @@ def _implicit(
                 eps.clamp_(low, high)
             bar.update(1)
         final = solve_proxy(teacher, best_eps)
-        refined.append(_Scored(best_eps, _score_all(final.probs, labels), final.converged.double().mean(-1),
-                               final.max_grad.amax(-1)))
+        refined.append(_scored(best_eps, final, labels))
     return found + refined
 
 
