@@ -184,6 +184,19 @@ def _sqlite_artifact_root(tracking_uri: str) -> str | None:
     return str(Path(db).resolve().parent / "mlartifacts")
 
 
+#: Seconds a SQLite connection waits for another process's lock. sqlite3's default of 5 s is too
+#: short when two parallel pipeline steps open the store on a loaded 2-core machine (MLflow's
+#: store start-up runs outside its own 20 s busy_timeout): "database is locked" was seen in CI.
+SQLITE_TIMEOUT = 60
+
+
+def _with_sqlite_timeout(uri: str) -> str:
+    """``uri`` with ``timeout=SQLITE_TIMEOUT`` for a sqlite store that does not set its own."""
+    if not uri.startswith("sqlite:") or "timeout=" in uri:
+        return uri
+    return f"{uri}{'&' if '?' in uri else '?'}timeout={SQLITE_TIMEOUT}"
+
+
 class Tracker:
     """All MLflow writes and reads of the pipeline, against one tracking store."""
 
@@ -197,7 +210,8 @@ class Tracker:
             # MlflowClient would silently use the global default store (MLflow 3: ./mlflow.db).
             raise ValueError("tracking_uri must be a non-empty string")
         self.tracking_uri = tracking_uri
-        self.client = MlflowClient(tracking_uri, registry_uri=registry_uri or tracking_uri)
+        store_uri = _with_sqlite_timeout(tracking_uri)
+        self.client = MlflowClient(store_uri, registry_uri=_with_sqlite_timeout(registry_uri or tracking_uri))
         self.artifact_location = artifact_location or _sqlite_artifact_root(tracking_uri)
         self._experiment_ids: dict[str, str] = {}
 

@@ -286,3 +286,12 @@ def test_confusion_matrix_files(tmp_path: Path) -> None:
     }
     with pytest.raises(ValueError, match="3 x 3"):
         tracking.confusion_matrix_png([[1, 2], [3, 4]], ["a", "b", "c"], tmp_path / "bad.png")
+
+
+def test_sqlite_stores_wait_for_other_processes_locks():
+    from ptdistill.tracking import SQLITE_TIMEOUT, _with_sqlite_timeout
+
+    assert _with_sqlite_timeout("sqlite:////tmp/m.db") == f"sqlite:////tmp/m.db?timeout={SQLITE_TIMEOUT}"
+    assert _with_sqlite_timeout("sqlite:////tmp/m.db?x=1") == f"sqlite:////tmp/m.db?x=1&timeout={SQLITE_TIMEOUT}"
+    assert _with_sqlite_timeout("sqlite:////tmp/m.db?timeout=5") == "sqlite:////tmp/m.db?timeout=5"
+    assert _with_sqlite_timeout("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
