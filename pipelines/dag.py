@@ -10,7 +10,7 @@ item, so facts such as the parent run id travel in the ``run_info`` artifact.
 import json
 from pathlib import Path
 
-from kfp import compiler, dsl
+from kfp import compiler, dsl, kubernetes
 
 from components.distill_student import distill_student
 from components.evaluate import evaluate
@@ -23,14 +23,18 @@ from ptdistill.config import to_dict
 from ptdistill.experiments import ExperimentConfig
 
 
-def _on_accelerator(task: dsl.PipelineTask, config: ExperimentConfig, kind, count) -> dsl.PipelineTask:
-    """Request GPUs on a cluster when the benchmark is compiled with ``accelerator.count > 0``.
+def _on_accelerator(task: dsl.PipelineTask, config: ExperimentConfig, kind, count, node_selector,
+                    tolerations) -> dsl.PipelineTask:
+    """Put a task on the GPU pool when the benchmark is compiled with ``accelerator.count > 0``.
 
-    Type and count are then the run's ``accelerator_type``/``accelerator_count`` parameters, so a
-    run can change them without recompiling; kfp.local ignores them with a warning.
+    Type, count, node selector and tolerations are then the run's ``accelerator_*``,
+    ``node_selector`` and ``tolerations`` parameters, so a run can change them without
+    recompiling; kfp.local ignores them with a warning.
     """
     if config.accelerator.count > 0:
         task.set_accelerator_type(kind).set_accelerator_limit(count)
+        kubernetes.add_node_selector_json(task, node_selector)
+        kubernetes.add_toleration_json(task, tolerations)
     return task
 
 
@@ -49,8 +53,10 @@ def build_pipeline(config: ExperimentConfig):
         artifact_store: str = "runs",
         accelerator_type: str = config.accelerator.type,
         accelerator_count: int = config.accelerator.count,
+        node_selector: dict = config.accelerator.node_selector,
+        tolerations: list = config.accelerator.tolerations,
     ):
-        gpu = (config, accelerator_type, accelerator_count)
+        gpu = (config, accelerator_type, accelerator_count, node_selector, tolerations)
         data = prepare_data(config=config_json, run_name=run_name, tracking_uri=tracking_uri,
                             artifact_store=artifact_store)
         info = data.outputs["run_info"]

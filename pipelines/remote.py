@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ptdistill.config import load_config, to_dict
-from ptdistill.experiments import ExperimentConfig, config_class
+from ptdistill.experiments import ExperimentConfig, default_config
 from ptdistill.tracking import experiment_name
 
 HOST_ENV = "KFP_HOST"
@@ -155,8 +155,8 @@ def resolve_config(config: ExperimentConfig | str, overrides: list[str] | None =
     An unknown benchmark or a bad override raises ConfigError here, before any request.
     """
     if isinstance(config, str):
-        cls = config_class(config)
-        base = cls.quick() if quick else cls()
+        base = default_config(config, quick=quick)
+        cls = type(base)
     else:
         cls, base = type(config), config
     if overrides or config_file is not None:

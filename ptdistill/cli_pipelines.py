@@ -12,13 +12,12 @@ import sys
 from pathlib import Path
 
 from ptdistill.config import load_config
-from ptdistill.experiments import BENCHMARKS, ExperimentConfig, config_class
+from ptdistill.experiments import BENCHMARKS, ExperimentConfig, config_class, default_config
 
 
 def _config(args: argparse.Namespace) -> ExperimentConfig:
-    cls = config_class(args.benchmark)
-    base = cls.quick() if getattr(args, "quick", False) else cls()
-    config = load_config(cls, args.config, args.set or [], base=base)
+    base = default_config(args.benchmark, quick=getattr(args, "quick", False))
+    config = load_config(type(base), args.config, args.set or [], base=base)
     _check_inputs(config)
     return config
 
@@ -75,8 +74,8 @@ def _benchmarks(args: argparse.Namespace) -> int:
     for name in BENCHMARKS:
         print(name)
     print()
-    for name, (_, description) in BENCHMARKS.items():
-        print(f"{name:12s} {description}")
+    for name, (_, description, _) in BENCHMARKS.items():
+        print(f"{name:16s} {description}")
     return 0
 
 

@@ -13,7 +13,7 @@ import torch
 from ptdistill.checks import check_labels, check_probs
 from ptdistill.metrics import ECE_BINS, ece, tvd
 
-__all__ = ["NLL_FLOOR", "TASK_METRICS", "confusion_matrix", "evaluate", "f1_score", "matthews"]
+__all__ = ["NLL_FLOOR", "TASK_METRICS", "confusion_matrix", "evaluate", "f1_score", "matthews", "per_class_report"]
 
 TASK_METRICS = ("accuracy", "f1", "matthews")
 #: Probabilities are floored here before the log in the NLL, so a confident mistake costs ~27.6, not inf.
@@ -35,6 +35,22 @@ def f1_score(confusion: np.ndarray) -> float:
     if len(confusion) == 2:
         return float(per_class[1])
     return float(per_class[denominator > 0].mean())
+
+
+def per_class_report(confusion: np.ndarray | list, class_names: list[str]) -> list[dict]:
+    """Precision, recall, F1 and support of every class (as scikit-learn's classification report;
+    0 where undefined), from a confusion matrix with rows = true class."""
+    c = np.asarray(confusion, dtype=np.float64)
+    if c.shape != (len(class_names), len(class_names)):
+        raise ValueError(f"confusion: expected shape ({len(class_names)}, {len(class_names)}) for class_names"
+                         f" {class_names}, got {c.shape}")
+    tp, predicted, support = np.diag(c), c.sum(0), c.sum(1)
+    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
+    recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
+    total = precision + recall
+    f1 = np.divide(2 * precision * recall, total, out=np.zeros_like(tp), where=total > 0)
+    return [{"class": name, "precision": float(p), "recall": float(r), "f1": float(f), "support": int(n)}
+            for name, p, r, f, n in zip(class_names, precision, recall, f1, support)]
 
 
 def matthews(confusion: np.ndarray) -> float:

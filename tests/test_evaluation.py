@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from ptdistill.evaluation import NLL_FLOOR, TASK_METRICS, evaluate
+from ptdistill.evaluation import NLL_FLOOR, TASK_METRICS, evaluate, per_class_report
 
 LABELS = np.array([0, 0, 1, 1, 2, 2])
 # Predictions 0, 1, 1, 0, 2, 2: right, wrong, right, wrong, right, right.
@@ -95,7 +95,8 @@ def test_nll_floor_and_pstar_distances():
 
 
 def test_matches_scikit_learn_on_random_data():
-    metrics = pytest.importorskip("sklearn.metrics")
+    from sklearn import metrics
+
     rng = np.random.default_rng(0)
     for num_classes in (2, 3, 5):
         probs = rng.dirichlet(np.ones(num_classes) * 0.5, 300)
@@ -109,6 +110,21 @@ def test_matches_scikit_learn_on_random_data():
         assert result["confusion_matrix"] == metrics.confusion_matrix(labels, predictions).tolist()
         brier = np.mean(((probs - np.eye(num_classes)[labels]) ** 2).sum(1))
         assert result["brier"] == pytest.approx(brier)
+        names = [f"c{k}" for k in range(num_classes)]
+        report = per_class_report(result["confusion_matrix"], names)
+        precision, recall, f1, support = metrics.precision_recall_fscore_support(
+            labels, predictions, labels=range(num_classes), zero_division=0)
+        assert [r["class"] for r in report] == names
+        for k, row in enumerate(report):
+            assert row["precision"] == pytest.approx(precision[k]) and row["recall"] == pytest.approx(recall[k])
+            assert row["f1"] == pytest.approx(f1[k]) and row["support"] == support[k]
+
+
+def test_per_class_report_is_zero_where_undefined_and_checks_its_shape():
+    report = per_class_report([[2, 0], [1, 0]], ["a", "b"])
+    assert report[1] == {"class": "b", "precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1}
+    with pytest.raises(ValueError, match=r"confusion: expected shape \(3, 3\)"):
+        per_class_report([[2, 0], [1, 0]], ["a", "b", "c"])
 
 
 @pytest.mark.parametrize(

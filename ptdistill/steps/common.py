@@ -23,7 +23,6 @@ class RunInfo:
     artifact_store: str
     fingerprint: str
     num_classes: int
-    input_dim: int
     class_names: list[str]
 
     def save(self, path: str | Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ptdistill.datasets import FeatureSplit
-from ptdistill.experiments import ExperimentConfig, GaussianData, TabularData
+from ptdistill.experiments import ExperimentConfig, GaussianData, TabularData, TextData
 from ptdistill.gaussians import GaussianTask, make_splits
 from ptdistill.steps.common import RunInfo, log
 from ptdistill.storage import content_key
@@ -31,7 +31,32 @@ def build_splits(config: ExperimentConfig) -> tuple[dict[str, FeatureSplit], lis
         # Scaled with teacher-train statistics only: no model sees validation/test statistics.
         splits, _ = standardize(split_tabular(features, labels, data.fractions, seed=data.split_seed))
         return splits, class_names
+    if isinstance(data, TextData):
+        return _text_splits(data)
     raise ValueError(f"data: unsupported data config {type(data).__name__}")
+
+
+def _text_splits(data: TextData) -> tuple[dict, list[str]]:
+    """A paper task through ``datasets`` (SPEC's protocol), rotten-tomatoes, or your own text file."""
+    from ptdistill.text import data as text
+
+    if data.task and data.path:
+        raise ValueError(f"data: set either data.task ({data.task!r}) or data.path ({data.path!r}), not both")
+    if data.path:
+        split, class_names = text.load_text_file(data.path, data.text_columns, data.label_column, data.class_names)
+        return text.split_fractions(split, data.fractions, seed=data.split_seed), class_names
+    if data.task not in text.TEXT_TASKS:
+        raise ValueError(f"data.task: expected one of {', '.join(text.TEXT_TASKS)} or data.path=FILE for your own"
+                         f" data, got {data.task!r}")
+    info = text.TEXT_TASKS[data.task]
+    sizes = data.sizes or dict(info.sizes)
+    if data.task == "rotten-tomatoes":
+        splits, report = text.rotten_tomatoes_splits(sizes, seed=data.split_seed)
+    else:
+        train, test = text.load_task(data.task, source=data.source, revision=data.revision)
+        splits, report = text.protocol_split(train, test, sizes, seed=data.split_seed)
+    log.info("%s splits: %s", data.task, report)
+    return splits, list(info.class_names)
 
 
 def prepare_data(
@@ -65,7 +90,6 @@ def prepare_data(
         artifact_store=artifact_store,
         fingerprint=fingerprint,
         num_classes=len(class_names),
-        input_dim=splits["teacher_train"].dim,
         class_names=class_names,
     )
     info.save(run_info)

@@ -7,12 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ptdistill.datasets import FeatureSplit
-from ptdistill.evaluation import evaluate
+from ptdistill.evaluation import evaluate, per_class_report
 from ptdistill.experiments import ExperimentConfig
-from ptdistill.models import MLP
+from ptdistill.steps.backend import backend_for
 from ptdistill.steps.common import RunInfo, log
-from ptdistill.training import predict_probs
 from ptdistill.tracking import Tracker, confusion_matrix_png
 
 #: Metrics logged per split, besides the task metric.
@@ -37,16 +35,19 @@ def evaluate_student(config: ExperimentConfig, info: RunInfo, student_dir: Path,
     student_dir, out_dir = Path(student_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     record = json.loads((student_dir / "training.json").read_text())
-    model = MLP.from_pretrained(student_dir)
+    backend = backend_for(config)
     metrics: dict[str, float] = {}
     matrix = None
     for name, path in (("val", validation), ("test", test)):
-        split = FeatureSplit.load(path)
-        result = evaluate(predict_probs(model, split.features), split.labels, split.p_star, config.task_metric)
+        split = backend.load_split(path)
+        result = evaluate(backend.student_probs(config, student_dir, split), split.labels, split.p_star,
+                          config.task_metric)
         metrics |= {f"{name}_{k}": float(result[k]) for k in (*LOGGED, "task") if k in result}
         matrix = result["confusion_matrix"]
     png = confusion_matrix_png(matrix, info.class_names, out_dir / "confusion_matrix.png")
     (out_dir / "confusion_matrix.json").write_text(json.dumps({"labels": info.class_names, "matrix": matrix}))
+    per_class = per_class_report(matrix, info.class_names)
+    (out_dir / "per_class.json").write_text(json.dumps(per_class, indent=1))
     history = record["history"]
     curves = {"train_loss": [tuple(x) for x in history.get("train_loss", [])],
               "epoch_val_accuracy": list(zip(history.get("val_epoch", []), history.get("val_accuracy", [])))}
@@ -54,6 +55,7 @@ def evaluate_student(config: ExperimentConfig, info: RunInfo, student_dir: Path,
     child = Tracker(info.tracking_uri).log_student(
         info.parent_run_id, run_name, params=_flat_params(record), metrics=metrics, curves=curves,
         artifacts={"confusion_matrix.png": png, "confusion_matrix.json": out_dir / "confusion_matrix.json",
+                   "per_class.json": out_dir / "per_class.json",
                    "training.json": student_dir / "training.json"},
         model_dir=student_dir,
         seconds=history.get("seconds"),
@@ -61,4 +63,4 @@ def evaluate_student(config: ExperimentConfig, info: RunInfo, student_dir: Path,
     log.info("%s: test accuracy %.4f, NLL %.4f, ECE %.4f", run_name, metrics["test_accuracy"], metrics["test_nll"],
              metrics["test_ece"])
     return {"method": record["method"], "seed": record["seed"], "run_id": child, "confusion_matrix": matrix,
-            "params": _flat_params(record), **metrics}
+            "params": _flat_params(record), "per_class": per_class, **metrics}

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import torch
 
-from ptdistill.datasets import FeatureSplit
 from ptdistill.experiments import ExperimentConfig
 from ptdistill.io import write_json_atomic
 from ptdistill.metrics import tvd
 from ptdistill.proxy import proxy_teacher, search
 from ptdistill.proxy.plot import plot_proxy
+from ptdistill.steps.backend import backend_for
 from ptdistill.steps.common import RunInfo, log, publish
 from ptdistill.steps.teacher import load_teacher_probs
 from ptdistill.tracking import Tracker
@@ -22,7 +22,7 @@ def proxy_search(config: ExperimentConfig, info: RunInfo, validation: Path, vali
     """Run the search; write ``result.json``, ``candidates.csv`` and ``proxy.png`` to ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    split = FeatureSplit.load(validation)
+    split = backend_for(config).load_split(validation)
     teacher = torch.from_numpy(load_teacher_probs(validation_probs))
     labels = torch.tensor(split.labels)
     s = config.search

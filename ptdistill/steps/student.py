@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
 import numpy as np
 
-from ptdistill.datasets import FeatureSplit
 from ptdistill.experiments import ExperimentConfig
 from ptdistill.losses import build_loss
-from ptdistill.models import MLP, MLPConfig
+from ptdistill.steps.backend import backend_for
 from ptdistill.steps.common import RunInfo, log, publish
 from ptdistill.steps.search import searched_eps
 from ptdistill.steps.teacher import load_teacher_probs
-from ptdistill.training import distill, seed_everything
+from ptdistill.storage import open_store
 
 
 def method_params(config: ExperimentConfig, method: str, search_dir: Path) -> dict:
@@ -42,16 +40,16 @@ def distill_student(
     spec = config.method(method)
     params = method_params(config, method, search_dir)
     loss = build_loss(spec.loss, **params)
-    train_cfg = dataclasses.replace(config.student.train, seed=seed)
-    seed_everything(seed)
-    model = MLP(MLPConfig(input_dim=info.input_dim, num_classes=info.num_classes, hidden=tuple(config.student.hidden)))
+    backend = backend_for(config)
     teacher = load_teacher_probs(distill_probs)
-    split = FeatureSplit.load(distill_split)
+    split = backend.load_split(distill_split)
     if len(teacher) != len(split):
         raise ValueError(f"{distill_probs}: {len(teacher)} teacher rows for {len(split)} distillation examples")
-    history = distill(model, split, teacher, loss, train_cfg, validation=FeatureSplit.load(validation), progress=True)
     out_dir = Path(out_dir)
-    model.save_pretrained(out_dir)
+    # Resume state lives in the artifact store, so a restarted step (same run) continues where it stopped.
+    checkpoints = f"{info.prefix}/checkpoints/{method}-seed{seed}"
+    history = backend.distill_student(config, info.num_classes, seed, loss, split, teacher,
+                                      backend.load_split(validation), out_dir, (info.artifact_store, checkpoints))
     record = {
         "method": method, "loss": spec.loss, "seed": seed, "params": params,
         "history": history.to_dict(),
@@ -60,6 +58,9 @@ def distill_student(
     log.info("student %s seed %d: %d epochs in %.1f s (%.0f ex/s)", method, seed, history.epochs_run,
              history.seconds, history.examples_per_second)
     publish(info, f"students/{method}-seed{seed}", out_dir)
+    store = open_store(info.artifact_store)
+    for key in store.list(checkpoints + "/"):
+        store.delete(key)
     return record
 
 

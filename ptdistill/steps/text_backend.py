@@ -1,0 +1,115 @@
+"""The text family: Hugging Face teachers (fine-tuned here, or pretrained behind a verbalizer) and students."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+from torch import nn
+
+from ptdistill.experiments import TextConfig
+from ptdistill.io import write_json_atomic
+from ptdistill.steps.backend import Backend
+from ptdistill.steps.teacher import softmax
+from ptdistill.text.split import TextSplit
+from ptdistill.training import History, seed_everything
+
+#: Written into the teacher directory: which checkpoint (and revision) the run's teacher is.
+TEACHER_FILE = "teacher.json"
+
+
+class TextBackend(Backend):
+    """Paper tasks, rotten-tomatoes and your own text (see :mod:`ptdistill.steps.backend`)."""
+
+    def load_split(self, path: str | Path) -> TextSplit:
+        return TextSplit.load(path)
+
+    def train_teacher(self, config: TextConfig, num_classes, train_path, validation_path, out_dir) -> dict:
+        from ptdistill.text.models import load_classifier, load_tokenizer, resolve_checkpoint, save_model
+        from ptdistill.text.trainer import fit_text
+
+        teacher = config.teacher
+        source_id, revision = resolve_checkpoint(teacher.model)
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        record = {"source": source_id, "source_revision": revision, "fine_tuned": teacher.fine_tune}
+        if teacher.fine_tune:
+            seed_everything(teacher.train.seed)
+            tokenizer = load_tokenizer(teacher.model)
+            model = load_classifier(teacher.model, num_classes)
+            history = fit_text(model, tokenizer, TextSplit.load(train_path), teacher.train,
+                               validation=TextSplit.load(validation_path), progress=True)
+            save_model(model, tokenizer, out_dir)
+            record |= {"epochs_run": history.epochs_run, "best_epoch": history.best_epoch, "seconds": history.seconds,
+                       "examples_per_second": history.examples_per_second}
+        write_json_atomic(out_dir / TEACHER_FILE, record)
+        return {"teacher_id": self.teacher_identity(config, out_dir)[0], **record}
+
+    def _pinned(self, config: TextConfig, teacher_dir: Path):
+        """The teacher's model spec at the exact weights this run uses."""
+        from ptdistill.text.models import resolve_checkpoint
+
+        record = json.loads((Path(teacher_dir) / TEACHER_FILE).read_text())
+        spec = config.teacher.model
+        if record["fine_tuned"]:
+            spec = dataclasses.replace(spec, name_or_path=str(teacher_dir), revision=None, kind="classification")
+            return spec, resolve_checkpoint(spec)[1], record
+        return dataclasses.replace(spec, revision=record["source_revision"]), record["source_revision"], record
+
+    def teacher_identity(self, config: TextConfig, teacher_dir: Path) -> tuple[str, str]:
+        _, revision, record = self._pinned(config, teacher_dir)
+        teacher_id = f"{record['source']}@{record['source_revision']}"
+        return (f"{teacher_id}+fine-tuned@{revision}" if record["fine_tuned"] else teacher_id), revision
+
+    def inference_settings(self, config: TextConfig) -> dict:
+        model = config.teacher.model
+        return {"kind": model.kind, "dtype": model.dtype, "max_length": model.max_length,
+                "verbalizer": dataclasses.asdict(self._verbalizer(config)) if model.kind != "classification" else None}
+
+    def _verbalizer(self, config: TextConfig):
+        from ptdistill.text.data import TEXT_TASKS
+        from ptdistill.text.scoring import Verbalizer
+
+        task = TEXT_TASKS.get(config.data.task)
+        prompt = config.teacher.prompt or (task.prompt if task else None)
+        words = config.teacher.label_words or (list(task.label_words) if task else None)
+        if not prompt or not words:
+            raise ValueError("teacher.prompt and teacher.label_words: a generative teacher on your own data needs both"
+                             " (e.g. --set 'teacher.prompt=sst2 sentence: {text_a}'"
+                             " --set 'teacher.label_words=[negative,positive]')")
+        return Verbalizer(prompt=prompt, label_words=tuple(words))
+
+    def teacher_logits(self, config: TextConfig, num_classes, teacher_dir, split: TextSplit) -> np.ndarray:
+        from ptdistill.text.scoring import teacher_logits
+
+        spec, _, _ = self._pinned(config, teacher_dir)
+        verbalizer = None if spec.kind == "classification" else self._verbalizer(config)
+        return teacher_logits(spec, split, verbalizer, num_classes, progress=True)
+
+    def distill_student(self, config: TextConfig, num_classes, seed, loss: nn.Module, split: TextSplit,
+                        teacher_probs, validation: TextSplit, out_dir: Path,
+                        checkpoints: tuple[str, str]) -> History:
+        from ptdistill.text.models import load_classifier, load_tokenizer, save_model
+        from ptdistill.text.trainer import Checkpointer, fit_text
+
+        student = config.student
+        seed_everything(seed)
+        tokenizer = load_tokenizer(student.model)
+        model = load_classifier(student.model, num_classes)
+        history = fit_text(model, tokenizer, split, dataclasses.replace(student.train, seed=seed),
+                           targets=teacher_probs, loss=loss, validation=validation,
+                           checkpoints=Checkpointer(*checkpoints), progress=True)
+        save_model(model, tokenizer, out_dir)
+        return history
+
+    def student_probs(self, config: TextConfig, student_dir, split: TextSplit) -> np.ndarray:
+        from ptdistill.text.batching import classification_logits
+        from ptdistill.text.models import HFModelSpec, load_classifier, load_tokenizer
+
+        spec = HFModelSpec(str(student_dir), max_length=config.student.model.max_length)
+        model = load_classifier(spec, num_labels=None)
+        logits = classification_logits(model, load_tokenizer(spec), split, batch_size=config.student.train.eval_batch_size,
+                                       max_length=spec.max_length)
+        return softmax(logits)
