@@ -15,6 +15,7 @@ from kfp import local
 from pipelines.dag import build_pipeline
 from ptdistill.config import to_dict
 from ptdistill.experiments import ExperimentConfig
+from ptdistill.steps.common import SOLO_THREADS
 from ptdistill.storage import open_store
 from ptdistill.tracking import Tracker
 
@@ -52,6 +53,8 @@ def run_local(
     run_name = run_name or f"{config.benchmark}-{time.strftime('%Y%m%d-%H%M%S')}"
     # Two students train at once locally (kfp.local runs ParallelFor two at a time): one thread each.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # ...while the teacher steps, which run alone, may use every core (see steps.common.solo_threads).
+    os.environ.setdefault(SOLO_THREADS, str(len(os.sched_getaffinity(0))))
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root), raise_on_error=True)
     # Locally the components run on this environment's ptdistill by design, not in their images.
     warnings.filterwarnings("ignore", message="You may be attemping to run a task that uses custom",

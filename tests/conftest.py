@@ -14,7 +14,11 @@ a fixture waits for its chain and returns what it left behind:
   ``distill_student``;
 * ``gcs_pipeline``: two runs of the smallest config (ptloss only) with the artifact store in a
   bucket of gcp-storage-emulator (served in this process; the children get
-  ``STORAGE_EMULATOR_HOST``, which ``GCSStore``'s default ``storage.Client()`` honours).
+  ``STORAGE_EMULATOR_HOST``, which ``GCSStore``'s default ``storage.Client()`` honours);
+* ``text_pipeline``: the ``sst2`` benchmark twice (a GLUE-shaped local copy, a tiny random T5
+  teacher through the verbalizer, a tiny BERT student; the second run hits the teacher cache),
+  then the ``text`` benchmark on a CSV of sentence pairs with a tiny BERT teacher fine-tuned
+  in the run (see :func:`tiny_text_configs`).
 
 The emulator set-up follows tests/test_storage.py (its own ``emulator`` fixture is left as it
 is): the real emulator server plus GCS's ``ifGenerationMatch`` check on uploads, which the
@@ -51,7 +55,8 @@ GCS_BUCKET = "ptdistill-pipeline"
 GCS_PREFIX = "ptd"
 #: Longest a pipeline chain may take before its fixture gives up (they take 1-3 minutes).
 CHAIN_TIMEOUT = 900
-PIPELINE_FIXTURES = {"local_pipeline": "local", "failing_pipeline": "failing", "gcs_pipeline": "gcs"}
+PIPELINE_FIXTURES = {"local_pipeline": "local", "failing_pipeline": "failing", "gcs_pipeline": "gcs",
+                     "text_pipeline": "text"}
 
 
 # --------------------------------------------------------------------------- tiny configs
@@ -77,6 +82,53 @@ def tiny_synthetic(methods: tuple[str, ...] = ("ptloss", "kl"), seeds: tuple[int
         methods=[known.get(name, MethodSpec(name, name)) for name in methods],
         seeds=list(seeds),
     )
+
+
+def tiny_text_configs(root: Path) -> list:
+    """The ``text_pipeline`` chain's configs: [sst2, the same sst2, text on a CSV of pairs].
+
+    Sentences of class 1 hold "good"/"great"/"fun" and of class 0 "bad"/"awful"/"boring", so a
+    tiny model can learn the task in one epoch.
+    """
+    import pandas as pd
+
+    from ptdistill.experiments import default_config
+    from ptdistill.text.models import HFModelSpec
+    from ptdistill.text.trainer import TextTrainConfig
+    from text_fixtures import tiny_bert, tiny_t5, write_hub_split
+
+    words = (("bad", "awful", "boring"), ("good", "great", "fun"))
+
+    def sentence(i: int, label: int) -> str:
+        return f"the movie {i} was {words[label][i % 3]} and {words[label][(i + 1) % 3]}"
+
+    names = ["negative", "positive"]
+    for split, n in (("train", 180), ("validation", 40)):
+        labels = [i % 2 for i in range(n)]
+        write_hub_split(root / "glue", "sst2", split, {"sentence": [sentence(i, y) for i, y in enumerate(labels)],
+                                                       "label": labels}, names)
+    pairs = pd.DataFrame({"premise": [f"a review {i}" for i in range(160)],
+                          "hypothesis": [sentence(i, i % 2) for i in range(160)],
+                          "answer": ["yes" if i % 2 else "no" for i in range(160)]})
+    pairs.to_csv(root / "pairs.csv", index=False)
+    train = TextTrainConfig(epochs=1, batch_size=16, lr=1e-3, max_length=32, checkpoint_every_steps=2,
+                            log_every_steps=2)
+    student = HFModelSpec(str(tiny_bert(root / "student")), max_length=32)
+
+    def shrink(config):
+        config.student.model, config.student.train = student, train
+        config.search.trials, config.search.max_order = 3, 2
+        return config
+
+    sst2 = shrink(default_config("sst2", quick=True))
+    sst2.data.source = str(root / "glue")
+    sst2.data.sizes = {"teacher_train": 60, "distill": 80, "validation": 40, "test": 40}
+    sst2.teacher.model = HFModelSpec(str(tiny_t5(root / "t5")), kind="seq2seq", max_length=32, batch_size=16)
+    text = shrink(default_config("text", quick=True))
+    text.data.path, text.data.text_columns, text.data.label_column = str(root / "pairs.csv"), ["premise", "hypothesis"], "answer"
+    text.teacher.model = HFModelSpec(str(tiny_bert(root / "teacher", seed=1)), max_length=32)
+    text.teacher.fine_tune, text.teacher.train = True, train
+    return [sst2, sst2, text]
 
 
 @pytest.fixture(scope="session")
@@ -367,6 +419,10 @@ class PipelineLauncher:
             config = tiny_synthetic(("ptloss",))
             return PipelineChain(name, root, [config, config], ["gcs-1", "gcs-2"], f"gs://{GCS_BUCKET}/{GCS_PREFIX}",
                                  env={"STORAGE_EMULATOR_HOST": self.emulator.endpoint})
+        if name == "text":
+            root.mkdir(parents=True)
+            return PipelineChain(name, root, tiny_text_configs(root), ["sst2-1", "sst2-2", "text-1"],
+                                 str(root / "store"))
         raise KeyError(name)
 
     def close(self) -> None:
@@ -420,6 +476,12 @@ def failing_pipeline() -> PipelineChain:
 def gcs_pipeline() -> PipelineChain:
     """Two finished runs (``gcs-1``, ``gcs-2``) with the artifact store in the emulator's bucket."""
     return _launcher().chain("gcs").wait()
+
+
+@pytest.fixture(scope="session")
+def text_pipeline() -> PipelineChain:
+    """Three finished text runs: ``sst2-1``, ``sst2-2`` (teacher cache hit) and ``text-1``."""
+    return _launcher().chain("text").wait()
 
 
 @pytest.fixture(scope="session")

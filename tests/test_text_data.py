@@ -28,6 +28,7 @@ from ptdistill.text.data import (
     split_fractions,
 )
 from ptdistill.text.split import TextSplit
+from text_fixtures import write_hub_split
 
 SIZES = {"teacher_train": 20, "distill": 30, "validation": 10, "test": 8}
 
@@ -49,25 +50,12 @@ def no_network(monkeypatch):
     monkeypatch.setattr(socket, "create_connection", refuse)
 
 
-def _write(root, subset, split, columns, label_names, label_column="label"):
-    features = {
-        name: datasets.ClassLabel(names=label_names) if name == label_column else datasets.Value("string")
-        for name in columns
-    }
-    features["idx"] = datasets.Value("int32")
-    columns = {**columns, "idx": list(range(len(next(iter(columns.values())))))}
-    path = root / subset / f"{split}-00000-of-00001.parquet"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    datasets.Dataset.from_dict(columns, features=datasets.Features(features)).to_parquet(str(path))
-    return path
-
-
 def _sst2(root, n_train=100, n_test=12, test_labels=None):
     names = list(TEXT_TASKS["sst2"].class_names)
-    _write(root, "sst2", "train", {"sentence": [f"train {i}" for i in range(n_train)],
+    write_hub_split(root, "sst2", "train", {"sentence": [f"train {i}" for i in range(n_train)],
                                     "label": [i % 2 for i in range(n_train)]}, names)
     labels = test_labels if test_labels is not None else [i % 2 for i in range(n_test)]
-    _write(root, "sst2", "validation", {"sentence": [f"test {i}" for i in range(len(labels))], "label": labels}, names)
+    write_hub_split(root, "sst2", "validation", {"sentence": [f"test {i}" for i in range(len(labels))], "label": labels}, names)
     return root
 
 
@@ -123,9 +111,9 @@ def test_load_task_pairs_mnli_and_boolq(tmp_path, no_network):
     glue, superglue = tmp_path / "glue", tmp_path / "super_glue"
     mnli = list(TEXT_TASKS["mnli"].class_names)
     for split, n in (("train", 9), ("validation_matched", 6)):
-        _write(glue, "mnli", split, {"premise": [f"p{i}" for i in range(n)], "hypothesis": [f"h{i}" for i in range(n)],
+        write_hub_split(glue, "mnli", split, {"premise": [f"p{i}" for i in range(n)], "hypothesis": [f"h{i}" for i in range(n)],
                                       "label": [i % 3 for i in range(n)]}, mnli)
-    _write(glue, "mnli", "validation_mismatched", {"premise": ["x"], "hypothesis": ["y"], "label": [0]}, mnli)
+    write_hub_split(glue, "mnli", "validation_mismatched", {"premise": ["x"], "hypothesis": ["y"], "label": [0]}, mnli)
     train, test = load_task("mnli", source=glue)
     assert (len(train), len(test)) == (9, 6)
     assert test.text_a[1] == "p1" and test.text_b[1] == "h1"
@@ -133,7 +121,7 @@ def test_load_task_pairs_mnli_and_boolq(tmp_path, no_network):
 
     names = list(TEXT_TASKS["boolq"].class_names)
     for split, n in (("train", 5), ("validation", 4)):  # super_glue column order: question, passage, idx, label
-        _write(superglue, "boolq", split, {"question": [f"q{i}?" for i in range(n)],
+        write_hub_split(superglue, "boolq", split, {"question": [f"q{i}?" for i in range(n)],
                                            "passage": [f"passage {i}" for i in range(n)],
                                            "label": [i % 2 for i in range(n)]}, names)
     train, test = load_task("boolq", source=superglue)
@@ -179,7 +167,7 @@ def test_load_task_rejects_unlabeled_and_out_of_range_labels(tmp_path):
         load_task("sst2", source=_sst2(tmp_path / "a", test_labels=[0, 1, -1, -1]))
     names = ["negative", "positive"]
     root = _sst2(tmp_path / "b")
-    _write(root, "sst2", "validation", {"sentence": ["x", "y"], "label": [0, 1]}, names)
+    write_hub_split(root, "sst2", "validation", {"sentence": ["x", "y"], "label": [0, 1]}, names)
     pd.DataFrame({"sentence": ["x", "y", "z"], "label": [0, 1, 2], "idx": [0, 1, 2]}).to_parquet(
         root / "sst2" / "train-00000-of-00001.parquet")
     with pytest.raises(ValueError, match=r"train-00000-of-00001\.parquet.*'label' at row 2 is 2; expected a class "
@@ -198,12 +186,12 @@ def test_load_task_rejects_missing_column_empty_split_and_wrong_class_names(tmp_
         load_task("sst2", source=root)
 
     root = _sst2(tmp_path / "b")
-    _write(root, "sst2", "validation", {"sentence": [], "label": []}, ["negative", "positive"])
+    write_hub_split(root, "sst2", "validation", {"sentence": [], "label": []}, ["negative", "positive"])
     with pytest.raises(ValueError, match="validation.*the split is empty"):
         load_task("sst2", source=root)
 
     root = _sst2(tmp_path / "c")
-    _write(root, "sst2", "train", {"sentence": ["x", "y"], "label": [0, 1]}, ["positive", "negative"])
+    write_hub_split(root, "sst2", "train", {"sentence": ["x", "y"], "label": [0, 1]}, ["positive", "negative"])
     with pytest.raises(ValueError, match=r"names \['positive', 'negative'\]; expected \['negative', 'positive'\]"):
         load_task("sst2", source=root)
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["MINILM_PATH", "T5_WORDS", "tiny_bert", "tiny_gpt2", "tiny_t5"]
+__all__ = ["MINILM_PATH", "T5_WORDS", "tiny_bert", "tiny_gpt2", "tiny_t5", "write_hub_split"]
 
 
 def _minilm_path() -> str:
@@ -144,3 +144,21 @@ def tiny_gpt2(directory: str | Path, layers: int = 2, seed: int = 0) -> Path:
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+def write_hub_split(root: str | Path, subset: str, split: str, columns: dict[str, list], label_names: list[str],
+                    label_column: str = "label") -> Path:
+    """One split of a dataset in the hub's parquet layout (``<root>/<subset>/<split>-00000-of-00001.parquet``),
+    with ``ClassLabel`` metadata and an ``idx`` column, as nyu-mll/glue and aps/super_glue store them."""
+    import datasets
+
+    features = {
+        name: datasets.ClassLabel(names=label_names) if name == label_column else datasets.Value("string")
+        for name in columns
+    }
+    features["idx"] = datasets.Value("int32")
+    columns = {**columns, "idx": list(range(len(next(iter(columns.values())))))}
+    path = Path(root) / subset / f"{split}-00000-of-00001.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    datasets.Dataset.from_dict(columns, features=datasets.Features(features)).to_parquet(str(path))
+    return path

@@ -4,12 +4,26 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ptdistill.storage import open_store
 
 log = logging.getLogger("ptdistill.steps")
+
+#: Environment variable: torch threads for steps that run alone (set by the local runner, which
+#: gives each fanned-out student one thread through OMP_NUM_THREADS=1).
+SOLO_THREADS = "PTDISTILL_SOLO_THREADS"
+
+
+def solo_threads() -> None:
+    """Let a step that runs alone (teacher training and inference) use the threads the runner allows."""
+    threads = os.environ.get(SOLO_THREADS)
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
 
 
 @dataclass

@@ -11,7 +11,7 @@ import pandas as pd
 from ptdistill.evaluation import evaluate
 from ptdistill.experiments import ExperimentConfig
 from ptdistill.steps.backend import backend_for
-from ptdistill.steps.common import RunInfo, log, publish
+from ptdistill.steps.common import RunInfo, log, publish, solo_threads
 from ptdistill.storage import content_key, open_store
 from ptdistill.tracking import Tracker
 
@@ -21,6 +21,7 @@ CACHE_VERSION = 2
 
 def train_teacher(config: ExperimentConfig, info: RunInfo, teacher_train: Path, validation: Path, out_dir: Path) -> dict:
     """Train (or pin, for a pretrained teacher) the benchmark's teacher into ``out_dir``."""
+    solo_threads()
     summary = backend_for(config).train_teacher(config, info.num_classes, Path(teacher_train), Path(validation),
                                                 Path(out_dir))
     Tracker(info.tracking_uri).set_tags(info.parent_run_id, {"teacher_id": summary["teacher_id"]})
@@ -51,6 +52,7 @@ def teacher_inference(
     config: ExperimentConfig, info: RunInfo, teacher_dir: Path, splits: dict[str, Path], outputs: dict[str, Path]
 ) -> dict:
     """Teacher probabilities on each split, served from the cache when teacher, data and settings match."""
+    solo_threads()
     backend = backend_for(config)
     teacher_id, weights = backend.teacher_identity(config, Path(teacher_dir))
     store = open_store(info.artifact_store)
