@@ -297,11 +297,11 @@ def _rotten_tomatoes(config: TextConfig, quick: bool) -> None:
         config.data.sizes = dict(QUICK_TEXT_SIZES)
     config.teacher.model = HFModelSpec(MINILM, max_length=64)
     config.teacher.fine_tune = True
-    config.teacher.train = TextTrainConfig(epochs=1 if quick else 3, lr=5e-5, max_length=64)
+    config.teacher.train = TextTrainConfig(epochs=1 if quick else 3, lr=5e-5)
     # The word embeddings' AdamW update is a third of a 2-layer student's step on a CPU: frozen, as in
     # DistilBERT-style students derived from a teacher's layers.
     config.student.model = HFModelSpec(MINILM, num_layers=2, freeze_embeddings=True, max_length=64)
-    config.student.train = TextTrainConfig(epochs=1 if quick else 2, lr=1e-4, max_length=64)
+    config.student.train = TextTrainConfig(epochs=1 if quick else 2, lr=1e-4)
 
 
 #: Benchmark name -> (config class, one-line description, preset applied over the class defaults).

@@ -111,7 +111,7 @@ def tiny_text_configs(root: Path) -> list:
                           "hypothesis": [sentence(i, i % 2) for i in range(160)],
                           "answer": ["yes" if i % 2 else "no" for i in range(160)]})
     pairs.to_csv(root / "pairs.csv", index=False)
-    train = TextTrainConfig(epochs=1, batch_size=16, lr=1e-3, max_length=32, checkpoint_every_steps=2,
+    train = TextTrainConfig(epochs=1, batch_size=16, lr=1e-3, checkpoint_every_steps=2,
                             log_every_steps=2)
     student = HFModelSpec(str(tiny_bert(root / "student")), max_length=32)
 

@@ -333,7 +333,6 @@ def test_bf16_autocast_on_cpu_then_fp32_in_the_same_process(tokenizer, data):
         ("weight_decay", -0.1, "weight_decay"),
         ("warmup_ratio", 1.0, r"warmup_ratio: expected a fraction in \[0, 1\)"),
         ("grad_accumulation", 0, "grad_accumulation"),
-        ("max_length", 4, "max_length: expected an integer >= 8"),
         ("patience", 0, "patience"),
         ("checkpoint_every_steps", -1, "checkpoint_every_steps"),
         ("precision", "fp8", "precision: expected one of auto, fp32, bf16, fp16"),

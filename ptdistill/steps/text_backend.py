@@ -40,7 +40,8 @@ class TextBackend(Backend):
             tokenizer = load_tokenizer(teacher.model)
             model = load_classifier(teacher.model, num_classes)
             history = fit_text(model, tokenizer, TextSplit.load(train_path), teacher.train,
-                               validation=TextSplit.load(validation_path), progress=True)
+                               validation=TextSplit.load(validation_path), max_length=teacher.model.max_length,
+                               progress=True)
             save_model(model, tokenizer, out_dir)
             record |= {"epochs_run": history.epochs_run, "best_epoch": history.best_epoch, "seconds": history.seconds,
                        "examples_per_second": history.examples_per_second}
@@ -100,7 +101,8 @@ class TextBackend(Backend):
         model = load_classifier(student.model, num_classes)
         history = fit_text(model, tokenizer, split, dataclasses.replace(student.train, seed=seed),
                            targets=teacher_probs, loss=loss, validation=validation,
-                           checkpoints=Checkpointer(*checkpoints), progress=True)
+                           checkpoints=Checkpointer(*checkpoints), max_length=student.model.max_length,
+                           progress=True)
         save_model(model, tokenizer, out_dir)
         return history
 

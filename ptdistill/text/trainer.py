@@ -108,7 +108,6 @@ class TextTrainConfig:
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     grad_accumulation: int = 1
-    max_length: int = 128
     patience: int | None = None
     checkpoint_every_steps: int = 200
     precision: str = "auto"
@@ -122,7 +121,6 @@ class TextTrainConfig:
         _int_at_least("epochs", self.epochs, 1)
         _int_at_least("batch_size", self.batch_size, 1)
         _int_at_least("grad_accumulation", self.grad_accumulation, 1)
-        _int_at_least("max_length", self.max_length, 8)
         _int_at_least("checkpoint_every_steps", self.checkpoint_every_steps, 0)
         _int_at_least("seed", self.seed, 0)
         _int_at_least("log_every_steps", self.log_every_steps, 1)
@@ -505,6 +503,7 @@ def fit_text(
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     validation: TextSplit | None = None,
     checkpoints: Checkpointer | None = None,
+    max_length: int = 128,
     progress: bool = False,
 ) -> History:
     """Fine-tune ``model`` (a Hugging Face sequence classifier) in place; return its :class:`History`.
@@ -514,7 +513,8 @@ def fit_text(
     (a registry loss; ``loss.set_step(global_step)`` is called before each optimiser step when
     it exists); ``train.labels`` is never read. ``validation`` (labeled) is evaluated after
     every epoch (accuracy and NLL); with ``config.patience`` it drives early stopping and the
-    best weights are restored. With ``checkpoints`` the run saves checkpoints and resumes
+    best weights are restored. Inputs are truncated to ``max_length`` tokens (the model spec's,
+    so training and inference see the same text). With ``checkpoints`` the run saves checkpoints and resumes
     from the latest one (see :class:`Checkpointer`); clear them after a successful run. A resumed
     run's ``History.seconds`` and ``examples_per_second`` include the earlier sessions up to
     their last checkpoint. Dropout is seeded from ``config.seed`` (with Python's and NumPy's RNGs);
@@ -555,7 +555,7 @@ def fit_text(
         target_tensor = torch.from_numpy(probs)
         objective = loss
 
-    sequences = encode(tokenizer, train, config.max_length)
+    sequences = encode(tokenizer, train, max_length)
     if tokenizer.pad_token_id is None:
         raise ValueError(f"tokenizer {type(tokenizer).__name__} has no pad token; set tokenizer.pad_token first")
     identity = run = None
@@ -569,7 +569,7 @@ def fit_text(
     enabled_checkpointing = config.gradient_checkpointing and _enable_activation_checkpointing(model)
     try:
         return _train(model, tokenizer, sequences, target_tensor, objective, getattr(loss, "set_step", None),
-                      validation, config, accelerator, checkpoints, run, identity, progress,
+                      validation, config, accelerator, checkpoints, run, identity, max_length, progress,
                       desc="teacher" if probs is None else "student")
     finally:
         if enabled_checkpointing:
@@ -581,7 +581,7 @@ def fit_text(
 def _train(model: nn.Module, tokenizer, sequences: list, target_tensor: torch.Tensor, objective: Callable,
            set_step: Callable[[int], None] | None, validation: TextSplit | None, config: TextTrainConfig,
            accelerator, checkpoints: Checkpointer | None, run: str | None, identity: dict | None,
-           progress: bool, desc: str) -> History:
+           max_length: int, progress: bool, desc: str) -> History:
     """The loop of :func:`fit_text`, its arguments checked."""
     device = accelerator.device
     n = len(sequences)
@@ -700,7 +700,7 @@ def _train(model: nn.Module, tokenizer, sequences: list, target_tensor: torch.Te
             history.epochs_run, history.steps = epoch + 1, step
             if validation is not None:
                 logits = classification_logits(model, tokenizer, validation, batch_size=config.eval_batch_size,
-                                               max_length=config.max_length)
+                                               max_length=max_length)
                 log_q = torch.log_softmax(torch.from_numpy(logits).double(), -1)
                 y = torch.from_numpy(validation.labels)
                 accuracy = float((log_q.argmax(-1) == y).double().mean())
