@@ -4,7 +4,7 @@
     .venv/bin/python images/lock.py --check    # exit 1 if the file would change
 
 It walks ``[project].dependencies`` of pyproject.toml plus the ``gcs`` extra (the images run
-against GCS) through the installed distributions' metadata, evaluating environment markers for
+against GCS) and the ``offline-models`` extra (MiniLM-L6 for the rotten-tomatoes benchmark) through the installed distributions' metadata, evaluating environment markers for
 this interpreter (Linux, CPython 3.11, as in the images), and pins every distribution reached with
 ``==`` at its installed version.  ``torch`` itself is left out: the CPU image takes the CPU wheel
 from the PyTorch CPU index and the GPU image takes the CUDA build from its base image, so the two
@@ -25,7 +25,7 @@ from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCK = ROOT / "images" / "requirements.lock"
-EXTRAS = ("gcs",)
+EXTRAS = ("gcs", "offline-models")
 SEPARATELY_PINNED = {"torch"}  # in the Dockerfiles, per CPU/GPU build
 NOT_LOCKED = {"ptdistill", "pip", "setuptools", "wheel"}
 
