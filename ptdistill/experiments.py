@@ -8,7 +8,7 @@ One config dataclass per benchmark family (``SyntheticConfig``, ``TabularConfig`
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -24,11 +24,13 @@ class MethodSpec:
     """A distillation method: a display name, a registry loss and its hyper-parameters.
 
     For ``ptloss`` the coefficients ``eps`` come from the proxy search unless given here.
+    ``lr`` overrides the student's learning rate for this method (see ``lr_grid``).
     """
 
     name: str
     loss: str
     params: dict[str, Any] = field(default_factory=dict)
+    lr: float | None = None
 
 
 def default_methods() -> list[MethodSpec]:
@@ -116,10 +118,19 @@ class ExperimentConfig:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     task_metric: str = "accuracy"
     accelerator: Accelerator = field(default_factory=Accelerator)
+    #: Student learning rates to try, e.g. the paper's [2e-5, 3e-5, 5e-5]: every method then runs
+    #: once per rate, as ``<method>-lr<rate>``, and the report picks each method's rate on validation.
+    lr_grid: list[float] = field(default_factory=list)
+
+    def variants(self) -> list[MethodSpec]:
+        """The methods the pipeline trains: ``methods``, or each of them at every rate of ``lr_grid``."""
+        if not self.lr_grid:
+            return list(self.methods)
+        return [replace(m, name=f"{m.name}-lr{lr:g}", lr=lr) for m in self.methods for lr in self.lr_grid]
 
     def runs(self) -> list[dict[str, Any]]:
         """The (method, seed) grid the pipeline fans out over."""
-        return [{"method": m.name, "seed": s} for m in self.methods for s in self.seeds]
+        return [{"method": m.name, "seed": s} for m in self.variants() for s in self.seeds]
 
     def _shrink(self) -> None:
         """The quick preset's common part: few epochs, a small search, ptloss and kl, one seed."""
@@ -150,6 +161,10 @@ class ExperimentConfig:
                 raise ConfigError(f"methods[{i}] ({m.name}): {err}") from None
         if not self.seeds:
             raise ConfigError("seeds: expected at least one seed")
+        for name, lr in [("lr_grid", lr) for lr in self.lr_grid] + [(f"methods ({m.name}).lr", m.lr)
+                                                                    for m in self.methods if m.lr is not None]:
+            if not lr > 0:
+                raise ConfigError(f"{name}: expected learning rates > 0, got {lr}")
         if self.task_metric not in TASK_METRICS:
             raise ConfigError(f"task_metric: expected one of {', '.join(TASK_METRICS)}, got {self.task_metric!r}")
         s = self.search
@@ -164,10 +179,11 @@ class ExperimentConfig:
             raise ConfigError(f"search.low/high: expected low < high, got {s.low} and {s.high}")
 
     def method(self, name: str) -> MethodSpec:
-        for m in self.methods:
+        """The method (or ``lr_grid`` variant) called ``name``."""
+        for m in self.variants():
             if m.name == name:
                 return m
-        raise ConfigError(f"methods: no method named {name!r}; have {[m.name for m in self.methods]}")
+        raise ConfigError(f"methods: no method named {name!r}; have {[m.name for m in self.variants()]}")
 
 
 @dataclass

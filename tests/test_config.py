@@ -421,3 +421,30 @@ def test_cli_rejects_values_that_would_fail_inside_the_pipeline(override, messag
     assert main(["run", "synthetic", "--quick", "--set", override]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err, err
+
+
+def test_lr_grid_expands_methods_into_variants():
+    config = SyntheticConfig(methods=default_methods()[:2], seeds=[0, 1], lr_grid=[2e-5, 5e-5])
+    assert [r["method"] for r in config.runs()[::2]] == ["ptloss-lr2e-05", "ptloss-lr5e-05", "kl-lr2e-05",
+                                                         "kl-lr5e-05"]
+    assert len(config.runs()) == 8 and {r["seed"] for r in config.runs()} == {0, 1}
+    variant = config.method("kl-lr5e-05")
+    assert (variant.loss, variant.lr) == ("kl", 5e-5) and config.methods[1].lr is None
+    with pytest.raises(ConfigError, match="no method named 'kl'; have \\['ptloss-lr2e-05'"):
+        config.method("kl")  # with a grid, only the variants are trained
+    config.validate(3)
+    with pytest.raises(ConfigError, match="lr_grid: expected learning rates > 0, got 0.0"):
+        dataclasses.replace(config, lr_grid=[0.0]).validate(3)
+
+
+def test_report_picks_each_methods_lr_on_validation():
+    from ptdistill.steps.report import lr_choices, results_table
+
+    config = SyntheticConfig(methods=default_methods()[:2], seeds=[0, 1], lr_grid=[2e-5, 5e-5])
+    val = {"ptloss-lr2e-05": 0.7, "ptloss-lr5e-05": 0.8, "kl-lr2e-05": 0.9, "kl-lr5e-05": 0.6}
+    rows = [{"method": r["method"], "seed": r["seed"], "val_task": val[r["method"]] + 0.01 * r["seed"],
+             "test_accuracy": 0.5, "test_nll": 1.0, "test_ece": 0.1} for r in config.runs()]
+    lines = lr_choices(config, rows, results_table(rows, "accuracy"))
+    assert lines[2:] == ["- ptloss: lr 5e-05 (validation 0.8050); test accuracy 0.5000 ± 0.0000",
+                         "- kl: lr 2e-05 (validation 0.9050); test accuracy 0.5000 ± 0.0000"]
+    assert lr_choices(SyntheticConfig(), rows, results_table(rows, "accuracy")) == []

@@ -18,7 +18,7 @@ LOGGED = ("accuracy", "nll", "ece", "brier", "f1", "matthews", "l2_to_pstar", "t
 
 
 def _flat_params(record: dict) -> dict:
-    params = {"method": record["method"], "loss": record["loss"], "seed": record["seed"]}
+    params = {"method": record["method"], "loss": record["loss"], "seed": record["seed"], "lr": record["lr"]}
     for key, value in record["params"].items():
         if key == "eps":
             eps = np.asarray(value)

@@ -56,6 +56,21 @@ def format_table(table: pd.DataFrame, teacher: dict, search: dict) -> list[str]:
     return lines
 
 
+def lr_choices(config: ExperimentConfig, summaries: list[dict], table: pd.DataFrame) -> list[str]:
+    """With ``lr_grid``: each method's learning rate chosen on mean validation task metric (paper protocol)."""
+    if not config.lr_grid:
+        return []
+    validation = pd.DataFrame(summaries).groupby("method")["val_task"].mean()
+    lines = ["", f"Learning rate chosen per method on validation {config.task_metric} (mean over seeds):"]
+    variants = config.variants()
+    for i, method in enumerate(config.methods):
+        names = [v.name for v in variants[i * len(config.lr_grid):(i + 1) * len(config.lr_grid)]]
+        best = max(names, key=lambda name: validation[name])
+        lines.append(f"- {method.name}: lr {best.rsplit('-lr', 1)[1]} (validation {validation[best]:.4f});"
+                     f" test accuracy {_fmt(table, 'test_accuracy', best)}")
+    return lines
+
+
 def _plot(table: pd.DataFrame, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6, 3.2))
     ax.barh(table.index[::-1], table["test_accuracy_mean"][::-1], xerr=table["test_accuracy_std"][::-1], capsize=3)
@@ -78,7 +93,7 @@ def report(
     table = results_table(summaries, config.task_metric)
     lines = [f"# ptdistill {info.benchmark}: {info.run_name}", "",
              f"Student test metrics over seeds {config.seeds} (data fingerprint `{info.fingerprint[:12]}`).", "",
-             *format_table(table, teacher, search)]
+             *format_table(table, teacher, search), *lr_choices(config, summaries, table)]
     plot = _plot(table, out_dir / "accuracy.png")
     markdown = "\n".join(lines) + "\n"
     Path(markdown_path).write_text(markdown)

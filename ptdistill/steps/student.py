@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +42,8 @@ def distill_student(
     params = method_params(config, method, search_dir)
     loss = build_loss(spec.loss, **params)
     backend = backend_for(config)
+    if spec.lr is not None:  # this method's (or lr_grid variant's) own learning rate
+        config = replace(config, student=replace(config.student, train=replace(config.student.train, lr=spec.lr)))
     teacher = load_teacher_probs(distill_probs)
     split = backend.load_split(distill_split)
     if len(teacher) != len(split):
@@ -51,7 +54,7 @@ def distill_student(
     history = backend.distill_student(config, info.num_classes, seed, loss, split, teacher,
                                       backend.load_split(validation), out_dir, (info.artifact_store, checkpoints))
     record = {
-        "method": method, "loss": spec.loss, "seed": seed, "params": params,
+        "method": method, "loss": spec.loss, "seed": seed, "params": params, "lr": config.student.train.lr,
         "history": history.to_dict(),
     }
     (out_dir / "training.json").write_text(json.dumps(record, default=_json_default))
