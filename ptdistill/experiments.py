@@ -121,6 +121,8 @@ class ExperimentConfig:
     #: Student learning rates to try, e.g. the paper's [2e-5, 3e-5, 5e-5]: every method then runs
     #: once per rate, as ``<method>-lr<rate>``, and the report picks each method's rate on validation.
     lr_grid: list[float] = field(default_factory=list)
+    #: Teacher inference split into this many parallel tasks (pods on a cluster), then merged.
+    inference_shards: int = 1
 
     def variants(self) -> list[MethodSpec]:
         """The methods the pipeline trains: ``methods``, or each of them at every rate of ``lr_grid``."""
@@ -161,6 +163,8 @@ class ExperimentConfig:
                 raise ConfigError(f"methods[{i}] ({m.name}): {err}") from None
         if not self.seeds:
             raise ConfigError("seeds: expected at least one seed")
+        if self.inference_shards < 1:
+            raise ConfigError(f"inference_shards: expected an integer >= 1, got {self.inference_shards}")
         for name, lr in [("lr_grid", lr) for lr in self.lr_grid] + [(f"methods ({m.name}).lr", m.lr)
                                                                     for m in self.methods if m.lr is not None]:
             if not lr > 0:
