@@ -55,6 +55,8 @@ def run_local(
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     # ...while the teacher steps, which run alone, may use every core (see steps.common.solo_threads).
     os.environ.setdefault(SOLO_THREADS, str(len(os.sched_getaffinity(0))))
+    # Progress bars go to task logs, not a terminal: a line every 10 s, not every 0.1 s.
+    os.environ.setdefault("TQDM_MININTERVAL", "10")
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root), raise_on_error=True)
     # Locally the components run on this environment's ptdistill by design, not in their images.
     warnings.filterwarnings("ignore", message="You may be attemping to run a task that uses custom",

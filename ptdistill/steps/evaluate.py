@@ -44,11 +44,13 @@ def evaluate_student(config: ExperimentConfig, info: RunInfo, student_dir: Path,
                           config.task_metric)
         metrics |= {f"{name}_{k}": float(result[k]) for k in (*LOGGED, "task") if k in result}
         matrix = result["confusion_matrix"]
+    history = record["history"]
+    metrics |= {"train_seconds": float(history["seconds"]),
+                "train_examples_per_second": float(history["examples_per_second"])}
     png = confusion_matrix_png(matrix, info.class_names, out_dir / "confusion_matrix.png")
     (out_dir / "confusion_matrix.json").write_text(json.dumps({"labels": info.class_names, "matrix": matrix}))
     per_class = per_class_report(matrix, info.class_names)
     (out_dir / "per_class.json").write_text(json.dumps(per_class, indent=1))
-    history = record["history"]
     curves = {"train_loss": [tuple(x) for x in history.get("train_loss", [])],
               "epoch_val_accuracy": list(zip(history.get("val_epoch", []), history.get("val_accuracy", [])))}
     run_name = f"{record['method']}-seed{record['seed']}"
