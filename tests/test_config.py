@@ -464,7 +464,7 @@ TEXT_FAILURES = [
     pytest.param(["data.text_columns=[sentence]", "teacher.model.kind=seq2seq"],
                  "teacher.prompt and teacher.label_words", id="generative-teacher-without-verbalizer"),
     pytest.param(["data.text_columns=[sentence]", "teacher.model.kind=seq2seq", "teacher.prompt='r: {text_a}'",
-                  "teacher.label_words=[bad]"], "teacher.label_words: expected 2 words", id="label-words-per-class"),
+                  "teacher.label_words=[bad, good, meh]"], "teacher.label_words: expected 2 words", id="label-words-per-class"),
     pytest.param(["data.text_columns=[sentence]", "data.fractions={teacher_train: 0.02, distill: 0.48,"
                   " validation: 0.25, test: 0.25}"], "would be empty", id="empty-split"),
 ]
