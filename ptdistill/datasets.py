@@ -9,15 +9,14 @@ train a student on labels by accident; ``p_star`` holds the true posterior when 
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
+
+from ptdistill.io import read_parquet_table, write_parquet_atomic
 
 __all__ = ["SPLITS", "FeatureSplit"]
 
@@ -84,6 +83,13 @@ class FeatureSplit:
         """Number of input features d."""
         return self.features.shape[1]
 
+    def take(self, rows: np.ndarray) -> FeatureSplit:
+        """The examples at ``rows`` (positions, not ids), in that order (as ``TextSplit.take``)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        optional = {name: None if getattr(self, name) is None else getattr(self, name)[rows]
+                    for name in ("labels", "p_star")}
+        return FeatureSplit(features=self.features[rows], ids=self.ids[rows], **optional)
+
     def fingerprint(self) -> str:
         """sha256 over every array's name, dtype, shape and bytes: a cache key for this split's content."""
         digest = hashlib.sha256()
@@ -108,27 +114,13 @@ class FeatureSplit:
         if self.p_star is not None:
             columns[PSTAR_COLUMN] = _list_column(self.p_star, pa.float64())
         table = pa.table(columns)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            pq.write_table(table, tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
-        return path
+        return write_parquet_atomic(path, table)
 
     @classmethod
     def load(cls, path: str | Path) -> FeatureSplit:
         """Read a split written by :meth:`save`; errors name the file and the column."""
         path = Path(path)
-        if not path.is_file():
-            raise ValueError(f"{path}: file not found")
-        try:
-            table = pq.read_table(path)
-        except (pa.ArrowInvalid, OSError) as err:
-            raise ValueError(f"{path}: not a readable parquet file ({err})") from None
+        table = read_parquet_table(path)
         missing = [c for c in (ID_COLUMN, FEATURES_COLUMN) if c not in table.column_names]
         if missing:
             raise ValueError(

@@ -8,10 +8,13 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 
 SUFFIXES = (".npy", ".csv", ".parquet", ".pq")
@@ -117,16 +120,37 @@ def load_teacher_probs(
     return torch.tensor(data[columns].to_numpy(dtype=np.float64)), labels
 
 
-def write_json_atomic(path: str | Path, payload: dict) -> Path:
-    """Write JSON to a temp file beside ``path`` and rename it, so no half-written file is ever seen."""
+def _write_atomic(path: str | Path, write: Callable[[str], None]) -> Path:
+    """``write(temp_path)`` beside ``path``, then rename it, so no half-written file is ever seen."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(payload, fh, indent=1)
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
         raise
     return path
+
+
+def write_json_atomic(path: str | Path, payload: dict) -> Path:
+    """Write JSON to ``path`` atomically."""
+    return _write_atomic(path, lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=1)))
+
+
+def write_parquet_atomic(path: str | Path, table: pa.Table) -> Path:
+    """Write a parquet file to ``path`` atomically."""
+    return _write_atomic(path, lambda tmp: pq.write_table(table, tmp))
+
+
+def read_parquet_table(path: str | Path) -> pa.Table:
+    """A parquet file's table; a missing or unreadable file is a ValueError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: file not found")
+    try:
+        return pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise ValueError(f"{path}: not a readable parquet file ({err})") from None

@@ -9,15 +9,14 @@ pipeline, and :meth:`fingerprint` keys the teacher-output cache. ``p_star`` is a
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
+
+from ptdistill.io import read_parquet_table, write_parquet_atomic
 
 __all__ = ["TextSplit"]
 
@@ -101,27 +100,13 @@ class TextSplit:
             columns[TEXT_B_COLUMN] = pa.array(self.text_b, pa.string())
         if self.labels is not None:
             columns[LABEL_COLUMN] = pa.array(self.labels, pa.int64())
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            pq.write_table(pa.table(columns), tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
-        return path
+        return write_parquet_atomic(path, pa.table(columns))
 
     @classmethod
     def load(cls, path: str | Path) -> TextSplit:
         """Read a split written by :meth:`save`; errors name the file and the column."""
         path = Path(path)
-        if not path.is_file():
-            raise ValueError(f"{path}: file not found")
-        try:
-            table = pq.read_table(path)
-        except (pa.ArrowInvalid, OSError) as err:
-            raise ValueError(f"{path}: not a readable parquet file ({err})") from None
+        table = read_parquet_table(path)
         missing = [c for c in (ID_COLUMN, TEXT_A_COLUMN) if c not in table.column_names]
         if missing:
             raise ValueError(
