@@ -309,8 +309,13 @@ class TextConfig(ExperimentConfig):
             raise ConfigError(f"teacher.prompt/label_words: {err}") from None
 
     def validate(self, num_classes: int) -> None:
-        """Also: a generative teacher has one label word per class."""
+        """Also: a generative teacher has one label word per class; fine-tuning is for classification and
+        seq2seq teachers (a causal LM's verbalizer scores text continuations that training cannot match)."""
         super().validate(num_classes)
+        if self.teacher.fine_tune and self.teacher.model.kind == "causal":
+            raise ConfigError("teacher.fine_tune: fine-tuning a causal LM teacher through its verbalizer is not"
+                              " supported (only seq2seq, e.g. T5, and classification teachers); set"
+                              " teacher.fine_tune=false to score it pretrained")
         if self.teacher.model.kind != "classification":
             words = self.verbalizer().label_words
             if len(words) != num_classes:

@@ -27,10 +27,21 @@ class TextBackend(Backend):
         return TextSplit.load(path)
 
     def train_teacher(self, config: TextConfig, num_classes, train_path, validation_path, out_dir) -> dict:
-        from ptdistill.text.models import load_classifier, load_tokenizer, resolve_checkpoint, save_model
+        """Fine-tune the teacher (``teacher.fine_tune``) or record the pretrained one.
+
+        A classification teacher is fine-tuned with its head; a seq2seq teacher (T5) through its
+        verbalizer (:class:`~ptdistill.text.verbalizer_model.VerbalizerClassifier`: cross-entropy on
+        the softmax of its label words' scores), saved as a seq2seq checkpoint that inference scores
+        the same way. ``TextConfig.validate`` has refused causal fine-tuning and label words that
+        do not match the classes before the run started.
+        """
+        from ptdistill.text.models import load_classifier, load_generative, load_tokenizer, resolve_checkpoint
+        from ptdistill.text.models import save_model
         from ptdistill.text.trainer import fit_text
+        from ptdistill.text.verbalizer_model import VerbalizerClassifier
 
         teacher = config.teacher
+        verbalizer = config.verbalizer() if teacher.fine_tune and teacher.model.kind != "classification" else None
         source_id, revision = resolve_checkpoint(teacher.model)
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -38,11 +49,16 @@ class TextBackend(Backend):
         if teacher.fine_tune:
             seed_everything(teacher.train.seed)
             tokenizer = load_tokenizer(teacher.model)
-            model = load_classifier(teacher.model, num_classes)
-            history = fit_text(model, tokenizer, TextSplit.load(train_path), teacher.train,
-                               validation=TextSplit.load(validation_path), max_length=teacher.model.max_length,
-                               progress=True)
-            save_model(model, tokenizer, out_dir)
+            train, validation = TextSplit.load(train_path), TextSplit.load(validation_path)
+            if verbalizer is None:
+                model = trained = load_classifier(teacher.model, num_classes)
+            else:  # the LM learns its label words' scores on the prompts, as inference will score them
+                trained = load_generative(teacher.model, training=True)
+                model = VerbalizerClassifier(trained, tokenizer, verbalizer)
+                train, validation = verbalizer.prompt_split(train), verbalizer.prompt_split(validation)
+            history = fit_text(model, tokenizer, train, teacher.train, validation=validation,
+                               max_length=teacher.model.max_length, progress=True)
+            save_model(trained, tokenizer, out_dir)
             record |= {"epochs_run": history.epochs_run, "best_epoch": history.best_epoch, "seconds": history.seconds,
                        "examples_per_second": history.examples_per_second}
         write_json_atomic(out_dir / TEACHER_FILE, record)
@@ -54,8 +70,8 @@ class TextBackend(Backend):
 
         record = json.loads((Path(teacher_dir) / TEACHER_FILE).read_text())
         spec = config.teacher.model
-        if record["fine_tuned"]:
-            spec = dataclasses.replace(spec, name_or_path=str(teacher_dir), revision=None, kind="classification")
+        if record["fine_tuned"]:  # same kind: a fine-tuned seq2seq teacher is scored through its verbalizer
+            spec = dataclasses.replace(spec, name_or_path=str(teacher_dir), revision=None)
             return spec, resolve_checkpoint(spec)[1], record
         return dataclasses.replace(spec, revision=record["source_revision"]), record["source_revision"], record
 
@@ -67,26 +83,13 @@ class TextBackend(Backend):
     def inference_settings(self, config: TextConfig) -> dict:
         model = config.teacher.model
         return {"kind": model.kind, "dtype": model.dtype, "max_length": model.max_length,
-                "verbalizer": dataclasses.asdict(self._verbalizer(config)) if model.kind != "classification" else None}
-
-    def _verbalizer(self, config: TextConfig):
-        from ptdistill.text.data import TEXT_TASKS
-        from ptdistill.text.scoring import Verbalizer
-
-        task = TEXT_TASKS.get(config.data.task)
-        prompt = config.teacher.prompt or (task.prompt if task else None)
-        words = config.teacher.label_words or (list(task.label_words) if task else None)
-        if not prompt or not words:
-            raise ValueError("teacher.prompt and teacher.label_words: a generative teacher on your own data needs both"
-                             " (e.g. --set 'teacher.prompt=sst2 sentence: {text_a}'"
-                             " --set 'teacher.label_words=[negative,positive]')")
-        return Verbalizer(prompt=prompt, label_words=tuple(words))
+                "verbalizer": dataclasses.asdict(config.verbalizer()) if model.kind != "classification" else None}
 
     def teacher_logits(self, config: TextConfig, num_classes, teacher_dir, split: TextSplit) -> np.ndarray:
         from ptdistill.text.scoring import teacher_logits
 
         spec, _, _ = self._pinned(config, teacher_dir)
-        verbalizer = None if spec.kind == "classification" else self._verbalizer(config)
+        verbalizer = None if spec.kind == "classification" else config.verbalizer()
         return teacher_logits(spec, split, verbalizer, num_classes, progress=True)
 
     def distill_student(self, config: TextConfig, num_classes, seed, loss: nn.Module, split: TextSplit,

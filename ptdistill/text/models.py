@@ -436,11 +436,12 @@ def load_classifier(
     return model.train(training)
 
 
-def load_generative(spec: HFModelSpec, device: torch.device | str | None = None):
-    """A seq2seq (``AutoModelForSeq2SeqLM``) or causal (``AutoModelForCausalLM``) LM in eval mode, for scoring.
+def load_generative(spec: HFModelSpec, device: torch.device | str | None = None, training: bool = False):
+    """A seq2seq (``AutoModelForSeq2SeqLM``) or causal (``AutoModelForCausalLM``) LM, in eval mode for scoring.
 
-    Loaded in :func:`resolve_dtype` (inference) with ``spec.device_map``, or moved to ``device``
-    (default CUDA if available) when there is no device map.
+    Loaded in :func:`resolve_dtype` (for inference, or with ``training`` for fine-tuning: fp32
+    under ``dtype="auto"``, returned in train mode) with ``spec.device_map``, or moved to
+    ``device`` (default CUDA if available) when there is no device map.
     """
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
@@ -448,7 +449,7 @@ def load_generative(spec: HFModelSpec, device: torch.device | str | None = None)
         raise ValueError(f"load_generative: spec.kind is {spec.kind!r}; expected 'seq2seq' or 'causal'")
     auto = AutoModelForSeq2SeqLM if spec.kind == "seq2seq" else AutoModelForCausalLM
     device = torch.device(device) if device is not None else default_device()
-    kwargs: dict[str, Any] = {"dtype": resolve_dtype(spec, device, training=False)}
+    kwargs: dict[str, Any] = {"dtype": resolve_dtype(spec, device, training)}
     if spec.device_map is not None:
         kwargs["device_map"] = spec.device_map
     model = auto.from_pretrained(spec.location, **_hub_kwargs(spec), **kwargs)
@@ -456,7 +457,7 @@ def load_generative(spec: HFModelSpec, device: torch.device | str | None = None)
         model.get_input_embeddings().weight.requires_grad_(False)
     if spec.device_map is None:
         model.to(device)
-    return model.eval()
+    return model.train(training)
 
 
 def save_model(model, tokenizer, out_dir: str | Path) -> Path:

@@ -13,7 +13,9 @@ The label tokens are ``tokenizer(word, add_special_tokens=False)`` followed by E
 ``Verbalizer.include_eos`` (T5 emits ``label </s>``; scoring EOS too compares a word against a
 longer word it is a prefix of properly). The decoder starts from
 ``config.decoder_start_token_id`` (T5: the pad id). Prompts longer than ``max_length`` tokens
-are truncated on the right, as T5 was trained.
+are truncated on the right, as T5 was trained. One batch's scores are
+:func:`seq2seq_class_scores`, differentiable: fine-tuning a seq2seq teacher on its verbalizer
+(:class:`ptdistill.text.verbalizer_model.VerbalizerClassifier`) trains exactly these scores.
 
 Causal: the class c text is ``prompt + separator + word`` (``separator`` defaults to one space).
 Its tokens are those of the full string; the prompt part is the longest prefix the full string's
@@ -41,7 +43,10 @@ from ptdistill.text.batching import bucketed_batches, classification_logits, col
 from ptdistill.text.models import HFModelSpec, checkpoint_num_labels, load_classifier, load_generative, load_tokenizer
 from ptdistill.text.split import TextSplit
 
-__all__ = ["TeacherScorer", "Verbalizer", "softmax_probs", "teacher_logits", "verbalizer_logits"]
+__all__ = [
+    "Seq2SeqLabels", "TeacherScorer", "Verbalizer", "seq2seq_class_scores", "seq2seq_labels", "softmax_probs",
+    "teacher_logits", "verbalizer_logits",
+]
 
 _FIELDS = ("text_a", "text_b")
 
@@ -105,6 +110,11 @@ class Verbalizer:
         text_b = split.text_b if split.text_b is not None else [""] * len(split)
         return [self.prompt.format(text_a=a, text_b=b) for a, b in zip(split.text_a, text_b)]
 
+    def prompt_split(self, split: TextSplit) -> TextSplit:
+        """``split`` with each example's prompt as ``text_a`` (no ``text_b``), its labels and ids kept:
+        what a seq2seq verbalizer's encoder reads, e.g. to fine-tune it with ``fit_text``."""
+        return TextSplit(self.format(split), labels=split.labels, ids=split.ids)
+
 
 def softmax_probs(logits: np.ndarray) -> np.ndarray:
     """Softmax over classes of (n, C) logits, in float64; every row sums to 1."""
@@ -167,10 +177,22 @@ def _decoder_start(model) -> int:
     return int(pad)
 
 
-def _seq2seq_scores(model, tokenizer, prompts, verbalizer, batch_size, max_length, progress) -> np.ndarray:
-    device = model_device(model)
-    sources = encode(tokenizer, TextSplit(prompts), max_length)
-    sources = [{"input_ids": s["input_ids"]} for s in sources]
+@dataclass(frozen=True)
+class Seq2SeqLabels:
+    """A seq2seq verbalizer's C label-token sequences, right-padded to the longest (W tokens), on CPU.
+
+    ``targets`` (C, W) long: the label tokens (``+ EOS`` when ``include_eos``), 0 after the end;
+    ``decoder_inputs`` (C, W) long: the decoder start token then the targets shifted right;
+    ``mask`` (C, W) float32: 1.0 on real label tokens.
+    """
+
+    targets: torch.Tensor
+    decoder_inputs: torch.Tensor
+    mask: torch.Tensor
+
+
+def seq2seq_labels(model, tokenizer, verbalizer: Verbalizer) -> Seq2SeqLabels:
+    """The teacher-forcing tensors of ``verbalizer``'s label words for the seq2seq ``model``."""
     labels = []
     for word in verbalizer.label_words:
         ids = list(tokenizer(word, add_special_tokens=False)["input_ids"])
@@ -190,23 +212,43 @@ def _seq2seq_scores(model, tokenizer, prompts, verbalizer, batch_size, max_lengt
         targets[c, : len(ids)] = torch.tensor(ids)
         decoder_inputs[c, 1 : len(ids)] = torch.tensor(ids[:-1])
         mask[c, : len(ids)] = 1.0
-    targets, decoder_inputs, mask = targets.to(device), decoder_inputs.to(device), mask.to(device)
-    encoder = model.get_encoder()
-    out = np.empty((len(prompts), num_classes), dtype=np.float32)
+    return Seq2SeqLabels(targets, decoder_inputs, mask)
+
+
+def seq2seq_class_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                         labels: Seq2SeqLabels) -> torch.Tensor:
+    """Class scores (B, C) float32 of a batch of prompts: summed log-probs of each label's tokens.
+
+    ``input_ids`` / ``attention_mask`` (B, L): the prompts' token ids, right-padded (``collate``). The
+    encoder runs once; the decoder runs teacher-forced on the B * C (prompt, label) pairs, row
+    ``b * C + c`` being example b, class c. Differentiable: :func:`verbalizer_logits` calls it
+    under ``inference_mode``, :class:`ptdistill.text.verbalizer_model.VerbalizerClassifier` with
+    gradients (fine-tuning the LM on its verbalizer's class scores).
+    """
+    device = input_ids.device
+    targets, decoder_inputs, mask = (t.to(device) for t in (labels.targets, labels.decoder_inputs, labels.mask))
+    num_classes, n = targets.shape[0], input_ids.shape[0]
+    hidden = model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    logits = model(
+        encoder_outputs=(hidden.repeat_interleave(num_classes, dim=0),),
+        attention_mask=attention_mask.repeat_interleave(num_classes, dim=0),
+        decoder_input_ids=decoder_inputs.repeat(n, 1),
+        decoder_attention_mask=mask.long().repeat(n, 1),
+        use_cache=False,
+    ).logits
+    return _token_log_probs(logits, targets.repeat(n, 1), mask.repeat(n, 1)).view(n, num_classes)
+
+
+def _seq2seq_scores(model, tokenizer, prompts, verbalizer, batch_size, max_length, progress) -> np.ndarray:
+    device = model_device(model)
+    sources = encode(tokenizer, TextSplit(prompts), max_length)  # as fit_text encodes a prompt_split
+    sources = [{"input_ids": s["input_ids"]} for s in sources]
+    labels = seq2seq_labels(model, tokenizer, verbalizer)
+    out = np.empty((len(prompts), verbalizer.num_classes), dtype=np.float32)
     batches = list(bucketed_batches([len(s["input_ids"]) for s in sources], batch_size))
     for rows in tqdm(batches, desc="verbalize", unit="batch", disable=not progress):
         batch = collate(tokenizer, [sources[i] for i in rows], device)
-        hidden = encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-        n = len(rows)  # row b * C + c of the decoder batch is example b, class c
-        logits = model(
-            encoder_outputs=(hidden.repeat_interleave(num_classes, dim=0),),
-            attention_mask=batch["attention_mask"].repeat_interleave(num_classes, dim=0),
-            decoder_input_ids=decoder_inputs.repeat(n, 1),
-            decoder_attention_mask=mask.long().repeat(n, 1),
-            use_cache=False,
-        ).logits
-        scores = _token_log_probs(logits, targets.repeat(n, 1), mask.repeat(n, 1))
-        out[rows] = scores.view(n, num_classes).cpu().numpy()
+        out[rows] = seq2seq_class_scores(model, batch["input_ids"], batch["attention_mask"], labels).cpu().numpy()
     return out
 
 

@@ -544,7 +544,7 @@ def fit_text(
                              " and loss= to distill on it")
         _check_split_labels("train", train, num_classes)
         probs = None
-        target_tensor = torch.from_numpy(train.labels)
+        target_tensor = torch.tensor(train.labels)  # a copy: arrays read from parquet are read-only
 
         def objective(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             return F.cross_entropy(logits.float(), y)
