@@ -52,7 +52,7 @@ class TextSplit:
                 raise ValueError(f"labels: expected shape ({n},) to match text_a, got {labels.shape}")
             if labels.min() < 0:
                 raise ValueError(f"labels: expected class indices >= 0, got {int(labels.min())}")
-            self.labels = np.ascontiguousarray(labels, dtype=np.int64)
+            self.labels = np.array(labels, dtype=np.int64)  # a writable copy (parquet arrays are read-only)
         ids = np.arange(n, dtype=np.int64) if self.ids is None else np.asarray(self.ids)
         if not np.issubdtype(ids.dtype, np.integer) or ids.shape != (n,):
             raise ValueError(f"ids: expected integers of shape ({n},), got dtype {ids.dtype} shape {ids.shape}")
