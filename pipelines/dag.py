@@ -1,9 +1,13 @@
 """The DAG: prepare_data -> train_teacher -> teacher_inference -> proxy_search ->
 ParallelFor(method x seed){distill_student -> evaluate} -> report (dsl.Collected).
 
-Inside the fan-out only pipeline parameters, the loop item and artifacts are used: kfp.local
-2.17 replaces any upstream *parameter* output passed into a ParallelFor body with the loop
-item, so facts such as the parent run id travel in the ``run_info`` artifact.
+With ``inference_shards = k > 1`` (a compile-time choice) teacher_inference becomes
+ParallelFor(shard in [0, k)){teacher_inference_shard} -> merge_teacher_shards (the shards'
+parts through ``dsl.Collected``), and the merge's outputs feed everything downstream.
+
+Inside a fan-out only pipeline parameters, constants, the loop item and artifacts are used:
+kfp.local 2.17 replaces any upstream *parameter* output passed into a ParallelFor body with the
+loop item, so facts such as the parent run id travel in the ``run_info`` artifact.
 """
 
 
@@ -14,10 +18,12 @@ from kfp import compiler, dsl, kubernetes
 
 from components.distill_student import distill_student
 from components.evaluate import evaluate
+from components.merge_teacher_shards import merge_teacher_shards
 from components.prepare_data import prepare_data
 from components.proxy_search import proxy_search
 from components.report import report
 from components.teacher_inference import teacher_inference
+from components.teacher_inference_shard import teacher_inference_shard
 from components.train_teacher import train_teacher
 from ptdistill.config import to_dict
 from ptdistill.experiments import ExperimentConfig
@@ -63,9 +69,17 @@ def build_pipeline(config: ExperimentConfig):
         teacher = _on_accelerator(train_teacher(config=config_json, run_info=info,
                                                 teacher_train=data.outputs["teacher_train"],
                                                 validation=data.outputs["validation"]), *gpu)
-        inference = _on_accelerator(teacher_inference(
-            config=config_json, run_info=info, teacher=teacher.outputs["teacher"], distill=data.outputs["distill"],
-            validation=data.outputs["validation"], test=data.outputs["test"]), *gpu)
+        splits = {name: data.outputs[name] for name in ("distill", "validation", "test")}
+        if config.inference_shards > 1:
+            with dsl.ParallelFor(list(range(config.inference_shards))) as shard:
+                part = _on_accelerator(teacher_inference_shard(
+                    config=config_json, run_info=info, teacher=teacher.outputs["teacher"], shard=shard,
+                    num_shards=config.inference_shards, **splits), *gpu)
+            inference = merge_teacher_shards(config=config_json, run_info=info,
+                                             parts=dsl.Collected(part.outputs["part"]), **splits)
+        else:
+            inference = _on_accelerator(teacher_inference(config=config_json, run_info=info,
+                                                          teacher=teacher.outputs["teacher"], **splits), *gpu)
         searched = proxy_search(config=config_json, run_info=info, validation=data.outputs["validation"],
                                 validation_probs=inference.outputs["validation_probs"])
         with dsl.ParallelFor(runs) as run:

@@ -12,6 +12,8 @@ a fixture waits for its chain and returns what it left behind:
   artifact store; the second must hit the teacher cache;
 * ``failing_pipeline``: one run whose only method has an unknown loss, so it fails inside
   ``distill_student``;
+* ``sharded_pipeline``: one run of the ``local_pipeline`` config with teacher inference split
+  over two shards (``inference_shards=2``: ParallelFor of shard tasks, then a merge task);
 * ``gcs_pipeline``: two runs of the smallest config (ptloss only) with the artifact store in a
   bucket of gcp-storage-emulator (served in this process; the children get
   ``STORAGE_EMULATOR_HOST``, which ``GCSStore``'s default ``storage.Client()`` honours);
@@ -56,7 +58,7 @@ GCS_PREFIX = "ptd"
 #: Longest a pipeline chain may take before its fixture gives up (they take 1-3 minutes).
 CHAIN_TIMEOUT = 900
 PIPELINE_FIXTURES = {"local_pipeline": "local", "failing_pipeline": "failing", "gcs_pipeline": "gcs",
-                     "text_pipeline": "text"}
+                     "text_pipeline": "text", "sharded_pipeline": "sharded"}
 
 
 # --------------------------------------------------------------------------- tiny configs
@@ -410,6 +412,9 @@ class PipelineLauncher:
         if name == "local":
             config = tiny_synthetic(("ptloss", "kl"))
             return PipelineChain(name, root, [config, config], ["local-1", "local-2"], str(root / "store"))
+        if name == "sharded":
+            config = dataclasses.replace(tiny_synthetic(("ptloss", "kl")), inference_shards=2)
+            return PipelineChain(name, root, [config], ["sharded-1"], str(root / "store"))
         if name == "failing":
             return PipelineChain(name, root, [tiny_synthetic(("no_such_loss",))], ["failing-1"], str(root / "store"),
                                  expect_failure=True)
@@ -470,6 +475,12 @@ def local_pipeline() -> PipelineChain:
 def failing_pipeline() -> PipelineChain:
     """One run (``failing-1``) that fails in distill_student (unknown loss)."""
     return _launcher().chain("failing").wait()
+
+
+@pytest.fixture(scope="session")
+def sharded_pipeline() -> PipelineChain:
+    """One finished run (``sharded-1``) of the ``local_pipeline`` config with two inference shards."""
+    return _launcher().chain("sharded").wait()
 
 
 @pytest.fixture(scope="session")

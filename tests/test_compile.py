@@ -202,3 +202,48 @@ def test_cli_compile_tabular_checks_and_compiles(table, tmp_path, capsys):
     config = config_from_dict(json.loads(Compiled(out).root_default("config_json")))
     assert config.data.path == str(table)
     assert to_dict(config) == to_dict(_config("tabular", table))
+
+
+# --------------------------------------------------------------------------- sharded teacher inference
+
+
+def test_sharded_teacher_inference_is_a_parallel_for_and_a_merge(tmp_path):
+    out = tmp_path / "sharded.yaml"
+    assert main(["compile", "synthetic", "--set", "inference_shards=3", "--set", "accelerator.count=1",
+                 "-o", str(out)]) == 0
+    c = Compiled(out)
+    loops = {n: t for n, t in c.tasks.items() if t.WhichOneof("iterator") == "parameter_iterator"}
+    (shard_loop,) = [n for n, t in loops.items() if t.parameter_iterator.items.raw]
+    (student_loop,) = set(loops) - {shard_loop}
+    iterator = loops[shard_loop].parameter_iterator
+    assert json.loads(iterator.items.raw) == [0, 1, 2]  # built at compile time from inference_shards
+    body = c.spec.components[loops[shard_loop].component_ref.name].dag.tasks
+    assert set(body) == {"teacher-inference-shard"}
+    shard = body["teacher-inference-shard"]
+    assert shard.inputs.parameters["shard"].component_input_parameter == iterator.item_input
+    assert shard.inputs.parameters["num_shards"].runtime_value.constant.number_value == 3
+    assert c.container(shard).image == GPU_IMAGE and c.accelerator(shard) == ("nvidia.com/gpu", 1)
+    assert set(c.tasks) == TOP_TASKS - {"teacher-inference"} | {"merge-teacher-shards", shard_loop, student_loop}
+    merge = c.tasks["merge-teacher-shards"]
+    assert c.container(merge).image == CPU_IMAGE and c.accelerator(merge) is None
+    assert shard_loop in merge.dependent_tasks and "train-teacher" in loops[shard_loop].dependent_tasks
+    parts = merge.inputs.artifacts["parts"].task_output_artifact  # dsl.Collected over the shard loop
+    assert parts.producer_task == shard_loop
+    assert c.spec.components[merge.component_ref.name].input_definitions.artifacts["parts"].is_artifact_list
+    # The merge's outputs replace teacher_inference's everywhere downstream.
+    for task, name in (("proxy-search", "validation_probs"), ("report", "teacher_report")):
+        source = c.tasks[task].inputs.artifacts[name].task_output_artifact
+        assert (source.producer_task, source.output_artifact_key) == ("merge-teacher-shards", name), task
+    students = c.tasks[student_loop].inputs.artifacts["pipelinechannel--merge-teacher-shards-distill_probs"]
+    assert students.task_output_artifact.producer_task == "merge-teacher-shards"
+    assert "merge-teacher-shards" in c.tasks["proxy-search"].dependent_tasks
+
+
+def test_one_shard_compiles_the_single_teacher_inference_task(tmp_path):
+    assert main(["compile", "synthetic", "-o", str(tmp_path / "default.yaml")]) == 0
+    assert main(["compile", "synthetic", "--set", "inference_shards=1", "-o", str(tmp_path / "one.yaml")]) == 0
+    default, one = Compiled(tmp_path / "default.yaml"), Compiled(tmp_path / "one.yaml")
+    assert one.spec == default.spec and one.platform == default.platform
+    one.loop()  # exactly one ParallelFor: the students'
+    assert "teacher-inference" in one.tasks and "merge-teacher-shards" not in one.tasks
+    assert not any("shard" in name for name in one.spec.components)

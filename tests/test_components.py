@@ -20,10 +20,12 @@ from kfp import dsl
 
 from components.distill_student import distill_student
 from components.evaluate import evaluate
+from components.merge_teacher_shards import merge_teacher_shards
 from components.prepare_data import prepare_data
 from components.proxy_search import proxy_search
 from components.report import report
 from components.teacher_inference import teacher_inference
+from components.teacher_inference_shard import teacher_inference_shard
 from components.train_teacher import train_teacher
 from ptdistill.config import ConfigError, to_dict
 from ptdistill.datasets import FeatureSplit
@@ -122,6 +124,25 @@ def inference(env, prepared, teacher) -> dict:
     first["cache_tag"] = parent.data.tags["teacher_cache"]
     second = _infer(env, prepared, teacher, "teacher_inference_2")
     return {"first": first, "second": second}
+
+
+@pytest.fixture(scope="module")
+def sharded_inference(env, prepared, teacher) -> dict:
+    """Two shards and their merge, against a store of their own (so the shards run the teacher)."""
+    info = dataclasses.replace(RunInfo.load(prepared["run_info"].path), artifact_store=f"{env.store}-sharded")
+    run_info = env.artifact(dsl.Artifact, "sharded", "run_info")
+    info.save(run_info.path)
+    splits = {name: prepared[name] for name in ("distill", "validation", "test")}
+    parts = [env.artifact(dsl.Dataset, f"teacher_inference_shard_{i}", "part") for i in range(2)]
+    for i, part in enumerate(parts):
+        teacher_inference_shard.python_func(config=env.config_json, run_info=run_info, teacher=teacher["model"],
+                                            shard=i, num_shards=2, part=part, **splits)
+    outputs = {name: env.artifact(dsl.Dataset, "merge_teacher_shards", name) for name in ("distill_probs",
+                                                                                          "validation_probs",
+                                                                                          "test_probs")}
+    outputs["teacher_report"] = env.artifact(dsl.Artifact, "merge_teacher_shards", "teacher_report")
+    merge_teacher_shards.python_func(config=env.config_json, run_info=run_info, parts=parts, **splits, **outputs)
+    return {"parts": parts, **outputs, "report": json.loads(Path(outputs["teacher_report"].path).read_text())}
 
 
 @pytest.fixture(scope="module")
@@ -274,6 +295,19 @@ def test_teacher_inference_tags_the_cache_outcome(env, info, inference):
     parent = env.tracker().client.get_run(info.parent_run_id)
     assert parent.data.tags["teacher_cache"] == "distill:hit,validation:hit,test:hit"
     assert "teacher_test_accuracy" in parent.data.metrics
+
+
+def test_sharded_inference_components_match_teacher_inference(inference, sharded_inference):
+    for i, part in enumerate(sharded_inference["parts"]):
+        assert part.metadata["shard"] == i and part.metadata["num_shards"] == 2
+        assert part.metadata["distill_cache"] == "miss" and part.metadata["examples_per_second"] > 0
+    for split in ("distill", "validation", "test"):
+        merged = sharded_inference[f"{split}_probs"]
+        assert merged.metadata["cache"] == "miss"
+        assert Path(merged.path).read_bytes() == Path(inference["first"][f"{split}_probs"].path).read_bytes()
+    report = sharded_inference["report"]
+    assert [s["shard"] for s in report["shards"]] == [0, 1] and report["examples_per_second"] > 0
+    assert report["splits"]["test"]["metrics"] == inference["first"]["report"]["splits"]["test"]["metrics"]
 
 
 # --------------------------------------------------------------------------- proxy_search

@@ -146,6 +146,53 @@ def test_second_run_hits_the_teacher_cache(local_pipeline):
     assert len(_children(local_pipeline, second)) == 2
 
 
+# --------------------------------------------------------------------------- sharded teacher inference
+
+
+def test_sharded_run_finishes_through_shards_and_a_merge(sharded_pipeline):
+    (outcome,) = sharded_pipeline.outcomes
+    assert outcome["run_name"] == "sharded-1"
+    assert sorted(row["method"] for row in outcome["students"]) == ["kl", "ptloss"]
+    assert "Teacher on test" in outcome["markdown"]
+    root = sharded_pipeline.pipeline_root
+    parts = sorted(root.glob("*/for-loop-*-iteration-*/teacher-inference-shard/part/shard.json"))
+    assert [json.loads(p.read_text())["shard"] for p in parts] == [0, 1]
+    assert len(list(root.glob("*/merge-teacher-shards/teacher_report"))) == 1
+    assert list(root.glob("*/teacher-inference")) == []
+
+
+def test_sharded_teacher_outputs_equal_the_unsharded_run(sharded_pipeline, local_pipeline):
+    sharded, unsharded = open_store(sharded_pipeline.artifact_store), open_store(local_pipeline.artifact_store)
+    keys = sharded.list("cache/teacher/")
+    # Same teacher, data and settings: the same cache keys, and the same bytes under them.
+    assert len(keys) == 3 and keys == unsharded.list("cache/teacher/")
+    for key in keys:
+        assert sharded.read_bytes(key) == unsharded.read_bytes(key), key
+    first, parent = _parent(local_pipeline, "local-1"), _parent(sharded_pipeline, "sharded-1")
+    for tag in ("teacher_id", "data_fingerprint"):
+        assert parent.data.tags[tag] == first.data.tags[tag], tag
+    assert parent.data.metrics["teacher_test_accuracy"] == first.data.metrics["teacher_test_accuracy"]
+
+
+def test_sharded_parent_run_tags_and_teacher_report(sharded_pipeline):
+    parent = _parent(sharded_pipeline, "sharded-1")
+    tags = parent.data.tags
+    assert parent.info.status == "FINISHED" and parent.info.run_name == "sharded-1"
+    assert tags[ROLE_TAG] == "parent" and tags["kfp.run_name"] == "sharded-1" and tags["benchmark"] == BENCHMARK
+    assert tags["teacher_cache"] == ALL_MISS and tags["teacher_id"].startswith("mlp:")
+    for key in ("teacher_test_accuracy", "teacher_examples_per_second", "test_accuracy_mean_ptloss",
+                "test_accuracy_mean_kl", "search_order"):
+        assert key in parent.data.metrics, key
+    assert len(_children(sharded_pipeline, parent)) == 2
+    (path,) = sharded_pipeline.pipeline_root.glob("*/merge-teacher-shards/teacher_report")
+    report = json.loads(path.read_text())
+    assert report["teacher_id"] == tags["teacher_id"]
+    assert [(s["shard"], s["num_shards"]) for s in report["shards"]] == [(0, 2), (1, 2)]
+    assert all(s["examples_per_second"] > 0 for s in report["shards"])
+    assert report["examples_per_second"] == pytest.approx(parent.data.metrics["teacher_examples_per_second"])
+    assert {report["splits"][n]["shards"] for n in ("distill", "validation", "test")} == {2}
+
+
 # --------------------------------------------------------------------------- a failing run
 
 

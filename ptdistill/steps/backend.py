@@ -28,7 +28,11 @@ class Backend(ABC):
 
     @abstractmethod
     def load_split(self, path: str | Path) -> Any:
-        """A split written by ``prepare_data`` (a ``FeatureSplit`` or a ``TextSplit``)."""
+        """A split written by ``prepare_data`` (a ``FeatureSplit`` or a ``TextSplit``).
+
+        Both kinds offer what the steps use: ``len``, ``ids``, ``labels``, ``p_star``,
+        ``fingerprint()`` and ``take(rows)`` (a sub-split, for sharded teacher inference).
+        """
 
     @abstractmethod
     def train_teacher(self, config: ExperimentConfig, num_classes: int, train_path: Path, validation_path: Path,
