@@ -120,13 +120,7 @@ class FeatureSplit:
     def load(cls, path: str | Path) -> FeatureSplit:
         """Read a split written by :meth:`save`; errors name the file and the column."""
         path = Path(path)
-        table = read_parquet_table(path)
-        missing = [c for c in (ID_COLUMN, FEATURES_COLUMN) if c not in table.column_names]
-        if missing:
-            raise ValueError(
-                f"{path}: missing column(s) {missing}; expected {ID_COLUMN!r}, {FEATURES_COLUMN!r} and optionally"
-                f" {LABEL_COLUMN!r}, {PSTAR_COLUMN!r}; found {table.column_names}"
-            )
+        table = read_parquet_table(path, (ID_COLUMN, FEATURES_COLUMN), (LABEL_COLUMN, PSTAR_COLUMN))
         if table.num_rows == 0:
             raise ValueError(f"{path}: has no rows; expected at least one example")
         ids = _int_column(table, ID_COLUMN, path)

@@ -145,12 +145,19 @@ def write_parquet_atomic(path: str | Path, table: pa.Table) -> Path:
     return _write_atomic(path, lambda tmp: pq.write_table(table, tmp))
 
 
-def read_parquet_table(path: str | Path) -> pa.Table:
-    """A parquet file's table; a missing or unreadable file is a ValueError naming it."""
+def read_parquet_table(path: str | Path, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> pa.Table:
+    """A parquet file's table with the ``required`` columns; a missing or unreadable file, or a
+    missing column, is a ValueError naming the file and what was expected."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: file not found")
     try:
-        return pq.read_table(path)
+        table = pq.read_table(path)
     except (pa.ArrowInvalid, OSError) as err:
         raise ValueError(f"{path}: not a readable parquet file ({err})") from None
+    missing = [c for c in required if c not in table.column_names]
+    if missing:
+        expected = ", ".join(map(repr, required)) + (f" and optionally {', '.join(map(repr, optional))}"
+                                                      if optional else "")
+        raise ValueError(f"{path}: missing column(s) {missing}; expected {expected}; found {table.column_names}")
+    return table

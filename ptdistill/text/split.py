@@ -106,13 +106,7 @@ class TextSplit:
     def load(cls, path: str | Path) -> TextSplit:
         """Read a split written by :meth:`save`; errors name the file and the column."""
         path = Path(path)
-        table = read_parquet_table(path)
-        missing = [c for c in (ID_COLUMN, TEXT_A_COLUMN) if c not in table.column_names]
-        if missing:
-            raise ValueError(
-                f"{path}: missing column(s) {missing}; expected {ID_COLUMN!r}, {TEXT_A_COLUMN!r} and optionally"
-                f" {TEXT_B_COLUMN!r}, {LABEL_COLUMN!r}; found {table.column_names}"
-            )
+        table = read_parquet_table(path, (ID_COLUMN, TEXT_A_COLUMN), (TEXT_B_COLUMN, LABEL_COLUMN))
         for name in table.column_names:
             if table.column(name).null_count:
                 raise ValueError(f"{path}: column {name!r} has {table.column(name).null_count} null value(s)")
