@@ -15,6 +15,7 @@ def distill_student(
     distill_probs: Input[Dataset],
     validation: Input[Dataset],
     search: Input[Artifact],
+    teacher_train: Input[Dataset],
     student: Output[Model],
 ):
     """Distill a student; ``run`` is one {method, seed} item of the fan-out."""
@@ -29,5 +30,5 @@ def distill_student(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     record = step(config_from_dict(json.loads(config)), RunInfo.load(run_info.path), str(run["method"]), int(run["seed"]),
                   Path(distill.path), Path(distill_probs.path), Path(validation.path), Path(search.path),
-                  Path(student.path))
+                  Path(student.path), Path(teacher_train.path))
     student.metadata.update({"method": record["method"], "seed": record["seed"]})

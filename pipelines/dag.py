@@ -86,7 +86,7 @@ def build_pipeline(config: ExperimentConfig):
             student = _on_accelerator(distill_student(
                 config=config_json, run=run, run_info=info, distill=data.outputs["distill"],
                 distill_probs=inference.outputs["distill_probs"], validation=data.outputs["validation"],
-                search=searched.outputs["search"]), *gpu)
+                search=searched.outputs["search"], teacher_train=data.outputs["teacher_train"]), *gpu)
             scored = evaluate(config=config_json, run_info=info, student=student.outputs["student"],
                               validation=data.outputs["validation"], test=data.outputs["test"])
         report(config=config_json, summaries=dsl.Collected(scored.outputs["Output"]), run_info=info,

@@ -23,14 +23,22 @@ from ptdistill.training import TrainConfig
 class MethodSpec:
     """A distillation method: a display name, a registry loss and its hyper-parameters.
 
-    For ``ptloss`` the coefficients ``eps`` come from the proxy search unless given here.
-    ``lr`` overrides the student's learning rate for this method (see ``lr_grid``).
+    For ``ptloss`` the coefficients ``eps`` come from the proxy search unless given here; the
+    params ``order`` (best searched set of that order), ``rank`` (the k-th best searched set, 0 =
+    the search's choice) and ``random_seed`` (a random set of ``order`` from the search's range)
+    pick other coefficient sets for ablations. ``train`` overrides the student's training settings
+    for this method (``{"lr": 3e-5}``, ``{"patience": 5}`` for early-stopped KD; see ``lr_grid``).
+    ``targets`` is what the student learns from: ``teacher`` (the teacher's outputs on the
+    distillation split), ``labels`` (one-hot labels of the teacher-train split: the no-distillation
+    baseline) or ``p_star`` (the true posterior on the distillation split, synthetic data only:
+    the oracle student).
     """
 
     name: str
     loss: str
     params: dict[str, Any] = field(default_factory=dict)
-    lr: float | None = None
+    train: dict[str, Any] = field(default_factory=dict)
+    targets: str = "teacher"
 
 
 def default_methods() -> list[MethodSpec]:
@@ -42,6 +50,12 @@ def default_methods() -> list[MethodSpec]:
         MethodSpec("label_smoothing", "label_smoothing", {"delta": 0.1}),
         MethodSpec("focal", "focal", {"gamma": 1.0}),
     ]
+
+
+#: What a student can learn from (``MethodSpec.targets``).
+TARGETS = ("teacher", "labels", "p_star")
+#: ptloss params that choose the coefficient set instead of the search's best (``MethodSpec``).
+EPS_CHOICE = ("order", "rank", "random_seed")
 
 
 @dataclass
@@ -128,7 +142,8 @@ class ExperimentConfig:
         """The methods the pipeline trains: ``methods``, or each of them at every rate of ``lr_grid``."""
         if not self.lr_grid:
             return list(self.methods)
-        return [replace(m, name=f"{m.name}-lr{lr:g}", lr=lr) for m in self.methods for lr in self.lr_grid]
+        return [replace(m, name=f"{m.name}-lr{lr:g}", train={**m.train, "lr": lr})
+                for m in self.methods for lr in self.lr_grid]
 
     def runs(self) -> list[dict[str, Any]]:
         """The (method, seed) grid the pipeline fans out over."""
@@ -154,8 +169,9 @@ class ExperimentConfig:
         if len(set(names)) != len(names):
             raise ConfigError(f"methods: names must be unique, got {names}")
         for i, m in enumerate(self.methods):
-            params = dict(m.params)
+            params = {k: v for k, v in m.params.items() if k not in EPS_CHOICE}
             if m.loss == "ptloss":
+                self._check_eps_choice(i, m)
                 params.setdefault("eps", [[0.0]] * num_classes)  # the search fills it in
             try:
                 build_loss(m.loss, **params)
@@ -165,10 +181,20 @@ class ExperimentConfig:
             raise ConfigError("seeds: expected at least one seed")
         if self.inference_shards < 1:
             raise ConfigError(f"inference_shards: expected an integer >= 1, got {self.inference_shards}")
-        for name, lr in [("lr_grid", lr) for lr in self.lr_grid] + [(f"methods ({m.name}).lr", m.lr)
-                                                                    for m in self.methods if m.lr is not None]:
+        for lr in self.lr_grid:
             if not lr > 0:
-                raise ConfigError(f"{name}: expected learning rates > 0, got {lr}")
+                raise ConfigError(f"lr_grid: expected learning rates > 0, got {lr}")
+        for i, m in enumerate(self.methods):
+            if m.targets not in TARGETS:
+                raise ConfigError(f"methods[{i}] ({m.name}).targets: expected one of {', '.join(TARGETS)},"
+                                  f" got {m.targets!r}")
+            if m.targets == "p_star" and not isinstance(getattr(self, "data", None), GaussianData):
+                raise ConfigError(f"methods[{i}] ({m.name}).targets: 'p_star' (the oracle) needs data whose true"
+                                  " posterior is known (the synthetic benchmark)")
+            try:
+                self.student_train(m)
+            except (TypeError, ValueError) as err:
+                raise ConfigError(f"methods[{i}] ({m.name}).train: {err}") from None
         if self.task_metric not in TASK_METRICS:
             raise ConfigError(f"task_metric: expected one of {', '.join(TASK_METRICS)}, got {self.task_metric!r}")
         s = self.search
@@ -181,6 +207,26 @@ class ExperimentConfig:
                 raise ConfigError(f"search.{key}: expected an integer >= 1, got {getattr(s, key)}")
         if not s.low < s.high:
             raise ConfigError(f"search.low/high: expected low < high, got {s.low} and {s.high}")
+
+    def _check_eps_choice(self, i: int, m: MethodSpec) -> None:
+        """``order`` / ``rank`` / ``random_seed`` of a ptloss method: integers in the search's range."""
+        chosen = {k: m.params[k] for k in EPS_CHOICE if k in m.params}
+        if chosen and "eps" in m.params:
+            raise ConfigError(f"methods[{i}] ({m.name}).params: give eps or {', '.join(chosen)}, not both")
+        limits = {"order": (1, self.search.max_order), "rank": (0, self.search.max_order * self.search.trials - 1),
+                  "random_seed": (0, 2**32 - 1)}
+        for key, value in chosen.items():
+            low, high = limits[key]
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise ConfigError(f"methods[{i}] ({m.name}).params.{key}: expected an integer in [{low}, {high}],"
+                                  f" got {value!r}")
+        if "random_seed" in chosen and "order" not in chosen:
+            raise ConfigError(f"methods[{i}] ({m.name}).params: random_seed needs an order (random coefficients"
+                              " of that many powers)")
+
+    def student_train(self, method: MethodSpec):
+        """The student's training settings for ``method`` (its ``train`` overrides applied)."""
+        return replace(self.student.train, **method.train) if method.train else self.student.train
 
     def method(self, name: str) -> MethodSpec:
         """The method (or ``lr_grid`` variant) called ``name``."""

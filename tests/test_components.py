@@ -29,7 +29,7 @@ from components.teacher_inference_shard import teacher_inference_shard
 from components.train_teacher import train_teacher
 from ptdistill.config import ConfigError, to_dict
 from ptdistill.datasets import FeatureSplit
-from ptdistill.experiments import TabularConfig
+from ptdistill.experiments import MethodSpec, TabularConfig
 from ptdistill.models import MLP
 from ptdistill.steps.common import RunInfo
 from ptdistill.storage import open_store
@@ -164,7 +164,8 @@ def students(env, prepared, inference, searched) -> dict:
         distill_student.python_func(config=env.config_json, run={"method": method, "seed": 0.0},
                                     run_info=prepared["run_info"], distill=prepared["distill"],
                                     distill_probs=inference["first"]["distill_probs"],
-                                    validation=prepared["validation"], search=searched["search"], student=model)
+                                    validation=prepared["validation"], search=searched["search"],
+                                    teacher_train=prepared["teacher_train"], student=model)
         out[method] = model
     return out
 
@@ -366,8 +367,65 @@ def test_distill_student_rejects_an_unknown_method(env, prepared, inference, sea
         distill_student.python_func(config=env.config_json, run={"method": "nope", "seed": 0.0},
                                     run_info=prepared["run_info"], distill=prepared["distill"],
                                     distill_probs=inference["first"]["distill_probs"],
-                                    validation=prepared["validation"], search=searched["search"], student=model)
+                                    validation=prepared["validation"], search=searched["search"],
+                                    teacher_train=prepared["teacher_train"], student=model)
     assert not Path(model.path).exists()
+
+
+VARIANTS = [
+    MethodSpec("onehot", "kl", targets="labels"),
+    MethodSpec("oracle", "kl", targets="p_star"),
+    MethodSpec("kl_early", "kl", train={"patience": 1}),
+    MethodSpec("pt_order2", "ptloss", {"order": 2}),
+    MethodSpec("pt_rank1", "ptloss", {"rank": 1}),
+    MethodSpec("pt_random", "ptloss", {"random_seed": 3, "order": 2}),
+]
+
+
+@pytest.fixture(scope="module")
+def variant_records(env, prepared, inference, searched) -> dict:
+    config = dataclasses.replace(env.config, methods=[*env.config.methods, *VARIANTS])
+    config.validate(3)
+    records = {}
+    for method in VARIANTS:
+        model = env.artifact(dsl.Model, f"distill_student_{method.name}", "student")
+        distill_student.python_func(config=json.dumps(to_dict(config)), run={"method": method.name, "seed": 0.0},
+                                    run_info=prepared["run_info"], distill=prepared["distill"],
+                                    distill_probs=inference["first"]["distill_probs"],
+                                    validation=prepared["validation"], search=searched["search"],
+                                    teacher_train=prepared["teacher_train"], student=model)
+        records[method.name] = json.loads((Path(model.path) / "training.json").read_text())
+    return records
+
+
+def test_onehot_and_oracle_students_train_on_labels_and_p_star(env, prepared, variant_records):
+    train = env.config.student.train
+    sizes = {name: len(FeatureSplit.load(prepared[name].path)) for name in ("teacher_train", "distill")}
+    onehot, oracle = variant_records["onehot"], variant_records["oracle"]
+    assert (onehot["targets"], oracle["targets"]) == ("labels", "p_star")
+    assert onehot["history"]["steps"] == train.epochs * -(-sizes["teacher_train"] // train.batch_size)
+    assert oracle["history"]["steps"] == train.epochs * -(-sizes["distill"] // train.batch_size)
+    assert "proxy_l2_to_pstar" not in oracle
+
+
+def test_train_overrides_reach_the_student(variant_records):
+    assert variant_records["kl_early"]["train"] == {"patience": 1}
+
+
+def test_ptloss_coefficient_choices(env, searched, variant_records):
+    folder = Path(searched["search"].path)
+    criterion = json.loads((folder / "result.json").read_text())["criterion"]
+    table = pd.read_csv(folder / "candidates.csv")
+    best_order2 = table[table["order"] == 2].sort_values(criterion, kind="stable").iloc[0]
+    second = table.sort_values(criterion, kind="stable").iloc[1]
+    assert variant_records["pt_order2"]["params"]["eps"] == json.loads(best_order2["eps"])
+    assert variant_records["pt_rank1"]["params"]["eps"] == json.loads(second["eps"])
+    search = env.config.search
+    expected = np.random.default_rng(3).uniform(search.low, search.high, size=(3, 2))
+    np.testing.assert_array_equal(variant_records["pt_random"]["params"]["eps"], expected)
+    for name in ("pt_order2", "pt_rank1", "pt_random"):
+        assert variant_records[name]["proxy_l2_to_pstar"] > 0  # synthetic data: p* is known
+    assert variant_records["pt_random"]["eps_choice"] == {"order": 2, "random_seed": 3}
 
 
 # --------------------------------------------------------------------------- evaluate

@@ -429,7 +429,8 @@ def test_lr_grid_expands_methods_into_variants():
                                                          "kl-lr5e-05"]
     assert len(config.runs()) == 8 and {r["seed"] for r in config.runs()} == {0, 1}
     variant = config.method("kl-lr5e-05")
-    assert (variant.loss, variant.lr) == ("kl", 5e-5) and config.methods[1].lr is None
+    assert (variant.loss, variant.train) == ("kl", {"lr": 5e-5}) and config.methods[1].train == {}
+    assert config.student_train(variant).lr == 5e-5
     with pytest.raises(ConfigError, match="no method named 'kl'; have \\['ptloss-lr2e-05'"):
         config.method("kl")  # with a grid, only the variants are trained
     config.validate(3)
@@ -489,3 +490,30 @@ def test_text_verbalizer_defaults_to_the_tasks_t5_prompt():
     verbalizer = default_config("mnli").verbalizer()
     assert verbalizer.prompt == "mnli hypothesis: {text_b} premise: {text_a}"
     assert verbalizer.label_words == ("entailment", "neutral", "contradiction")
+
+
+METHOD_ERRORS = [
+    pytest.param(MethodSpec("x", "kl", targets="teacher_probs"), "targets: expected one of teacher, labels, p_star",
+                 id="unknown-targets"),
+    pytest.param(MethodSpec("x", "kl", train={"patiencee": 3}), "patiencee", id="unknown-train-key"),
+    pytest.param(MethodSpec("x", "kl", train={"lr": -1.0}), "lr", id="bad-train-value"),
+    pytest.param(MethodSpec("x", "ptloss", {"rank": 500}), r"params.rank: expected an integer in \[0, 499\]",
+                 id="rank-out-of-range"),
+    pytest.param(MethodSpec("x", "ptloss", {"order": 6}), r"params.order: expected an integer in \[1, 5\]",
+                 id="order-out-of-range"),
+    pytest.param(MethodSpec("x", "ptloss", {"random_seed": 1}), "random_seed needs an order", id="random-no-order"),
+    pytest.param(MethodSpec("x", "ptloss", {"order": 2, "eps": [[0.1]] * 3}), "give eps or order, not both",
+                 id="eps-and-order"),
+]
+
+
+@pytest.mark.parametrize(("method", "match"), METHOD_ERRORS)
+def test_method_variants_are_checked(method, match):
+    with pytest.raises(ConfigError, match=match):
+        SyntheticConfig(methods=[method]).validate(3)
+
+
+def test_oracle_needs_a_known_posterior():
+    SyntheticConfig(methods=[MethodSpec("oracle", "kl", targets="p_star")]).validate(3)
+    with pytest.raises(ConfigError, match="'p_star' .* synthetic"):
+        TabularConfig(methods=[MethodSpec("oracle", "kl", targets="p_star")]).validate(3)

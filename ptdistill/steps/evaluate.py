@@ -18,7 +18,9 @@ LOGGED = ("accuracy", "nll", "ece", "brier", "f1", "matthews", "l2_to_pstar", "t
 
 
 def _flat_params(record: dict) -> dict:
-    params = {"method": record["method"], "loss": record["loss"], "seed": record["seed"], "lr": record["lr"]}
+    params = {"method": record["method"], "loss": record["loss"], "seed": record["seed"], "lr": record["lr"],
+              "targets": record["targets"], **{f"eps_{k}": v for k, v in record["eps_choice"].items()},
+              **{f"train.{k}": v for k, v in record["train"].items()}}
     for key, value in record["params"].items():
         if key == "eps":
             eps = np.asarray(value)
@@ -45,6 +47,8 @@ def evaluate_student(config: ExperimentConfig, info: RunInfo, student_dir: Path,
         metrics |= {f"{name}_{k}": float(result[k]) for k in (*LOGGED, "task") if k in result}
         matrix = result["confusion_matrix"]
     history = record["history"]
+    if "proxy_l2_to_pstar" in record:
+        metrics["proxy_l2_to_pstar"] = record["proxy_l2_to_pstar"]
     metrics |= {"train_seconds": float(history["seconds"]),
                 "train_examples_per_second": float(history["examples_per_second"])}
     png = confusion_matrix_png(matrix, info.class_names, out_dir / "confusion_matrix.png")

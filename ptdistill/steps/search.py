@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import torch
 
-from ptdistill.experiments import ExperimentConfig
+from ptdistill.experiments import ExperimentConfig, SearchSpec
 from ptdistill.io import write_json_atomic
 from ptdistill.metrics import tvd
 from ptdistill.proxy import proxy_teacher, search
@@ -53,6 +55,26 @@ def proxy_search(config: ExperimentConfig, info: RunInfo, validation: Path, vali
     return summary
 
 
-def searched_eps(search_dir: Path) -> list[list[float]]:
-    """The coefficients chosen by :func:`proxy_search`."""
-    return json.loads((Path(search_dir) / "result.json").read_text())["eps"]
+def chosen_eps(search_dir: Path, settings: SearchSpec, choice: dict, num_classes: int) -> list[list[float]]:
+    """PTLoss coefficients: the search's choice, or the one ``choice`` names.
+
+    ``{}``: the best set of :func:`proxy_search`. ``{"order": m}``: the best searched set of order
+    m. ``{"rank": k}`` (and optionally ``order``): the k-th best searched set by the criterion (0
+    is the best). ``{"random_seed": s, "order": m}``: a set of order m drawn uniformly from the
+    search's range [low, high] with seed s, scored by nothing (the paper's Fig. 4b baseline).
+    """
+    if "random_seed" in choice:
+        rng = np.random.default_rng(choice["random_seed"])
+        return rng.uniform(settings.low, settings.high, size=(num_classes, choice["order"])).tolist()
+    result = json.loads((Path(search_dir) / "result.json").read_text())
+    if not choice:
+        return result["eps"]
+    table = pd.read_csv(Path(search_dir) / "candidates.csv")
+    if "order" in choice:
+        table = table[table["order"] == choice["order"]]
+    ranked = table.sort_values(result["criterion"], kind="stable")
+    rank = choice.get("rank", 0)
+    if rank >= len(ranked):
+        raise ValueError(f"{search_dir}: rank {rank} asked of {len(ranked)} searched coefficient sets"
+                         f"{' of order ' + str(choice['order']) if 'order' in choice else ''}")
+    return json.loads(ranked.iloc[rank]["eps"])
