@@ -94,6 +94,21 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from pipelines.local import default_tracking_uri
+    from ptdistill.results import benchmark_report
+    from ptdistill.tracking import Tracker
+
+    for benchmark in args.benchmarks:
+        config_class(benchmark)
+    tracker = Tracker(args.tracking_uri or default_tracking_uri())
+    args.out.mkdir(parents=True, exist_ok=True)
+    for benchmark in args.benchmarks:
+        path = benchmark_report(tracker, benchmark, args.out, run_names=args.runs, baseline=args.baseline)
+        print(f"wrote {path}")
+    return 0
+
+
 def _ui(args: argparse.Namespace) -> int:
     from pipelines.local import default_tracking_uri
 
@@ -232,7 +247,7 @@ def _schedule(args: argparse.Namespace) -> int:
 
 
 def add_pipeline_commands(sub: argparse._SubParsersAction) -> None:
-    """Register run, compile, benchmarks, compare, ui, submit and schedule."""
+    """Register run, compile, benchmarks, compare, report, ui, submit and schedule."""
     p = sub.add_parser("run", help="run a benchmark pipeline locally (kfp.local) and print its results")
     _add_config_args(p)
     p.add_argument("--pipeline-root", default="runs", help="local folder for KFP outputs (default ./runs)")
@@ -254,6 +269,15 @@ def add_pipeline_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--last", type=int, default=1, help="how many latest pipeline runs")
     p.add_argument("--tracking-uri")
     p.set_defaults(run=_compare)
+
+    p = sub.add_parser("report", help="Markdown results (tables, paired differences, plots) from MLflow")
+    p.add_argument("benchmarks", nargs="+", metavar="BENCHMARK")
+    p.add_argument("--out", type=Path, required=True, help="folder for <benchmark>.md and its PNGs")
+    p.add_argument("--run", action="append", dest="runs", metavar="NAME",
+                   help="a pipeline run to include (repeatable; default: each benchmark's latest run)")
+    p.add_argument("--baseline", default="kl", help="method the paired differences are taken to (default kl)")
+    p.add_argument("--tracking-uri")
+    p.set_defaults(run=_report)
 
     p = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1")
     p.add_argument("--port", type=int, default=5000)

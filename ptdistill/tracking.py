@@ -458,11 +458,12 @@ class Tracker:
     def _children(self, experiment_id: str, parent_id: str) -> list[Run]:
         return self._search(experiment_id, f"tags.{PARENT_TAG} = '{parent_id}'")
 
-    def latest_students(self, benchmark: str, n_parents: int = 1) -> pd.DataFrame:
+    def latest_students(self, benchmark: str, n_parents: int = 1, run_names: list[str] | None = None) -> pd.DataFrame:
         """One row per student of the ``n_parents`` most recently started parent runs (FAILED
-        ones included: their finished students are real results), newest parent first, then by
-        method and seed. Columns: parent_run_id, parent_run_name, run_id, run_name, method,
-        seed, TEST_METRICS, other test_* metrics, val_* metrics (NaN where a run lacks one)."""
+        ones included: their finished students are real results), or of the parents named
+        ``run_names``; newest parent first, then by method and seed. Columns: parent_run_id,
+        parent_run_name, run_id, run_name, method, seed, TEST_METRICS, the other test_* metrics,
+        then every other metric (val_*, proxy_l2_to_pstar, train_*; NaN where a run lacks one)."""
         experiment_id = self.experiment_id(benchmark, create=False)
         parents = []
         if experiment_id is not None:
@@ -470,8 +471,10 @@ class Tracker:
                 [experiment_id],
                 f"tags.{ROLE_TAG} = 'parent'",
                 order_by=["attributes.start_time DESC"],
-                max_results=n_parents,
+                max_results=n_parents if run_names is None else 10_000,
             )
+            if run_names is not None:  # MLflow's filter has no IN for run names
+                parents = [p for p in parents if p.info.run_name in run_names]
         rows = []
         for order, parent in enumerate(parents):
             for child in self._children(experiment_id, parent.info.run_id):
@@ -485,7 +488,7 @@ class Tracker:
                         "run_name": child.info.run_name,
                         "method": child.data.params.get("method"),
                         "seed": int(seed) if seed.lstrip("-").isdigit() else seed,
-                        **{k: v for k, v in child.data.metrics.items() if k.startswith(("test_", "val_"))},
+                        **child.data.metrics,
                     }
                 )
         columns = ["_order", "parent_run_id", "parent_run_name", "run_id", "run_name", "method", "seed"]

@@ -265,7 +265,7 @@ def test_latest_students(tracker: Tracker, tmp_path: Path) -> None:
     frame = tracker.latest_students("bench-cmp")
     assert list(frame.columns) == [
         "parent_run_id", "parent_run_name", "run_id", "run_name", "method", "seed",
-        "test_accuracy", "test_nll", "test_ece", "test_f1", "val_accuracy",
+        "test_accuracy", "test_nll", "test_ece", "test_f1", "train_loss", "val_accuracy",
     ]  # fmt: skip
     assert set(frame["parent_run_id"]) == {new}
     assert list(zip(frame["method"], frame["seed"])) == [("kl", 0), ("kl", 1), ("ptloss", 1)]
@@ -275,6 +275,9 @@ def test_latest_students(tracker: Tracker, tmp_path: Path) -> None:
     both = tracker.latest_students("bench-cmp", n_parents=2)
     assert both["parent_run_name"].tolist() == ["run-new"] * 3 + ["run-old"]
     assert isinstance(both, pd.DataFrame) and len(both) == 4
+    named = tracker.latest_students("bench-cmp", run_names=["run-old"])
+    assert named["parent_run_name"].tolist() == ["run-old"] and named["test_accuracy"].tolist() == [0.70]
+    assert tracker.latest_students("bench-cmp", run_names=["no-such-run"]).empty
 
 
 def test_confusion_matrix_files(tmp_path: Path) -> None:

@@ -1,0 +1,194 @@
+"""Results across runs, read back from MLflow: tables, paired comparisons with confidence
+intervals, and plots, written as Markdown for ``ptdistill report`` and ``docs/results.md``.
+
+Why paired differences: every method of a run is trained with the same seeds on the same data
+and teacher, so seed-to-seed noise (initialisation, batch order) is shared by the methods of a
+seed. The difference to the baseline *within* a seed removes that shared part, and its mean over
+seeds, with a Student-t interval, says whether a method beats the baseline by more than the
+noise. With 3 seeds the interval is wide (t = 4.30 at 95%): a difference is only called when
+the interval excludes 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from scipy import stats  # noqa: E402
+
+__all__ = ["linear_fit", "method_table", "paired_differences", "plot_methods", "plot_paired", "plot_scatter",
+           "markdown_table"]
+
+
+def method_table(frame: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
+    """Mean and standard deviation over seeds of each method (rows), best mean test accuracy first."""
+    metrics = [m for m in metrics if m in frame.columns and frame[m].notna().any()]
+    grouped = frame.groupby("method")[metrics]
+    table = grouped.mean().add_suffix("_mean").join(grouped.std(ddof=1).add_suffix("_std"))
+    table.insert(0, "seeds", frame.groupby("method").size())
+    order = "test_accuracy_mean" if "test_accuracy_mean" in table.columns else table.columns[1]
+    return table.sort_values(order, ascending=False)
+
+
+def paired_differences(frame: pd.DataFrame, metric: str = "test_accuracy", baseline: str = "kl",
+                       confidence: float = 0.95) -> pd.DataFrame:
+    """Per method: ``metric`` minus the baseline's on the same seed, over the seeds both have.
+
+    Columns: n (seeds), mean, std, low, high (Student-t ``confidence`` interval of the mean;
+    NaN with one seed), wins (seeds where the method is strictly better, for metrics where
+    higher is better) and verdict ("better", "worse" or "no difference": the interval's sign).
+    """
+    if baseline not in set(frame["method"]):
+        raise ValueError(f"baseline {baseline!r} is not among the methods {sorted(set(frame['method']))}")
+    wide = frame.pivot_table(index="seed", columns="method", values=metric, aggfunc="first")
+    rows = []
+    for method in wide.columns:
+        if method == baseline:
+            continue
+        both = wide[[method, baseline]].dropna()
+        diff = (both[method] - both[baseline]).to_numpy()
+        n = len(diff)
+        mean = float(diff.mean()) if n else float("nan")
+        std = float(diff.std(ddof=1)) if n > 1 else float("nan")
+        half = float(stats.t.ppf(0.5 + confidence / 2, n - 1) * std / np.sqrt(n)) if n > 1 else float("nan")
+        low, high = mean - half, mean + half
+        verdict = "better" if low > 0 else "worse" if high < 0 else "no difference"
+        rows.append({"method": method, "n": n, "mean": mean, "std": std, "low": low, "high": high,
+                     "wins": int((diff > 0).sum()), "verdict": verdict if n > 1 else "one seed"})
+    return pd.DataFrame(rows).set_index("method").sort_values("mean", ascending=False)
+
+
+def linear_fit(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """Least-squares line y = slope * x + intercept, its R^2 and the Pearson correlation's p-value."""
+    result = stats.linregress(np.asarray(x, dtype=float), np.asarray(y, dtype=float))
+    return {"slope": float(result.slope), "intercept": float(result.intercept), "r2": float(result.rvalue**2),
+            "p": float(result.pvalue), "n": int(len(x))}
+
+
+def markdown_table(frame: pd.DataFrame, digits: int = 4) -> list[str]:
+    """A DataFrame (index included) as Markdown lines; ``x_mean``/``x_std`` pairs become ``x`` as "mean ± std"."""
+    frame = frame.copy()
+    for column in [c for c in frame.columns if c.endswith("_mean")]:
+        name = column[: -len("_mean")]
+        std = frame.pop(f"{name}_std") if f"{name}_std" in frame.columns else None
+        mean = frame.pop(column)
+        frame[name] = [f"{m:.{digits}f}" + ("" if std is None or np.isnan(s) else f" ± {s:.{digits}f}")
+                       for m, s in zip(mean, std if std is not None else [np.nan] * len(mean))]
+    head = [frame.index.name or "", *map(str, frame.columns)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for index, row in frame.iterrows():
+        cells = [f"{v:.{digits}f}" if isinstance(v, float) else str(v) for v in row]
+        lines.append("| " + " | ".join([str(index), *cells]) + " |")
+    return lines
+
+
+def plot_methods(table: pd.DataFrame, path: Path, metric: str = "test_accuracy", title: str = "") -> Path:
+    """Horizontal bars of each method's mean ``metric`` with a ±std error bar."""
+    fig, ax = plt.subplots(figsize=(6.4, 0.35 * len(table) + 1.2))
+    ax.barh(table.index[::-1], table[f"{metric}_mean"][::-1], xerr=table[f"{metric}_std"].fillna(0)[::-1], capsize=3)
+    span = table[f"{metric}_mean"]
+    ax.set_xlim(max(0.0, span.min() - 0.03), min(1.0, span.max() + 0.02) if metric.endswith("accuracy") else None)
+    ax.set_xlabel(f"{metric.replace('_', ' ')} (mean ± std over seeds)")
+    ax.set_title(title, fontsize=10)
+    return _save(fig, path)
+
+
+def plot_paired(paired: pd.DataFrame, path: Path, baseline: str, metric: str = "test_accuracy",
+                title: str = "") -> Path:
+    """Each method's mean paired difference to the baseline with its confidence interval."""
+    fig, ax = plt.subplots(figsize=(6.4, 0.35 * len(paired) + 1.2))
+    y = np.arange(len(paired))[::-1]
+    err = np.vstack([paired["mean"] - paired["low"], paired["high"] - paired["mean"]])
+    ax.errorbar(paired["mean"], y, xerr=np.nan_to_num(err), fmt="o", capsize=3)
+    ax.axvline(0, color="grey", lw=1)
+    ax.set_yticks(y, paired.index)
+    ax.set_xlabel(f"{metric.replace('_', ' ')} minus {baseline}, same seed (mean, 95% CI)")
+    ax.set_title(title, fontsize=10)
+    return _save(fig, path)
+
+
+def plot_scatter(x: np.ndarray, y: np.ndarray, path: Path, xlabel: str, ylabel: str, title: str = "",
+                 labels: Sequence[str] | None = None) -> Path:
+    """Points with their least-squares line and R^2 in the legend."""
+    fit = linear_fit(x, y)
+    fig, ax = plt.subplots(figsize=(5.6, 4.0))
+    ax.scatter(x, y, s=18)
+    for text, xi, yi in zip(labels or (), x, y):
+        ax.annotate(text, (xi, yi), fontsize=7, xytext=(3, 2), textcoords="offset points")
+    grid = np.linspace(np.min(x), np.max(x), 50)
+    ax.plot(grid, fit["slope"] * grid + fit["intercept"], color="C1",
+            label=f"fit: slope {fit['slope']:.3g}, R² {fit['r2']:.2f}")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _save(fig, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+#: Student metrics shown in a report's table, when the runs have them.
+REPORT_METRICS = ("test_accuracy", "test_nll", "test_ece", "test_task", "test_l2_to_pstar", "proxy_l2_to_pstar")
+#: Parent-run metrics quoted under the table: the teacher on test and the proxy search on validation.
+PARENT_METRICS = ("teacher_test_accuracy", "teacher_test_nll", "teacher_test_ece", "teacher_test_l2_to_pstar",
+                  "search_order", "search_teacher_tvd", "search_proxy_tvd", "search_teacher_l2_to_pstar",
+                  "search_proxy_l2_to_pstar")
+
+
+def benchmark_report(tracker, benchmark: str, out_dir: Path, run_names: list[str] | None = None,
+                     baseline: str = "kl") -> Path:
+    """``<out_dir>/<benchmark>.md`` and its PNGs from the benchmark's latest run (or the named runs).
+
+    With several runs, methods are labelled ``<run>:<method>`` and a bare ``baseline`` means the
+    newest run's. Raises ValueError when MLflow has no such runs.
+    """
+    out_dir = Path(out_dir)
+    frame = tracker.latest_students(benchmark, n_parents=1, run_names=run_names)
+    if frame.empty:
+        wanted = f"runs {run_names}" if run_names else "finished runs"
+        raise ValueError(f"{benchmark}: no {wanted} with students in MLflow ({tracker.tracking_uri}); run "
+                         f"`ptdistill run {benchmark}` first")
+    runs = list(dict.fromkeys(frame["parent_run_name"]))
+    if len(runs) > 1:
+        frame = frame.assign(method=frame["parent_run_name"] + ":" + frame["method"])
+        baseline = baseline if ":" in baseline else f"{runs[0]}:{baseline}"
+    lines = [f"# {benchmark}", "", f"Runs: {', '.join(f'`{r}`' for r in runs)} (MLflow experiment "
+             f"`ptdistill-{benchmark}`). Students: mean ± std over seeds on the test split.", ""]
+    table = method_table(frame, REPORT_METRICS)
+    lines += markdown_table(table)
+    lines += ["", f"![{benchmark}: test accuracy]({plot_methods(table, out_dir / f'{benchmark}-accuracy.png', title=benchmark).name})"]
+    for parent_id, run in zip(dict.fromkeys(frame["parent_run_id"]), runs):
+        metrics = tracker.client.get_run(parent_id).data.metrics
+        quoted = ", ".join(f"{k} {metrics[k]:.4f}" for k in PARENT_METRICS if k in metrics)
+        lines += ["", f"`{run}` teacher and proxy search: {quoted}."]
+    if baseline in set(frame["method"]) and frame["method"].nunique() > 1:
+        paired = paired_differences(frame, "test_accuracy", baseline)
+        lines += ["", f"## Paired differences to `{baseline}` (test accuracy, same seed, 95% t-interval)", "",
+                  *markdown_table(paired), "",
+                  f"![paired]({plot_paired(paired, out_dir / f'{benchmark}-paired.png', baseline, title=benchmark).name})"]
+    if "proxy_l2_to_pstar" in frame.columns and frame["proxy_l2_to_pstar"].notna().sum() >= 3:
+        points = frame.dropna(subset=["proxy_l2_to_pstar"])
+        fit = linear_fit(points["proxy_l2_to_pstar"], points["test_accuracy"])
+        png = plot_scatter(points["proxy_l2_to_pstar"].to_numpy(), points["test_accuracy"].to_numpy(),
+                           out_dir / f"{benchmark}-proxy-distance.png", "proxy teacher's mean L2 distance to p*",
+                           "student test accuracy", title=f"{benchmark}: PTLoss students",
+                           labels=list(points["method"]))
+        lines += ["", "## Proxy teacher's distance to p* vs student accuracy", "",
+                  f"Least squares over {fit['n']} PTLoss students: slope {fit['slope']:.4g}, R² {fit['r2']:.3f}, "
+                  f"p = {fit['p']:.3g}.", "", f"![proxy distance]({png.name})"]
+    path = out_dir / f"{benchmark}.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path

@@ -1,0 +1,102 @@
+"""Results read back from MLflow: paired differences, tables, fits and the ``ptdistill report`` page."""
+
+from __future__ import annotations
+
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ptdistill.cli import main
+from ptdistill.results import benchmark_report, linear_fit, markdown_table, method_table, paired_differences
+from ptdistill.tracking import Tracker
+
+pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated:DeprecationWarning")
+
+ACCURACY = {"kl": [0.80, 0.82, 0.81], "ptloss": [0.83, 0.85, 0.845], "focal": [0.79, 0.83, 0.80]}
+
+
+def _frame(accuracy=ACCURACY) -> pd.DataFrame:
+    return pd.DataFrame([{"method": m, "seed": s, "test_accuracy": a, "test_nll": 1.0 - a}
+                         for m, values in accuracy.items() for s, a in enumerate(values)])
+
+
+def test_paired_differences_are_same_seed_differences_with_a_t_interval():
+    paired = paired_differences(_frame())
+    diff = np.array([0.03, 0.03, 0.035])
+    half = 4.302652729911275 * diff.std(ddof=1) / np.sqrt(3)  # t(0.975, df=2)
+    row = paired.loc["ptloss"]
+    assert (row["n"], row["wins"], row["verdict"]) == (3, 3, "better")
+    assert row["mean"] == pytest.approx(diff.mean()) and row["std"] == pytest.approx(diff.std(ddof=1))
+    assert (row["low"], row["high"]) == pytest.approx((diff.mean() - half, diff.mean() + half))
+    assert paired.loc["focal", "verdict"] == "no difference" and paired.loc["focal", "wins"] == 1
+    assert list(paired.index) == ["ptloss", "focal"] and "kl" not in paired.index
+
+
+def test_paired_differences_use_only_shared_seeds_and_name_a_missing_baseline():
+    frame = _frame({"kl": [0.8, 0.9], "ptloss": [0.85, np.nan]})
+    row = paired_differences(frame).loc["ptloss"]
+    assert row["n"] == 1 and row["mean"] == pytest.approx(0.05) and row["verdict"] == "one seed"
+    with pytest.raises(ValueError, match="baseline 'ce' is not among the methods"):
+        paired_differences(frame, baseline="ce")
+
+
+def test_method_table_and_markdown():
+    table = method_table(_frame(), ["test_accuracy", "test_nll", "absent"])
+    assert list(table.index) == ["ptloss", "kl", "focal"] and table.loc["kl", "seeds"] == 3
+    assert table.loc["kl", "test_accuracy_mean"] == pytest.approx(0.81)
+    assert table.loc["kl", "test_accuracy_std"] == pytest.approx(0.01)
+    lines = markdown_table(table)
+    assert lines[0] == "| method | seeds | test_accuracy | test_nll |"
+    assert lines[2] == "| ptloss | 3 | 0.8417 ± 0.0104 | 0.1583 ± 0.0104 |"
+
+
+def test_linear_fit_matches_numpy():
+    x = np.array([0.1, 0.2, 0.3, 0.4, 0.5])
+    y = np.array([0.90, 0.86, 0.85, 0.80, 0.78])
+    fit = linear_fit(x, y)
+    slope, intercept = np.polyfit(x, y, 1)
+    assert (fit["slope"], fit["intercept"]) == pytest.approx((slope, intercept))
+    assert fit["r2"] == pytest.approx(np.corrcoef(x, y)[0, 1] ** 2) and fit["n"] == 5
+
+
+@pytest.fixture
+def tracker(tmp_path) -> Tracker:
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db")
+    for run, shift in (("run-a", 0.0), ("run-b", 0.01)):
+        parent = tracker.start_parent("synthetic", run, tags={}, params={})
+        tracker.log_metrics(parent, {"teacher_test_accuracy": 0.85, "search_order": 3})
+        for method, values in ACCURACY.items():
+            for seed, acc in enumerate(values):
+                metrics = {"test_accuracy": acc + shift, "test_nll": 0.4, "test_ece": 0.05}
+                if method == "ptloss":
+                    metrics["proxy_l2_to_pstar"] = 0.2 - acc / 10
+                tracker.log_student(parent, f"{method}-seed{seed}", params={"method": method, "seed": seed},
+                                    metrics=metrics, curves={}, artifacts={}, model_dir=None)
+    return tracker
+
+
+def test_benchmark_report_from_mlflow(tracker, tmp_path):
+    path = benchmark_report(tracker, "synthetic", tmp_path / "out")
+    text = path.read_text()
+    assert path == tmp_path / "out" / "synthetic.md" and "Runs: `run-b`" in text
+    assert "| ptloss | 3 | 0.8517 ± 0.0104 |" in text  # run-b: accuracies + 0.01
+    assert "## Paired differences to `kl`" in text and "| ptloss | 3 | 0.0317 |" in text
+    assert "teacher_test_accuracy 0.8500, search_order 3.0000" in text
+    assert "R² 1.000" in text  # proxy distance is exactly linear in accuracy here
+    for png in ("synthetic-accuracy.png", "synthetic-paired.png", "synthetic-proxy-distance.png"):
+        assert (tmp_path / "out" / png).read_bytes()[:4] == b"\x89PNG" and f"({png})" in text
+
+    both = benchmark_report(tracker, "synthetic", tmp_path / "both", run_names=["run-a", "run-b"]).read_text()
+    assert "| run-b:ptloss | 3 |" in both and "| run-a:kl | 3 |" in both
+    assert "## Paired differences to `run-b:kl`" in both
+    with pytest.raises(ValueError, match="synthetic: no runs \\['nope'\\] with students in MLflow"):
+        benchmark_report(tracker, "synthetic", tmp_path / "x", run_names=["nope"])
+
+
+def test_report_command(tracker, tmp_path, capsys):
+    out = tmp_path / "docs"
+    assert main(["report", "synthetic", "--out", str(out), "--tracking-uri", tracker.tracking_uri]) == 0
+    assert capsys.readouterr().out == f"wrote {out / 'synthetic.md'}\n"
+    assert main(["report", "tabular", "--out", str(out), "--tracking-uri", tracker.tracking_uri]) == 2
+    assert "tabular: no finished runs" in capsys.readouterr().err
