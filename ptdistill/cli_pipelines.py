@@ -47,7 +47,7 @@ def _run(args: argparse.Namespace) -> int:
           f"({', '.join(m.name for m in config.methods)} x seeds {config.seeds}) via kfp.local", flush=True)
     try:
         result = run_local(config, pipeline_root=args.pipeline_root, artifact_store=args.artifact_store,
-                           tracking_uri=tracking_uri)
+                           tracking_uri=tracking_uri, run_name=args.run_name)
     except RuntimeError as err:  # kfp.local: a task failed; its log is printed above
         print(f"ptdistill run {config.benchmark}: failed: {err}", file=sys.stderr)
         print("The MLflow parent run is marked FAILED and this run's objects were removed from the artifact store.",
@@ -254,6 +254,8 @@ def add_pipeline_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--artifact-store", help="where components publish outputs and the teacher cache "
                    "(a folder, file:// or gs://bucket/prefix; default: the pipeline root)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    p.add_argument("--run-name", help="name of the run in MLflow and the artifact store (default <benchmark>-<time>),"
+                   " e.g. to select it later with `ptdistill report --run`")
     p.set_defaults(run=_run)
 
     p = sub.add_parser("compile", help="compile a benchmark's pipeline to KFP IR YAML")

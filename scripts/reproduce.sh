@@ -1,0 +1,35 @@
+# Issue 6: every experiment of docs/results.md through `ptdistill run`, then the report from MLflow.
+# Runs land in ./mlflow.db and ./runs (the teacher cache makes re-runs of the same teacher cheap).
+#   bash scripts/reproduce.sh            # all experiments (about 2 hours on 2 CPU cores)
+#   bash scripts/reproduce.sh report     # only rebuild docs/results/ from what MLflow holds
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/venv.sh"
+PTD=.venv/bin/ptdistill
+EXP=docs/experiments
+run() { echo "== $*" >&2; /usr/bin/time -f "   %e s wall-clock" "$PTD" run "$@"; }
+
+if [ "${1:-all}" != report ]; then
+  run synthetic --config "$EXP/synthetic_methods.yaml" --run-name exp1-methods
+  run synthetic --config "$EXP/synthetic_proxy_distance.yaml" --run-name exp2-proxy-distance
+  run synthetic --config "$EXP/synthetic_search_vs_random.yaml" --run-name exp3-search-vs-random
+  run rotten-tomatoes --run-name exp4-rotten-tomatoes
+  for epochs in 2 5 10 25 100; do
+    run synthetic --config "$EXP/synthetic_kl_vs_ptloss.yaml" --set teacher.train.epochs=$epochs \
+      --run-name "exp5-teacher-epochs-$epochs"
+  done
+  run synthetic --config "$EXP/synthetic_kl_vs_ptloss.yaml" --set search.strategy=implicit \
+    --run-name exp6-implicit
+  for criterion in q brier nll; do
+    run synthetic --config "$EXP/synthetic_kl_vs_ptloss.yaml" --set search.criterion=$criterion \
+      --run-name "exp7-criterion-$criterion"
+  done
+fi
+
+OUT=docs/results
+"$PTD" report synthetic --out "$OUT/exp1" --run exp1-methods
+"$PTD" report synthetic --out "$OUT/exp2" --run exp2-proxy-distance
+"$PTD" report synthetic --out "$OUT/exp3" --run exp3-search-vs-random
+"$PTD" report rotten-tomatoes --out "$OUT/exp4" --run exp4-rotten-tomatoes
+"$PTD" report synthetic --out "$OUT/exp5" $(printf -- "--run exp5-teacher-epochs-%s " 2 5 10 25 100)
+"$PTD" report synthetic --out "$OUT/exp6" --run exp6-implicit --run exp7-criterion-q
+"$PTD" report synthetic --out "$OUT/exp7" --run exp7-criterion-q --run exp7-criterion-brier --run exp7-criterion-nll
