@@ -409,3 +409,23 @@ def test_non_finite_loss_stops_with_a_clear_error(tokenizer, data):
     with pytest.raises(FloatingPointError, match="training loss became nan at step 1"):
         fit_text(model, tokenizer, train, TextTrainConfig(epochs=1, **FAST), targets=targets, loss=nan_loss)
     assert_same_weights(before, params(model))  # the bad step was not applied
+
+
+def test_length_grouped_batches_cover_every_row_once_and_pad_less():
+    from ptdistill.text.trainer import _epoch_batches
+
+    lengths = torch.tensor(np.random.default_rng(0).integers(5, 70, size=1000))
+    grouped = _epoch_batches(3, 0, lengths, 16, group_by_length=True)
+    plain = _epoch_batches(3, 0, lengths, 16, group_by_length=False)
+    assert len(grouped) == len(plain) == 63  # ceil(1000 / 16)
+    assert sorted(torch.cat(grouped).tolist()) == list(range(1000))
+    assert [b.tolist() for b in grouped] == [b.tolist() for b in _epoch_batches(3, 0, lengths, 16, True)]
+    assert [b.tolist() for b in grouped] != [b.tolist() for b in _epoch_batches(3, 1, lengths, 16, True)]
+
+    def padded(batches):
+        return sum(int(lengths[b].max()) * len(b) for b in batches)
+
+    assert padded(grouped) < 0.7 * padded(plain)
+    # batches are not in length order: the shuffled window order mixes short and long batches
+    maxima = [int(lengths[b].max()) for b in grouped]
+    assert maxima != sorted(maxima) and maxima != sorted(maxima, reverse=True)

@@ -99,7 +99,11 @@ class TextTrainConfig:
     when supported, else fp16 on CUDA, and fp32 on CPU; ``"bf16"`` also works on CPU (autocast),
     ``"fp16"`` needs CUDA. ``gradient_checkpointing`` trades compute for memory on any device
     (the model must support it). ``device``: ``"auto"``, ``"cpu"`` or ``"cuda"`` (which GPUs:
-    ``CUDA_VISIBLE_DEVICES`` / ``accelerate launch``).
+    ``CUDA_VISIBLE_DEVICES`` / ``accelerate launch``). ``group_by_length`` draws each batch from
+    examples of similar length (as Hugging Face's Trainer option of that name): within windows of
+    50 batches of a random order, examples are sorted by length and cut into batches, whose order
+    is shuffled again. Batches then pad to their own length, not to a random long example's: on
+    review snippets (mean 27 tokens, longest 68) that is half the tokens of random batches.
     """
 
     epochs: int = 3
@@ -116,6 +120,7 @@ class TextTrainConfig:
     device: str = "auto"
     log_every_steps: int = 20
     eval_batch_size: int = 128
+    group_by_length: bool = True
 
     def __post_init__(self) -> None:
         _int_at_least("epochs", self.epochs, 1)
@@ -487,10 +492,31 @@ def _restore_forward(model: nn.Module, own_forward: Callable | None) -> None:
         model.forward = own_forward
 
 
-def _epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
-    """The permutation of epoch ``epoch`` (0-based): a function of (seed, epoch) only."""
-    generator_seed = int(np.random.SeedSequence([seed, epoch]).generate_state(1, dtype=np.uint64)[0])
-    return torch.randperm(n, generator=torch.Generator().manual_seed(generator_seed))
+#: ``group_by_length`` sorts by length within windows of this many batches.
+LENGTH_WINDOW_BATCHES = 50
+
+
+def _generator(*entropy: int) -> torch.Generator:
+    seed = int(np.random.SeedSequence(list(entropy)).generate_state(1, dtype=np.uint64)[0])
+    return torch.Generator().manual_seed(seed)
+
+
+def _epoch_batches(seed: int, epoch: int, lengths: torch.Tensor, batch_size: int,
+                   group_by_length: bool) -> list[torch.Tensor]:
+    """The batches (row indices) of epoch ``epoch`` (0-based): a function of (seed, epoch) only, so a
+    resumed run redraws them without replaying earlier epochs. ``ceil(n / batch_size)`` batches."""
+    n = len(lengths)
+    order = torch.randperm(n, generator=_generator(seed, epoch))
+    if not group_by_length:
+        return [order[lo : lo + batch_size] for lo in range(0, n, batch_size)]
+    window = LENGTH_WINDOW_BATCHES * batch_size
+    batches = []
+    for lo in range(0, n, window):
+        rows = order[lo : lo + window]
+        rows = rows[torch.argsort(lengths[rows], descending=True, stable=True)]
+        batches += [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
+    shuffle = torch.randperm(len(batches), generator=_generator(seed, epoch, 1))
+    return [batches[i] for i in shuffle]
 
 
 def fit_text(
@@ -585,6 +611,7 @@ def _train(model: nn.Module, tokenizer, sequences: list, target_tensor: torch.Te
     """The loop of :func:`fit_text`, its arguments checked."""
     device = accelerator.device
     n = len(sequences)
+    lengths = torch.tensor([len(s["input_ids"]) for s in sequences])
     num_batches = config.batches_per_epoch(n)
     total_steps = config.total_steps(n)
     optimizer = torch.optim.AdamW(_optimizer_groups(model, config.weight_decay), lr=config.lr)
@@ -658,8 +685,7 @@ def _train(model: nn.Module, tokenizer, sequences: list, target_tensor: torch.Te
             if done:
                 break
             prepared.train()
-            order = _epoch_order(config.seed, epoch, n)
-            batches = [order[lo : lo + config.batch_size] for lo in range(0, n, config.batch_size)]
+            batches = _epoch_batches(config.seed, epoch, lengths, config.batch_size, config.group_by_length)
             position = start_batch if epoch == start_epoch else 0
             while position < num_batches:
                 group = batches[position : position + config.grad_accumulation]
