@@ -62,9 +62,10 @@ def test_sst2_splits_follow_the_protocol(text_pipeline):
 
 def test_students_are_saved_and_checkpoints_cleared(text_pipeline):
     store = open_store(text_pipeline.artifact_store)
-    for run in ("sst2-1", "sst2-2"):
-        keys = store.list(f"sst2/{run}/")
+    for benchmark, run in (("sst2", "sst2-1"), ("sst2", "sst2-2"), ("text", "text-1")):  # text-1 fine-tunes
+        keys = store.list(f"{benchmark}/{run}/")
         assert not [k for k in keys if "/checkpoints/" in k], "resume checkpoints left behind after success"
+        assert any("/teacher/" in k for k in keys)
         student = {k.rsplit("/", 1)[1] for k in keys if "/students/ptloss-seed0/" in k}
         assert {"config.json", "model.safetensors", "training.json", "tokenizer_config.json"} <= student
 

@@ -13,6 +13,7 @@ import torch
 
 from ptdistill.config import ConfigError
 from ptdistill.experiments import TextConfig
+from ptdistill.storage import open_store
 from ptdistill.steps.text_backend import TEACHER_FILE, TextBackend
 from ptdistill.text.batching import collate, encode
 from ptdistill.text.models import HFModelSpec, load_generative, load_tokenizer, save_model
@@ -154,7 +155,9 @@ def test_backend_fine_tunes_a_seq2seq_teacher_and_scores_it_through_the_verbaliz
     config = text_config(HFModelSpec(str(t5_dir), kind="seq2seq", max_length=32, batch_size=16))
     backend = TextBackend()
     out = tmp_path / "teacher"
-    result = backend.train_teacher(config, 2, train_path, validation_path, out)
+    result = backend.train_teacher(config, 2, train_path, validation_path, out,
+                                   checkpoints=(str(tmp_path / "store"), "run/checkpoints/teacher"))
+    assert open_store(str(tmp_path / "store")).exists("run/checkpoints/teacher/latest.json")  # resumable; the step clears
 
     record = json.loads((out / TEACHER_FILE).read_text())
     assert record["fine_tuned"] and record["epochs_run"] == FAST["epochs"]

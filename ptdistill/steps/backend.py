@@ -36,8 +36,11 @@ class Backend(ABC):
 
     @abstractmethod
     def train_teacher(self, config: ExperimentConfig, num_classes: int, train_path: Path, validation_path: Path,
-                      out_dir: Path) -> dict:
-        """Make the teacher available in ``out_dir``; returns at least ``teacher_id``."""
+                      out_dir: Path, checkpoints: tuple[str, str] | None = None) -> dict:
+        """Make the teacher available in ``out_dir``; returns at least ``teacher_id``.
+
+        ``checkpoints`` as for :meth:`distill_student`: where a long fine-tuning resumes from.
+        """
 
     @abstractmethod
     def teacher_identity(self, config: ExperimentConfig, teacher_dir: Path) -> tuple[str, str]:

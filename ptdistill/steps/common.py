@@ -52,6 +52,19 @@ class RunInfo:
         return f"{self.benchmark}/{self.run_name}"
 
 
+def checkpoint_prefix(info: RunInfo, name: str) -> tuple[str, str]:
+    """(store URI, key prefix) of a step's resume checkpoints: the same on a restart of the run."""
+    return info.artifact_store, f"{info.prefix}/checkpoints/{name}"
+
+
+def clear_checkpoints(info: RunInfo, name: str) -> None:
+    """Delete a finished step's resume checkpoints from the artifact store."""
+    store_uri, prefix = checkpoint_prefix(info, name)
+    store = open_store(store_uri)
+    for key in store.list(prefix + "/"):
+        store.delete(key)
+
+
 def publish(info: RunInfo, key: str, local: str | Path) -> str:
     """Copy a local file or directory to ``<store>/<benchmark>/<run>/<key>``; returns its URI."""
     store = open_store(info.artifact_store)

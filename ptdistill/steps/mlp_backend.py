@@ -26,7 +26,8 @@ class MLPBackend(Backend):
     def _model(self, config: ExperimentConfig, spec, split: FeatureSplit, num_classes: int) -> MLP:
         return MLP(MLPConfig(input_dim=split.dim, num_classes=num_classes, hidden=tuple(spec.hidden)))
 
-    def train_teacher(self, config, num_classes, train_path, validation_path, out_dir) -> dict:
+    def train_teacher(self, config, num_classes, train_path, validation_path, out_dir, checkpoints=None) -> dict:
+        # seconds of training: too short to be worth checkpointing
         seed_everything(config.teacher.train.seed)
         train = FeatureSplit.load(train_path)
         model = self._model(config, config.teacher, train, num_classes)

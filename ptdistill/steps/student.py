@@ -14,10 +14,9 @@ from ptdistill.experiments import EPS_CHOICE, ExperimentConfig
 from ptdistill.losses import build_loss
 from ptdistill.proxy import proxy_teacher
 from ptdistill.steps.backend import backend_for
-from ptdistill.steps.common import RunInfo, log, publish
+from ptdistill.steps.common import RunInfo, checkpoint_prefix, clear_checkpoints, log, publish
 from ptdistill.steps.search import chosen_eps
 from ptdistill.steps.teacher import load_teacher_probs
-from ptdistill.storage import open_store
 
 
 def method_params(config: ExperimentConfig, method: str, search_dir: Path, num_classes: int) -> tuple[dict, dict]:
@@ -73,9 +72,9 @@ def distill_student(
     split, targets = _targets(spec, backend, info.num_classes, Path(distill_split), Path(distill_probs), Path(teacher_train))
     out_dir = Path(out_dir)
     # Resume state lives in the artifact store, so a restarted step (same run) continues where it stopped.
-    checkpoints = f"{info.prefix}/checkpoints/{method}-seed{seed}"
     history = backend.distill_student(config, info.num_classes, seed, loss, split, targets,
-                                      backend.load_split(validation), out_dir, (info.artifact_store, checkpoints))
+                                      backend.load_split(validation), out_dir,
+                                      checkpoint_prefix(info, f"{method}-seed{seed}"))
     record = {
         "method": method, "loss": spec.loss, "seed": seed, "params": params, "eps_choice": choice,
         "targets": spec.targets, "train": spec.train, "lr": config.student.train.lr, "history": history.to_dict(),
@@ -88,9 +87,7 @@ def distill_student(
     log.info("student %s seed %d: %d epochs in %.1f s (%.0f ex/s)", method, seed, history.epochs_run,
              history.seconds, history.examples_per_second)
     publish(info, f"students/{method}-seed{seed}", out_dir)
-    store = open_store(info.artifact_store)
-    for key in store.list(checkpoints + "/"):
-        store.delete(key)
+    clear_checkpoints(info, f"{method}-seed{seed}")
     return record
 
 

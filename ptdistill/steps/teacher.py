@@ -32,7 +32,7 @@ import pandas as pd
 from ptdistill.evaluation import evaluate
 from ptdistill.experiments import ExperimentConfig
 from ptdistill.steps.backend import Backend, backend_for
-from ptdistill.steps.common import RunInfo, log, publish, solo_threads
+from ptdistill.steps.common import RunInfo, checkpoint_prefix, clear_checkpoints, log, publish, solo_threads
 from ptdistill.storage import Store, content_key, open_store
 from ptdistill.tracking import Tracker
 
@@ -46,7 +46,8 @@ def train_teacher(config: ExperimentConfig, info: RunInfo, teacher_train: Path, 
     """Train (or pin, for a pretrained teacher) the benchmark's teacher into ``out_dir``."""
     solo_threads()
     summary = backend_for(config).train_teacher(config, info.num_classes, Path(teacher_train), Path(validation),
-                                                Path(out_dir))
+                                                Path(out_dir), checkpoint_prefix(info, "teacher"))
+    clear_checkpoints(info, "teacher")
     Tracker(info.tracking_uri).set_tags(info.parent_run_id, {"teacher_id": summary["teacher_id"]})
     publish(info, "teacher", out_dir)
     return summary

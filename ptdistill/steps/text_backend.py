@@ -26,7 +26,8 @@ class TextBackend(Backend):
     def load_split(self, path: str | Path) -> TextSplit:
         return TextSplit.load(path)
 
-    def train_teacher(self, config: TextConfig, num_classes, train_path, validation_path, out_dir) -> dict:
+    def train_teacher(self, config: TextConfig, num_classes, train_path, validation_path, out_dir,
+                      checkpoints: tuple[str, str] | None = None) -> dict:
         """Fine-tune the teacher (``teacher.fine_tune``) or record the pretrained one.
 
         A classification teacher is fine-tuned with its head; a seq2seq teacher (T5) through its
@@ -37,7 +38,7 @@ class TextBackend(Backend):
         """
         from ptdistill.text.models import load_classifier, load_generative, load_tokenizer, resolve_checkpoint
         from ptdistill.text.models import save_model
-        from ptdistill.text.trainer import fit_text
+        from ptdistill.text.trainer import Checkpointer, fit_text
         from ptdistill.text.verbalizer_model import VerbalizerClassifier
 
         teacher = config.teacher
@@ -57,6 +58,7 @@ class TextBackend(Backend):
                 model = VerbalizerClassifier(trained, tokenizer, verbalizer)
                 train, validation = verbalizer.prompt_split(train), verbalizer.prompt_split(validation)
             history = fit_text(model, tokenizer, train, teacher.train, validation=validation,
+                               checkpoints=Checkpointer(*checkpoints) if checkpoints else None,
                                max_length=teacher.model.max_length, progress=True)
             save_model(trained, tokenizer, out_dir)
             record |= {"epochs_run": history.epochs_run, "best_epoch": history.best_epoch, "seconds": history.seconds,
@@ -114,7 +116,7 @@ class TextBackend(Backend):
         from ptdistill.text.models import HFModelSpec, load_classifier, load_tokenizer
 
         spec = HFModelSpec(str(student_dir), max_length=config.student.model.max_length)
-        model = load_classifier(spec, num_labels=None)
+        model = load_classifier(spec, num_labels=None, training=False)
         logits = classification_logits(model, load_tokenizer(spec), split, batch_size=config.student.train.eval_batch_size,
                                        max_length=spec.max_length)
         return softmax(logits)
