@@ -169,6 +169,27 @@ def test_accelerator_request_with_set_override(tmp_path):
         assert c.accelerator(task) == expected, name
 
 
+def test_gpu_steps_get_node_selector_and_tolerations_as_run_parameters(tmp_path):
+    out = tmp_path / "gpu.yaml"
+    assert main(["compile", "rotten-tomatoes", "--set", "accelerator.count=1",
+                 "--set", "accelerator.node_selector={pool: gpu}",
+                 "--set", "accelerator.tolerations=[{key: nvidia.com/gpu, operator: Exists, effect: NoSchedule}]",
+                 "-o", str(out)]) == 0
+    spec, platform = yaml.safe_load_all(out.read_text())
+    inputs = spec["root"]["inputDefinitions"]["parameters"]
+    assert inputs["node_selector"]["defaultValue"] == {"pool": "gpu"}
+    assert inputs["tolerations"]["defaultValue"] == [{"key": "nvidia.com/gpu", "operator": "Exists",
+                                                      "effect": "NoSchedule"}]
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert set(executors) == {"exec-train-teacher", "exec-teacher-inference", "exec-distill-student"}
+    for executor in executors.values():
+        assert executor["nodeSelector"]["nodeSelectorJson"]["componentInputParameter"].endswith("node_selector")
+        assert executor["tolerations"][0]["tolerationJson"]["componentInputParameter"].endswith("tolerations")
+    cpu = tmp_path / "cpu.yaml"
+    assert main(["compile", "rotten-tomatoes", "-o", str(cpu)]) == 0
+    assert len(list(yaml.safe_load_all(cpu.read_text()))) == 1  # no platform spec without GPUs
+
+
 def test_accelerator_type_and_count_come_from_the_config(table, tmp_path):
     config = _config("tabular", table, ["accelerator.count=2", "accelerator.type=NVIDIA_TESLA_T4"])
     c = _compile(config, tmp_path)
