@@ -53,14 +53,7 @@ class FeatureSplit:
             raise ValueError(f"features: contain NaN or inf (first in row {row}) after conversion to float32")
         n = features.shape[0]
         if self.labels is not None:
-            labels = np.asarray(self.labels)
-            if not np.issubdtype(labels.dtype, np.integer):
-                raise ValueError(f"labels: expected integer class indices, got dtype {labels.dtype}")
-            if labels.shape != (n,):
-                raise ValueError(f"labels: expected shape ({n},) to match features, got {labels.shape}")
-            if labels.min() < 0:
-                raise ValueError(f"labels: expected class indices >= 0, got {int(labels.min())}")
-            self.labels = np.ascontiguousarray(labels, dtype=np.int64)
+            self.labels = check_labels(self.labels, n, "features")
         if self.p_star is not None:
             p_star = np.asarray(self.p_star, dtype=np.float64)
             if p_star.ndim != 2 or p_star.shape[0] != n or p_star.shape[1] < 2:
@@ -68,12 +61,7 @@ class FeatureSplit:
             if not np.isfinite(p_star).all() or (p_star < 0).any():
                 raise ValueError("p_star: expected finite, non-negative probabilities")
             self.p_star = np.ascontiguousarray(p_star)
-        ids = np.arange(n, dtype=np.int64) if self.ids is None else np.asarray(self.ids)
-        if not np.issubdtype(ids.dtype, np.integer) or ids.shape != (n,):
-            raise ValueError(f"ids: expected integers of shape ({n},), got dtype {ids.dtype} shape {ids.shape}")
-        if len(np.unique(ids)) != n:
-            raise ValueError("ids: expected unique example ids, found duplicates")
-        self.ids = np.ascontiguousarray(ids, dtype=np.int64)
+        self.ids = check_ids(self.ids, n)
 
     def __len__(self) -> int:
         return self.features.shape[0]
@@ -131,6 +119,29 @@ class FeatureSplit:
             return cls(features=features, labels=labels, p_star=p_star, ids=ids)
         except ValueError as err:
             raise ValueError(f"{path}: {err}") from None
+
+
+def check_labels(labels, n: int, against: str) -> np.ndarray:
+    """Class indices of a split as a writable int64 copy (parquet arrays are read-only); ``against``
+    names what their length must match."""
+    labels = np.asarray(labels)
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels: expected integer class indices, got dtype {labels.dtype}")
+    if labels.shape != (n,):
+        raise ValueError(f"labels: expected shape ({n},) to match {against}, got {labels.shape}")
+    if labels.min() < 0:
+        raise ValueError(f"labels: expected class indices >= 0, got {int(labels.min())}")
+    return np.array(labels, dtype=np.int64)
+
+
+def check_ids(ids, n: int) -> np.ndarray:
+    """Unique int64 example ids of a split of ``n`` examples; ``None`` gives ``0..n-1``."""
+    ids = np.arange(n, dtype=np.int64) if ids is None else np.asarray(ids)
+    if not np.issubdtype(ids.dtype, np.integer) or ids.shape != (n,):
+        raise ValueError(f"ids: expected integers of shape ({n},), got dtype {ids.dtype} shape {ids.shape}")
+    if len(np.unique(ids)) != n:
+        raise ValueError("ids: expected unique example ids, found duplicates")
+    return np.ascontiguousarray(ids, dtype=np.int64)
 
 
 def _list_column(matrix: np.ndarray, value_type: pa.DataType) -> pa.ListArray:

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from ptdistill.datasets import check_ids, check_labels
 from ptdistill.io import read_parquet_table, write_parquet_atomic
 
 __all__ = ["TextSplit"]
@@ -45,20 +46,8 @@ class TextSplit:
             if len(self.text_b) != n:
                 raise ValueError(f"text_b: expected {n} strings to match text_a, got {len(self.text_b)}")
         if self.labels is not None:
-            labels = np.asarray(self.labels)
-            if not np.issubdtype(labels.dtype, np.integer):
-                raise ValueError(f"labels: expected integer class indices, got dtype {labels.dtype}")
-            if labels.shape != (n,):
-                raise ValueError(f"labels: expected shape ({n},) to match text_a, got {labels.shape}")
-            if labels.min() < 0:
-                raise ValueError(f"labels: expected class indices >= 0, got {int(labels.min())}")
-            self.labels = np.array(labels, dtype=np.int64)  # a writable copy (parquet arrays are read-only)
-        ids = np.arange(n, dtype=np.int64) if self.ids is None else np.asarray(self.ids)
-        if not np.issubdtype(ids.dtype, np.integer) or ids.shape != (n,):
-            raise ValueError(f"ids: expected integers of shape ({n},), got dtype {ids.dtype} shape {ids.shape}")
-        if len(np.unique(ids)) != n:
-            raise ValueError("ids: expected unique example ids, found duplicates")
-        self.ids = np.ascontiguousarray(ids, dtype=np.int64)
+            self.labels = check_labels(self.labels, n, "text_a")
+        self.ids = check_ids(self.ids, n)
 
     def __len__(self) -> int:
         return len(self.text_a)
