@@ -7,10 +7,11 @@ on a separable toy task: a sentence is positive iff it contains one of the posit
 from __future__ import annotations
 
 import dataclasses
-import random
 
 import numpy as np
 import pytest
+
+import text_fixtures
 import torch
 from torch import nn
 
@@ -46,15 +47,7 @@ def tokenizer():
 
 
 def toy_split(n: int, seed: int) -> TextSplit:
-    rng = random.Random(seed)
-    texts, labels = [], []
-    for i in range(n):
-        label = i % 2
-        words = [rng.choice(FILLER) for _ in range(rng.randint(3, 8))]
-        words.insert(rng.randint(0, len(words)), rng.choice(POSITIVE if label else NEGATIVE))
-        texts.append(" ".join(words))
-        labels.append(label)
-    return TextSplit(text_a=texts, labels=np.array(labels), ids=np.arange(n) + 1000 * seed)
+    return text_fixtures.toy_split(n, seed, POSITIVE, NEGATIVE, FILLER, filler_words=(3, 8))
 
 
 def soft_targets(labels: np.ndarray, confidence: float = 0.8) -> np.ndarray:

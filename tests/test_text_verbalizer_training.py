@@ -5,10 +5,11 @@ checkpoint is a plain seq2seq LM scored alike, and TextBackend trains and scores
 from __future__ import annotations
 
 import json
-import random
 
 import numpy as np
 import pytest
+
+import text_fixtures
 import torch
 
 from ptdistill.config import ConfigError
@@ -34,15 +35,7 @@ FAST = dict(epochs=8, lr=3e-3, batch_size=8, device="cpu", log_every_steps=4)
 
 def toy_split(n: int, seed: int) -> TextSplit:
     """Label 1 iff the sentence holds "good" / "great" (else "bad" / "awful"), among filler words."""
-    rng = random.Random(seed)
-    texts, labels = [], []
-    for i in range(n):
-        label = i % 2
-        words = [rng.choice(FILLER) for _ in range(rng.randint(2, 6))]
-        words.insert(rng.randint(0, len(words)), rng.choice(POSITIVE if label else NEGATIVE))
-        texts.append(" ".join(words))
-        labels.append(label)
-    return TextSplit(texts, labels=np.array(labels), ids=np.arange(n) + 1000 * seed)
+    return text_fixtures.toy_split(n, seed, POSITIVE, NEGATIVE, FILLER, filler_words=(2, 6))
 
 
 def accuracy(logits: np.ndarray, split: TextSplit) -> float:

@@ -19,11 +19,12 @@ Each saves in about a second and returns the directory. Weights are drawn under
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
-__all__ = ["MINILM_PATH", "T5_WORDS", "tiny_bert", "tiny_gpt2", "tiny_t5", "write_hub_split"]
+__all__ = ["MINILM_PATH", "T5_WORDS", "tiny_bert", "tiny_gpt2", "tiny_t5", "toy_split", "write_hub_split"]
 
 
 def _minilm_path() -> str:
@@ -162,3 +163,24 @@ def write_hub_split(root: str | Path, subset: str, split: str, columns: dict[str
     path.parent.mkdir(parents=True, exist_ok=True)
     datasets.Dataset.from_dict(columns, features=datasets.Features(features)).to_parquet(str(path))
     return path
+
+
+def toy_split(n: int, seed: int, positive: Sequence[str], negative: Sequence[str], filler: Sequence[str],
+              filler_words: tuple[int, int]):
+    """A separable toy task: label 1 iff the sentence holds a ``positive`` word (else a ``negative``
+    one), placed among ``filler_words`` (min, max) random filler words; ids ``1000 * seed + i``."""
+    import random
+
+    import numpy as np
+
+    from ptdistill.text.split import TextSplit
+
+    rng = random.Random(seed)
+    texts, labels = [], []
+    for i in range(n):
+        label = i % 2
+        words = [rng.choice(filler) for _ in range(rng.randint(*filler_words))]
+        words.insert(rng.randint(0, len(words)), rng.choice(positive if label else negative))
+        texts.append(" ".join(words))
+        labels.append(label)
+    return TextSplit(texts, labels=np.array(labels), ids=np.arange(n) + 1000 * seed)
