@@ -22,8 +22,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from scipy import stats  # noqa: E402
 
-__all__ = ["linear_fit", "method_table", "paired_differences", "plot_methods", "plot_paired", "plot_scatter",
-           "markdown_table"]
+__all__ = ["benchmark_report", "linear_fit", "markdown_table", "method_table", "paired_differences", "plot_methods",
+           "plot_paired", "plot_scatter", "plot_teacher_quality", "runs_table"]
 
 
 def method_table(frame: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
@@ -78,14 +78,19 @@ def markdown_table(frame: pd.DataFrame, digits: int = 4) -> list[str]:
         name = column[: -len("_mean")]
         std = frame.pop(f"{name}_std") if f"{name}_std" in frame.columns else None
         mean = frame.pop(column)
-        frame[name] = [f"{m:.{digits}f}" + ("" if std is None or np.isnan(s) else f" ± {s:.{digits}f}")
+        frame[name] = [_number(m, digits) + ("" if std is None or np.isnan(s) or np.isnan(m) else f" ± {s:.{digits}f}")
                        for m, s in zip(mean, std if std is not None else [np.nan] * len(mean))]
     head = [frame.index.name or "", *map(str, frame.columns)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for index, row in frame.iterrows():
-        cells = [f"{v:.{digits}f}" if isinstance(v, float) else str(v) for v in row]
+    for index, *row in frame.itertuples(name=None):  # per column, so int columns stay ints
+        cells = [_number(v, digits) if isinstance(v, float) else str(v) for v in row]
         lines.append("| " + " | ".join([str(index), *cells]) + " |")
     return lines
+
+
+def _number(value: float, digits: int) -> str:
+    """A table cell: the value rounded, or an em dash where it is missing (NaN)."""
+    return "—" if np.isnan(value) else f"{value:.{digits}f}"
 
 
 def plot_methods(table: pd.DataFrame, path: Path, metric: str = "test_accuracy", title: str = "") -> Path:
@@ -146,14 +151,52 @@ REPORT_METRICS = ("test_accuracy", "test_nll", "test_ece", "test_task", "test_l2
 PARENT_METRICS = ("teacher_test_accuracy", "teacher_test_nll", "teacher_test_ece", "teacher_test_l2_to_pstar",
                   "search_order", "search_teacher_tvd", "search_proxy_tvd", "search_teacher_l2_to_pstar",
                   "search_proxy_l2_to_pstar")
+#: Parent-run metrics of the across-runs table (teacher quality and the search's pick), and their column titles.
+RUN_METRICS = ("teacher_test_accuracy", "search_teacher_tvd", "teacher_test_l2_to_pstar", "search_order",
+               "search_proxy_tvd", "search_proxy_l2_to_pstar")
+RUN_METRIC_LABELS = {"teacher_test_accuracy": "teacher test acc", "search_teacher_tvd": "teacher val TVD",
+                     "teacher_test_l2_to_pstar": "teacher L2 to p*", "search_order": "order",
+                     "search_proxy_tvd": "proxy val TVD", "search_proxy_l2_to_pstar": "proxy val L2 to p*"}
+
+
+def runs_table(frame: pd.DataFrame, parents: dict[str, dict[str, float]], metric: str = "test_accuracy",
+               parent_metrics: Sequence[str] = RUN_METRICS) -> pd.DataFrame:
+    """One row per run (``frame``'s ``parent_run_name``, in order): the run's teacher and search
+    metrics from ``parents`` (run name -> parent metrics), then each method's mean ``metric``
+    over seeds, as ``<method>`` columns (``frame``'s ``method`` is the bare method name)."""
+    runs = list(dict.fromkeys(frame["parent_run_name"]))
+    table = pd.DataFrame([{k: parents[r].get(k, np.nan) for k in parent_metrics} for r in runs],
+                         index=pd.Index(runs, name="run"))
+    table = table.loc[:, table.notna().any()]
+    if "search_order" in table.columns:
+        table["search_order"] = table["search_order"].astype("Int64")
+    means = frame.pivot_table(index="parent_run_name", columns="method", values=metric, aggfunc="mean")
+    return table.join(means.reindex(runs))
+
+
+def plot_teacher_quality(table: pd.DataFrame, methods: Sequence[str], path: Path, x: str = "search_teacher_tvd",
+                         metric: str = "test_accuracy", title: str = "") -> Path:
+    """Each method's mean student ``metric`` against a teacher-quality column ``x``, one point per run."""
+    ordered = table.sort_values(x)
+    fig, ax = plt.subplots(figsize=(5.6, 4.0))
+    for method in methods:
+        ax.plot(ordered[x], ordered[method], "o-", label=method)
+    for run, xi, yi in zip(ordered.index, ordered[x], ordered[methods[0]]):
+        ax.annotate(run, (xi, yi), fontsize=7, xytext=(3, 2), textcoords="offset points")
+    ax.set_xlabel(RUN_METRIC_LABELS.get(x, x))
+    ax.set_ylabel(f"student {metric.replace('_', ' ')} (mean over seeds)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
 
 
 def benchmark_report(tracker, benchmark: str, out_dir: Path, run_names: list[str] | None = None,
                      baseline: str = "kl") -> Path:
     """``<out_dir>/<benchmark>.md`` and its PNGs from the benchmark's latest run (or the named runs).
 
-    With several runs, methods are labelled ``<run>:<method>`` and a bare ``baseline`` means the
-    newest run's. Raises ValueError when MLflow has no such runs.
+    With several runs, methods are labelled ``<run>:<method>``; a bare ``baseline`` is then each
+    run's own (paired within the run: same teacher, same seeds), and a section compares the runs'
+    teachers and searches with their students. Raises ValueError when MLflow has no such runs.
     """
     out_dir = Path(out_dir)
     frame = tracker.latest_students(benchmark, n_parents=1, run_names=run_names)
@@ -162,21 +205,30 @@ def benchmark_report(tracker, benchmark: str, out_dir: Path, run_names: list[str
         raise ValueError(f"{benchmark}: no {wanted} with students in MLflow ({tracker.tracking_uri}); run "
                          f"`ptdistill run {benchmark}` first")
     runs = list(dict.fromkeys(frame["parent_run_name"]))
+    parents = {run: tracker.client.get_run(parent_id).data.metrics
+               for parent_id, run in zip(dict.fromkeys(frame["parent_run_id"]), runs)}
+    bare = frame
     if len(runs) > 1:
         frame = frame.assign(method=frame["parent_run_name"] + ":" + frame["method"])
-        baseline = baseline if ":" in baseline else f"{runs[0]}:{baseline}"
     lines = [f"# {benchmark}", "", f"Runs: {', '.join(f'`{r}`' for r in runs)} (MLflow experiment "
              f"`ptdistill-{benchmark}`). Students: mean ± std over seeds on the test split.", ""]
     table = method_table(frame, REPORT_METRICS)
     lines += markdown_table(table)
     lines += ["", f"![{benchmark}: test accuracy]({plot_methods(table, out_dir / f'{benchmark}-accuracy.png', title=benchmark).name})"]
-    for parent_id, run in zip(dict.fromkeys(frame["parent_run_id"]), runs):
-        metrics = tracker.client.get_run(parent_id).data.metrics
+    for run, metrics in parents.items():
         quoted = ", ".join(f"{k} {metrics[k]:.4f}" for k in PARENT_METRICS if k in metrics)
         lines += ["", f"`{run}` teacher and proxy search: {quoted}."]
-    if baseline in set(frame["method"]) and frame["method"].nunique() > 1:
-        paired = paired_differences(frame, "test_accuracy", baseline)
-        lines += ["", f"## Paired differences to `{baseline}` (test accuracy, same seed, 95% t-interval)", "",
+    if len(runs) > 1:
+        across = runs_table(bare, parents)
+        methods = list(dict.fromkeys(bare["method"]))
+        x = "search_teacher_tvd" if "search_teacher_tvd" in across.columns else across.columns[0]
+        png = plot_teacher_quality(across, methods, out_dir / f"{benchmark}-runs.png", x=x, title=benchmark)
+        lines += ["", "## Across runs: teacher and search against the students' mean test accuracy", "",
+                  *markdown_table(across.rename(columns=RUN_METRIC_LABELS)), "", f"![runs]({png.name})"]
+    paired = _paired_to_baseline(frame, runs, baseline)
+    if paired is not None:
+        against = f"each run's `{baseline}`" if len(runs) > 1 and ":" not in baseline else f"`{baseline}`"
+        lines += ["", f"## Paired differences to {against} (test accuracy, same seed, 95% t-interval)", "",
                   *markdown_table(paired), "",
                   f"![paired]({plot_paired(paired, out_dir / f'{benchmark}-paired.png', baseline, title=benchmark).name})"]
     if "proxy_l2_to_pstar" in frame.columns and frame["proxy_l2_to_pstar"].notna().sum() >= 3:
@@ -192,3 +244,16 @@ def benchmark_report(tracker, benchmark: str, out_dir: Path, run_names: list[str
     path = out_dir / f"{benchmark}.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _paired_to_baseline(frame: pd.DataFrame, runs: list[str], baseline: str) -> pd.DataFrame | None:
+    """Paired differences to ``baseline`` (with several runs and a bare name: each run's own),
+    or None when there is nothing to pair."""
+    methods = set(frame["method"])
+    if len(runs) == 1 or ":" in baseline:
+        if baseline not in methods or len(methods) < 2:
+            return None
+        return paired_differences(frame, "test_accuracy", baseline)
+    parts = [paired_differences(frame[frame["parent_run_name"] == run], "test_accuracy", f"{run}:{baseline}")
+             for run in runs if f"{run}:{baseline}" in methods and frame[frame["parent_run_name"] == run]["method"].nunique() > 1]
+    return pd.concat(parts) if parts else None

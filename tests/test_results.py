@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 
 from ptdistill.cli import main
-from ptdistill.results import benchmark_report, linear_fit, markdown_table, method_table, paired_differences
+from ptdistill.results import (benchmark_report, linear_fit, markdown_table, method_table, paired_differences,
+                               runs_table)
 from ptdistill.tracking import Tracker
 
 pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated:DeprecationWarning")
@@ -51,6 +52,28 @@ def test_method_table_and_markdown():
     assert lines[2] == "| ptloss | 3 | 0.8417 ± 0.0104 | 0.1583 ± 0.0104 |"
 
 
+def test_markdown_shows_a_missing_value_as_a_dash():
+    frame = _frame({"kl": [0.8, 0.9], "ptloss": [0.85, 0.87]})
+    frame.loc[frame["method"] == "kl", "test_nll"] = np.nan
+    lines = markdown_table(method_table(frame, ["test_accuracy", "test_nll"]))
+    assert lines[3] == "| kl | 2 | 0.8500 ± 0.0707 | — |"
+    assert markdown_table(pd.DataFrame({"n": [3], "x": [np.nan]}, index=["a"]))[2] == "| a | 3 | — |"
+
+
+def test_runs_table_puts_each_runs_teacher_beside_its_students():
+    frame = pd.concat([_frame().assign(parent_run_name=run, test_accuracy=lambda f, d=shift: f["test_accuracy"] + d)
+                       for run, shift in (("strong", 0.02), ("weak", 0.0))])
+    parents = {"strong": {"search_teacher_tvd": 0.1, "search_order": 2.0},
+               "weak": {"search_teacher_tvd": 0.3, "search_order": 1.0, "teacher_test_accuracy": 0.7}}
+    table = runs_table(frame, parents)
+    assert list(table.index) == ["strong", "weak"]
+    assert list(table.columns) == ["teacher_test_accuracy", "search_teacher_tvd", "search_order", "focal", "kl",
+                                   "ptloss"]
+    assert table.loc["strong", "kl"] == pytest.approx(0.83) and table.loc["weak", "ptloss"] == pytest.approx(0.8417, abs=1e-4)
+    assert np.isnan(table.loc["strong", "teacher_test_accuracy"])
+    assert markdown_table(table)[2] == "| strong | — | 0.1000 | 2 | 0.8267 | 0.8300 | 0.8617 |"
+
+
 def test_linear_fit_matches_numpy():
     x = np.array([0.1, 0.2, 0.3, 0.4, 0.5])
     y = np.array([0.90, 0.86, 0.85, 0.80, 0.78])
@@ -65,7 +88,8 @@ def tracker(tmp_path) -> Tracker:
     tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db")
     for run, shift in (("run-a", 0.0), ("run-b", 0.01)):
         parent = tracker.start_parent("synthetic", run, tags={}, params={})
-        tracker.log_metrics(parent, {"teacher_test_accuracy": 0.85, "search_order": 3})
+        tracker.log_metrics(parent, {"teacher_test_accuracy": 0.85, "search_order": 3,
+                                     "search_teacher_tvd": 0.3 - shift})
         for method, values in ACCURACY.items():
             for seed, acc in enumerate(values):
                 metrics = {"test_accuracy": acc + shift, "test_nll": 0.4, "test_ece": 0.05}
@@ -82,14 +106,24 @@ def test_benchmark_report_from_mlflow(tracker, tmp_path):
     assert path == tmp_path / "out" / "synthetic.md" and "Runs: `run-b`" in text
     assert "| ptloss | 3 | 0.8517 ± 0.0104 |" in text  # run-b: accuracies + 0.01
     assert "## Paired differences to `kl`" in text and "| ptloss | 3 | 0.0317 |" in text
-    assert "teacher_test_accuracy 0.8500, search_order 3.0000" in text
+    assert "teacher_test_accuracy 0.8500, search_order 3.0000, search_teacher_tvd 0.2900" in text
+    assert "Across runs" not in text
     assert "R² 1.000" in text  # proxy distance is exactly linear in accuracy here
     for png in ("synthetic-accuracy.png", "synthetic-paired.png", "synthetic-proxy-distance.png"):
         assert (tmp_path / "out" / png).read_bytes()[:4] == b"\x89PNG" and f"({png})" in text
 
     both = benchmark_report(tracker, "synthetic", tmp_path / "both", run_names=["run-a", "run-b"]).read_text()
     assert "| run-b:ptloss | 3 |" in both and "| run-a:kl | 3 |" in both
-    assert "## Paired differences to `run-b:kl`" in both
+    assert "## Across runs" in both and "| run | teacher test acc | teacher val TVD | order | focal | kl | ptloss |" in both
+    assert "| run-a | 0.8500 | 0.3000 | 3 | 0.8067 | 0.8100 | 0.8417 |" in both
+    assert (tmp_path / "both" / "synthetic-runs.png").read_bytes()[:4] == b"\x89PNG"
+    # paired within each run: run-a:ptloss against run-a:kl, never against the other run's kl
+    assert "## Paired differences to each run's `kl`" in both
+    assert "| run-a:ptloss | 3 | 0.0317 |" in both and "| run-b:ptloss | 3 | 0.0317 |" in both
+    assert "run-a:kl |" not in both.split("## Paired")[1]
+    pinned = benchmark_report(tracker, "synthetic", tmp_path / "pin", run_names=["run-a", "run-b"],
+                              baseline="run-b:kl").read_text()
+    assert "## Paired differences to `run-b:kl`" in pinned and "| run-a:kl | 3 | -0.0100 |" in pinned
     with pytest.raises(ValueError, match="synthetic: no runs \\['nope'\\] with students in MLflow"):
         benchmark_report(tracker, "synthetic", tmp_path / "x", run_names=["nope"])
 
