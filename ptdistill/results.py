@@ -212,7 +212,8 @@ def benchmark_report(tracker, benchmark: str, out_dir: Path, run_names: list[str
         frame = frame.assign(method=frame["parent_run_name"] + ":" + frame["method"])
     lines = [f"# {benchmark}", "", f"Runs: {', '.join(f'`{r}`' for r in runs)} (MLflow experiment "
              f"`ptdistill-{benchmark}`). Students: mean ± std over seeds on the test split.", ""]
-    table = method_table(frame, REPORT_METRICS)
+    same = "test_task" in frame.columns and frame["test_task"].equals(frame["test_accuracy"])
+    table = method_table(frame, [m for m in REPORT_METRICS if not (same and m == "test_task")])
     lines += markdown_table(table)
     lines += ["", f"![{benchmark}: test accuracy]({plot_methods(table, out_dir / f'{benchmark}-accuracy.png', title=benchmark).name})"]
     for run, metrics in parents.items():
@@ -221,10 +222,12 @@ def benchmark_report(tracker, benchmark: str, out_dir: Path, run_names: list[str
     if len(runs) > 1:
         across = runs_table(bare, parents)
         methods = list(dict.fromkeys(bare["method"]))
-        x = "search_teacher_tvd" if "search_teacher_tvd" in across.columns else across.columns[0]
-        png = plot_teacher_quality(across, methods, out_dir / f"{benchmark}-runs.png", x=x, title=benchmark)
         lines += ["", "## Across runs: teacher and search against the students' mean test accuracy", "",
-                  *markdown_table(across.rename(columns=RUN_METRIC_LABELS)), "", f"![runs]({png.name})"]
+                  *markdown_table(across.rename(columns=RUN_METRIC_LABELS))]
+        x = "search_teacher_tvd" if "search_teacher_tvd" in across.columns else across.columns[0]
+        if across[x].nunique() > 1:  # the runs' teachers differ: student accuracy against teacher quality
+            png = plot_teacher_quality(across, methods, out_dir / f"{benchmark}-runs.png", x=x, title=benchmark)
+            lines += ["", f"![runs]({png.name})"]
     paired = _paired_to_baseline(frame, runs, baseline)
     if paired is not None:
         against = f"each run's `{baseline}`" if len(runs) > 1 and ":" not in baseline else f"`{baseline}`"
