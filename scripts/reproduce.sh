@@ -12,7 +12,7 @@ if [ "${1:-all}" != report ]; then
   run synthetic --config "$EXP/synthetic_methods.yaml" --run-name exp1-methods
   run synthetic --config "$EXP/synthetic_proxy_distance.yaml" --run-name exp2-proxy-distance
   run synthetic --config "$EXP/synthetic_search_vs_random.yaml" --run-name exp3-search-vs-random
-  run rotten-tomatoes --run-name exp4-rotten-tomatoes
+  run rotten-tomatoes --config "$EXP/rotten_tomatoes_methods.yaml" --run-name exp4-rotten-tomatoes
   for epochs in 2 5 10 25 100; do
     run synthetic --config "$EXP/synthetic_kl_vs_ptloss.yaml" --set teacher.train.epochs=$epochs \
       --run-name "exp5-teacher-epochs-$epochs"
