@@ -217,7 +217,8 @@ def benchmark_report(tracker, benchmark: str, out_dir: Path, run_names: list[str
     lines += markdown_table(table)
     lines += ["", f"![{benchmark}: test accuracy]({plot_methods(table, out_dir / f'{benchmark}-accuracy.png', title=benchmark).name})"]
     for run, metrics in parents.items():
-        quoted = ", ".join(f"{k} {metrics[k]:.4f}" for k in PARENT_METRICS if k in metrics)
+        quoted = ", ".join(f"{k} {metrics[k]:.0f}" if k == "search_order" else f"{k} {metrics[k]:.4f}"
+                           for k in PARENT_METRICS if k in metrics)
         lines += ["", f"`{run}` teacher and proxy search: {quoted}."]
     if len(runs) > 1:
         across = runs_table(bare, parents)

@@ -106,7 +106,7 @@ def test_benchmark_report_from_mlflow(tracker, tmp_path):
     assert path == tmp_path / "out" / "synthetic.md" and "Runs: `run-b`" in text
     assert "| ptloss | 3 | 0.8517 ± 0.0104 |" in text  # run-b: accuracies + 0.01
     assert "## Paired differences to `kl`" in text and "| ptloss | 3 | 0.0317 |" in text
-    assert "teacher_test_accuracy 0.8500, search_order 3.0000, search_teacher_tvd 0.2900" in text
+    assert "teacher_test_accuracy 0.8500, search_order 3, search_teacher_tvd 0.2900" in text
     assert "Across runs" not in text
     assert "R² 1.000" in text  # proxy distance is exactly linear in accuracy here
     for png in ("synthetic-accuracy.png", "synthetic-paired.png", "synthetic-proxy-distance.png"):
