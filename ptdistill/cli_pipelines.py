@@ -94,6 +94,13 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pair(text: str) -> tuple[str, str]:
+    parts = text.split(",")
+    if len(parts) != 2 or not all(parts):
+        raise argparse.ArgumentTypeError(f"expected two method names as A,B, got {text!r}")
+    return parts[0], parts[1]
+
+
 def _report(args: argparse.Namespace) -> int:
     from pipelines.local import default_tracking_uri
     from ptdistill.results import benchmark_report
@@ -104,7 +111,8 @@ def _report(args: argparse.Namespace) -> int:
     tracker = Tracker(args.tracking_uri or default_tracking_uri())
     args.out.mkdir(parents=True, exist_ok=True)
     for benchmark in args.benchmarks:
-        path = benchmark_report(tracker, benchmark, args.out, run_names=args.runs, baseline=args.baseline)
+        path = benchmark_report(tracker, benchmark, args.out, run_names=args.runs, baseline=args.baseline,
+                                pairs=args.pairs)
         print(f"wrote {path}")
     return 0
 
@@ -278,6 +286,8 @@ def add_pipeline_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run", action="append", dest="runs", metavar="NAME",
                    help="a pipeline run to include (repeatable; default: each benchmark's latest run)")
     p.add_argument("--baseline", default="kl", help="method the paired differences are taken to (default kl)")
+    p.add_argument("--pair", action="append", dest="pairs", type=_pair, metavar="A,B",
+                   help="also compare method A with method B, paired by seed (repeatable), e.g. searched_o3,random_o3")
     p.add_argument("--tracking-uri")
     p.set_defaults(run=_report)
 

@@ -22,8 +22,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from scipy import stats  # noqa: E402
 
-__all__ = ["benchmark_report", "linear_fit", "markdown_table", "method_table", "paired_differences", "plot_methods",
-           "plot_paired", "plot_scatter", "plot_teacher_quality", "runs_table"]
+__all__ = ["benchmark_report", "linear_fit", "markdown_table", "method_table", "pair_differences", "paired_differences",
+           "plot_methods", "plot_paired", "plot_scatter", "plot_teacher_quality", "runs_table"]
 
 
 def method_table(frame: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
@@ -62,6 +62,19 @@ def paired_differences(frame: pd.DataFrame, metric: str = "test_accuracy", basel
         rows.append({"method": method, "n": n, "mean": mean, "std": std, "low": low, "high": high,
                      "wins": int((diff > 0).sum()), "verdict": verdict if n > 1 else "one seed"})
     return pd.DataFrame(rows).set_index("method").sort_values("mean", ascending=False)
+
+
+def pair_differences(frame: pd.DataFrame, pairs: Sequence[tuple[str, str]], metric: str = "test_accuracy",
+                     confidence: float = 0.95) -> pd.DataFrame:
+    """:func:`paired_differences` of ``a`` to ``b`` for each pair, one row per pair named ``a − b``."""
+    rows = []
+    for a, b in pairs:
+        missing = [m for m in (a, b) if m not in set(frame["method"])]
+        if missing:
+            raise ValueError(f"pair {a},{b}: no method {missing[0]!r} among {sorted(set(frame['method']))}")
+        row = paired_differences(frame[frame["method"].isin([a, b])], metric, b, confidence).loc[a]
+        rows.append(row.rename(f"{a} − {b}"))
+    return pd.DataFrame(rows).rename_axis("pair").astype({"n": int, "wins": int})
 
 
 def linear_fit(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
@@ -191,12 +204,14 @@ def plot_teacher_quality(table: pd.DataFrame, methods: Sequence[str], path: Path
 
 
 def benchmark_report(tracker, benchmark: str, out_dir: Path, run_names: list[str] | None = None,
-                     baseline: str = "kl") -> Path:
+                     baseline: str = "kl", pairs: Sequence[tuple[str, str]] | None = None) -> Path:
     """``<out_dir>/<benchmark>.md`` and its PNGs from the benchmark's latest run (or the named runs).
 
     With several runs, methods are labelled ``<run>:<method>``; a bare ``baseline`` is then each
     run's own (paired within the run: same teacher, same seeds), and a section compares the runs'
-    teachers and searches with their students. Raises ValueError when MLflow has no such runs.
+    teachers and searches with their students. ``pairs`` adds a table of ``a - b`` paired by seed
+    for each (a, b), e.g. searched against random coefficients of the same order. Raises
+    ValueError when MLflow has no such runs or a pair names a method they lack.
     """
     out_dir = Path(out_dir)
     frame = tracker.latest_students(benchmark, n_parents=1, run_names=run_names)
@@ -235,6 +250,9 @@ def benchmark_report(tracker, benchmark: str, out_dir: Path, run_names: list[str
         lines += ["", f"## Paired differences to {against} (test accuracy, same seed, 95% t-interval)", "",
                   *markdown_table(paired), "",
                   f"![paired]({plot_paired(paired, out_dir / f'{benchmark}-paired.png', baseline, title=benchmark).name})"]
+    if pairs:
+        lines += ["", "## Paired comparisons (test accuracy, first minus second, same seed, 95% t-interval)", "",
+                  *markdown_table(pair_differences(frame, pairs))]
     if "proxy_l2_to_pstar" in frame.columns and frame["proxy_l2_to_pstar"].notna().sum() >= 3:
         points = frame.dropna(subset=["proxy_l2_to_pstar"])
         fit = linear_fit(points["proxy_l2_to_pstar"], points["test_accuracy"])

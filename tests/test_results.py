@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 
 from ptdistill.cli import main
-from ptdistill.results import (benchmark_report, linear_fit, markdown_table, method_table, paired_differences,
-                               runs_table)
+from ptdistill.results import (benchmark_report, linear_fit, markdown_table, method_table, pair_differences,
+                               paired_differences, runs_table)
 from ptdistill.tracking import Tracker
 
 pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated:DeprecationWarning")
@@ -74,6 +74,16 @@ def test_runs_table_puts_each_runs_teacher_beside_its_students():
     assert markdown_table(table)[2] == "| strong | — | 0.1000 | 2 | 0.8267 | 0.8300 | 0.8617 |"
 
 
+def test_pair_differences_compare_named_methods_by_seed():
+    pairs = pair_differences(_frame(), [("ptloss", "focal"), ("focal", "kl")])
+    assert list(pairs.index) == ["ptloss − focal", "focal − kl"]
+    assert pairs.loc["ptloss − focal", "mean"] == pytest.approx(np.mean([0.04, 0.02, 0.045]))
+    assert pairs.loc["focal − kl"].equals(paired_differences(_frame()).loc["focal"].rename("focal − kl"))
+    assert markdown_table(pairs)[2].startswith("| ptloss − focal | 3 | 0.0350 |")
+    with pytest.raises(ValueError, match="pair ptloss,ce: no method 'ce' among"):
+        pair_differences(_frame(), [("ptloss", "ce")])
+
+
 def test_linear_fit_matches_numpy():
     x = np.array([0.1, 0.2, 0.3, 0.4, 0.5])
     y = np.array([0.90, 0.86, 0.85, 0.80, 0.78])
@@ -130,7 +140,12 @@ def test_benchmark_report_from_mlflow(tracker, tmp_path):
 
 def test_report_command(tracker, tmp_path, capsys):
     out = tmp_path / "docs"
-    assert main(["report", "synthetic", "--out", str(out), "--tracking-uri", tracker.tracking_uri]) == 0
+    assert main(["report", "synthetic", "--out", str(out), "--tracking-uri", tracker.tracking_uri,
+                 "--pair", "ptloss,focal"]) == 0
     assert capsys.readouterr().out == f"wrote {out / 'synthetic.md'}\n"
+    assert "| ptloss − focal | 3 | 0.0350 |" in (out / "synthetic.md").read_text()
+    with pytest.raises(SystemExit):
+        main(["report", "synthetic", "--out", str(out), "--pair", "ptloss"])
+    assert "expected two method names as A,B, got 'ptloss'" in capsys.readouterr().err
     assert main(["report", "tabular", "--out", str(out), "--tracking-uri", tracker.tracking_uri]) == 2
     assert "tabular: no finished runs" in capsys.readouterr().err
