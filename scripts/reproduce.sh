@@ -1,6 +1,6 @@
 # Issue 6: every experiment of docs/results.md through `ptdistill run`, then the report from MLflow.
 # Runs land in ./mlflow.db and ./runs (the teacher cache makes re-runs of the same teacher cheap).
-#   bash scripts/reproduce.sh            # all experiments (about 2 hours on 2 CPU cores)
+#   bash scripts/reproduce.sh            # all experiments (about 2 hours on 2 CPU cores; times in docs/results.md)
 #   bash scripts/reproduce.sh report     # only rebuild docs/results/ from what MLflow holds
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/venv.sh"
@@ -28,7 +28,7 @@ fi
 OUT=docs/results
 "$PTD" report synthetic --out "$OUT/exp1" --run exp1-methods
 "$PTD" report synthetic --out "$OUT/exp2" --run exp2-proxy-distance
-"$PTD" report synthetic --out "$OUT/exp3" --run exp3-search-vs-random
+"$PTD" report synthetic --out "$OUT/exp3" --run exp3-search-vs-random $(printf -- "--pair searched_o%s,random_o%s " 1 1 2 2 3 3 4 4 5 5)
 "$PTD" report rotten-tomatoes --out "$OUT/exp4" --run exp4-rotten-tomatoes
 "$PTD" report synthetic --out "$OUT/exp5" $(printf -- "--run exp5-teacher-epochs-%s " 2 5 10 25 100)
 "$PTD" report synthetic --out "$OUT/exp6" --run exp6-implicit --run exp7-criterion-q
