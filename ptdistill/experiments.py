@@ -137,6 +137,9 @@ class ExperimentConfig:
     lr_grid: list[float] = field(default_factory=list)
     #: Teacher inference split into this many parallel tasks (pods on a cluster), then merged.
     inference_shards: int = 1
+    #: Reuse a teacher trained earlier from the same recipe and data (content-addressed in the
+    #: artifact store, see ``steps.teacher.train_teacher``); false trains it again.
+    cache_teacher: bool = True
 
     def variants(self) -> list[MethodSpec]:
         """The methods the pipeline trains: ``methods``, or each of them at every rate of ``lr_grid``."""

@@ -262,6 +262,42 @@ def test_train_teacher_saves_a_model_dir(env, teacher, info):
     assert f"synthetic/{RUN_NAME}/teacher/config.json" in keys
 
 
+def _train_again(env, prepared, folder: str, config) -> tuple[dsl.Model, object]:
+    model = env.artifact(dsl.Model, folder, "teacher")
+    out = train_teacher.python_func(config=json.dumps(to_dict(config)), run_info=prepared["run_info"],
+                                    teacher_train=prepared["teacher_train"], validation=prepared["validation"],
+                                    teacher=model)
+    return model, out
+
+
+def test_train_teacher_reuses_a_teacher_trained_from_the_same_recipe_and_data(env, prepared, teacher, info,
+                                                                              monkeypatch):
+    from ptdistill.steps.mlp_backend import MLPBackend
+
+    assert teacher["model"].metadata["cache"] == "miss"
+    entries = open_store(env.store).list("cache/trained-teacher/")
+    assert len([k for k in entries if k.endswith("/summary.json")]) == 1
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the teacher was trained again")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(MLPBackend, "train_teacher", refuse)
+        model, out = _train_again(env, prepared, "train_teacher_hit", env.config)
+    assert model.metadata["cache"] == "hit" and out.teacher_id == teacher["teacher_id"]
+    for name in ("config.json", "model.pt"):
+        assert (Path(model.path) / name).read_bytes() == (Path(teacher["model"].path) / name).read_bytes()
+    assert env.tracker().client.get_run(info.parent_run_id).data.tags["teacher_train_cache"] == "hit"
+
+    other = dataclasses.replace(env.config, teacher=dataclasses.replace(
+        env.config.teacher, train=dataclasses.replace(env.config.teacher.train, epochs=1)))
+    model, out = _train_again(env, prepared, "train_teacher_other", other)
+    assert model.metadata["cache"] == "miss" and model.metadata["epochs_run"] == 1
+    assert out.teacher_id != teacher["teacher_id"]
+    model, _ = _train_again(env, prepared, "train_teacher_off", dataclasses.replace(env.config, cache_teacher=False))
+    assert model.metadata["cache"] == "off" and model.metadata["epochs_run"] == env.config.teacher.train.epochs
+
+
 # --------------------------------------------------------------------------- teacher_inference
 
 

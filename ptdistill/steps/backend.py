@@ -42,6 +42,14 @@ class Backend(ABC):
         ``checkpoints`` as for :meth:`distill_student`: where a long fine-tuning resumes from.
         """
 
+    def teacher_recipe(self, config: ExperimentConfig) -> dict | None:
+        """Everything besides the data that determines the teacher :meth:`train_teacher` makes, as
+        JSON (part of the trained-teacher cache key); None when nothing is trained, so nothing is
+        cached (a pretrained teacher is re-pinned every run)."""
+        from ptdistill.config import to_dict
+
+        return {"family": config.family, "teacher": to_dict(config.teacher)}
+
     @abstractmethod
     def teacher_identity(self, config: ExperimentConfig, teacher_dir: Path) -> tuple[str, str]:
         """(teacher id for tags, content hash of the teacher's weights for the output cache)."""

@@ -38,17 +38,51 @@ from ptdistill.tracking import Tracker
 
 #: Bumped when the teacher-output format or the inference code changes meaning.
 CACHE_VERSION = 2
+#: Bumped when teacher training changes what a recipe produces (keys the trained-teacher cache).
+TRAINED_CACHE_VERSION = 1
 #: What describes a shard's part directory (next to ``<split>.parquet`` for each split it ran on).
 SHARD_SUMMARY = "shard.json"
 
 
+def trained_teacher_key(config: ExperimentConfig, num_classes: int, teacher_train: Path, validation: Path) -> str | None:
+    """Where a trained teacher is cached: its recipe (:meth:`Backend.teacher_recipe`), the
+    fingerprints of the two splits it learns from and the class count; None for a teacher that
+    is not trained here."""
+    backend = backend_for(config)
+    recipe = backend.teacher_recipe(config)
+    if recipe is None:
+        return None
+    data = [backend.load_split(path).fingerprint() for path in (teacher_train, validation)]
+    return "cache/trained-teacher/" + content_key(TRAINED_CACHE_VERSION, recipe, data, num_classes)
+
+
 def train_teacher(config: ExperimentConfig, info: RunInfo, teacher_train: Path, validation: Path, out_dir: Path) -> dict:
-    """Train (or pin, for a pretrained teacher) the benchmark's teacher into ``out_dir``."""
+    """Train (or pin, for a pretrained teacher) the benchmark's teacher into ``out_dir``.
+
+    With ``config.cache_teacher`` a teacher trained before from the same recipe and data is
+    copied from the artifact store instead (``cache: hit`` in the summary and the parent's
+    ``teacher_train_cache`` tag): experiments that vary only the students or the search stop
+    paying for the teacher each run. The entry's ``summary.json`` is written after its model
+    files, so a crash mid-upload leaves no entry that a later run would read.
+    """
     solo_threads()
-    summary = backend_for(config).train_teacher(config, info.num_classes, Path(teacher_train), Path(validation),
-                                                Path(out_dir), checkpoint_prefix(info, "teacher"))
-    clear_checkpoints(info, "teacher")
-    Tracker(info.tracking_uri).set_tags(info.parent_run_id, {"teacher_id": summary["teacher_id"]})
+    out_dir = Path(out_dir)
+    store = open_store(info.artifact_store)
+    key = trained_teacher_key(config, info.num_classes, teacher_train, validation) if config.cache_teacher else None
+    if key is not None and store.exists(f"{key}/summary.json"):
+        store.download_dir(f"{key}/model", out_dir)
+        summary = json.loads(store.read_text(f"{key}/summary.json")) | {"cache": "hit"}
+        log.info("teacher: cache hit (%s), training skipped", store.uri(key))
+    else:
+        summary = backend_for(config).train_teacher(config, info.num_classes, Path(teacher_train), Path(validation),
+                                                    out_dir, checkpoint_prefix(info, "teacher"))
+        clear_checkpoints(info, "teacher")
+        if key is not None:
+            store.upload_dir(f"{key}/model", out_dir)
+            store.write_text(f"{key}/summary.json", json.dumps(summary))
+        summary["cache"] = "miss" if key is not None else "off"
+    Tracker(info.tracking_uri).set_tags(info.parent_run_id, {"teacher_id": summary["teacher_id"],
+                                                             "teacher_train_cache": summary["cache"]})
     publish(info, "teacher", out_dir)
     return summary
 

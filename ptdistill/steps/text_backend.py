@@ -66,6 +66,17 @@ class TextBackend(Backend):
         write_json_atomic(out_dir / TEACHER_FILE, record)
         return {"teacher_id": self.teacher_identity(config, out_dir)[0], **record}
 
+    def teacher_recipe(self, config: TextConfig) -> dict | None:
+        """A fine-tuned teacher's recipe includes the exact base checkpoint (a moved hub branch is a
+        different teacher) and the verbalizer it learns through; a pretrained one is not cached."""
+        from ptdistill.text.models import resolve_checkpoint
+
+        if not config.teacher.fine_tune:
+            return None
+        verbalizer = config.verbalizer() if config.teacher.model.kind != "classification" else None
+        return {**super().teacher_recipe(config), "base": list(resolve_checkpoint(config.teacher.model)),
+                "verbalizer": dataclasses.asdict(verbalizer) if verbalizer else None}
+
     def _pinned(self, config: TextConfig, teacher_dir: Path):
         """The teacher's model spec at the exact weights this run uses."""
         from ptdistill.text.models import resolve_checkpoint
