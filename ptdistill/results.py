@@ -167,6 +167,9 @@ PARENT_METRICS = ("teacher_test_accuracy", "teacher_test_nll", "teacher_test_ece
 #: Parent-run metrics of the across-runs table (teacher quality and the search's pick), and their column titles.
 RUN_METRICS = ("teacher_test_accuracy", "search_teacher_tvd", "teacher_test_l2_to_pstar", "search_order",
                "search_proxy_tvd", "search_proxy_l2_to_pstar")
+#: Teacher-quality columns of the across-runs table that get a plot: the paper's Fig. 4a measure
+#: (validation TVD to the labels) and, where p* is known, the distance to the truth itself.
+TEACHER_QUALITY = ("search_teacher_tvd", "teacher_test_l2_to_pstar")
 RUN_METRIC_LABELS = {"teacher_test_accuracy": "teacher test acc", "search_teacher_tvd": "teacher val TVD",
                      "teacher_test_l2_to_pstar": "teacher L2 to p*", "search_order": "order",
                      "search_proxy_tvd": "proxy val TVD", "search_proxy_l2_to_pstar": "proxy val L2 to p*"}
@@ -240,10 +243,15 @@ def benchmark_report(tracker, benchmark: str, out_dir: Path, run_names: list[str
         methods = list(dict.fromkeys(bare["method"]))
         lines += ["", "## Across runs: teacher and search against the students' mean test accuracy", "",
                   *markdown_table(across.rename(columns=RUN_METRIC_LABELS))]
-        x = "search_teacher_tvd" if "search_teacher_tvd" in across.columns else across.columns[0]
-        if across[x].nunique() > 1:  # the runs' teachers differ: student accuracy against teacher quality
-            png = plot_teacher_quality(across, methods, out_dir / f"{benchmark}-runs.png", x=x, title=benchmark)
-            lines += ["", f"![runs]({png.name})"]
+        for x in TEACHER_QUALITY:  # where the runs' teachers differ: student accuracy against teacher quality
+            if x not in across.columns or across[x].nunique() < 3:
+                continue
+            fits = {m: linear_fit(across[x], across[m]) for m in methods}
+            png = plot_teacher_quality(across, methods, out_dir / f"{benchmark}-runs-{x}.png", x=x, title=benchmark)
+            lines += ["", f"Student test accuracy against {RUN_METRIC_LABELS[x]}, least squares over the "
+                      f"{len(across)} runs: " + "; ".join(f"{m}: slope {f['slope']:.3g}, R² {f['r2']:.2f}, "
+                                                         f"p = {f['p']:.2g}" for m, f in fits.items()) + ".",
+                      "", f"![{x}]({png.name})"]
     paired = _paired_to_baseline(frame, runs, baseline)
     if paired is not None:
         against = f"each run's `{baseline}`" if len(runs) > 1 and ":" not in baseline else f"`{baseline}`"

@@ -93,10 +93,10 @@ def test_linear_fit_matches_numpy():
     assert fit["r2"] == pytest.approx(np.corrcoef(x, y)[0, 1] ** 2) and fit["n"] == 5
 
 
-@pytest.fixture
-def tracker(tmp_path) -> Tracker:
-    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db")
-    for run, shift in (("run-a", 0.0), ("run-b", 0.01)):
+def _tracker(path, shifts: dict[str, float]) -> Tracker:
+    """Runs (name -> accuracy shift) of ACCURACY's students; a better run has a lower teacher TVD."""
+    tracker = Tracker(f"sqlite:///{path}/mlflow.db")
+    for run, shift in shifts.items():
         parent = tracker.start_parent("synthetic", run, tags={}, params={})
         tracker.log_metrics(parent, {"teacher_test_accuracy": 0.85, "search_order": 3,
                                      "search_teacher_tvd": 0.3 - shift})
@@ -108,6 +108,22 @@ def tracker(tmp_path) -> Tracker:
                 tracker.log_student(parent, f"{method}-seed{seed}", params={"method": method, "seed": seed},
                                     metrics=metrics, curves={}, artifacts={}, model_dir=None)
     return tracker
+
+
+@pytest.fixture
+def tracker(tmp_path) -> Tracker:
+    return _tracker(tmp_path, {"run-a": 0.0, "run-b": 0.01})
+
+
+def test_report_fits_student_accuracy_to_teacher_quality_across_runs(tmp_path):
+    runs = {"t1": 0.0, "t2": 0.01, "t3": 0.03}
+    text = benchmark_report(_tracker(tmp_path, runs), "synthetic", tmp_path / "out", run_names=list(runs)).read_text()
+    # accuracy rises by exactly what the teacher's TVD falls: slope -1 for every method
+    assert ("Student test accuracy against teacher val TVD, least squares over the 3 runs: focal: slope -1, R² 1.00"
+            in text)
+    png = tmp_path / "out" / "synthetic-runs-search_teacher_tvd.png"
+    assert png.read_bytes()[:4] == b"\x89PNG" and f"({png.name})" in text
+    assert "teacher L2 to p*" not in text  # not logged: no column, no plot
 
 
 def test_benchmark_report_from_mlflow(tracker, tmp_path):
@@ -126,7 +142,7 @@ def test_benchmark_report_from_mlflow(tracker, tmp_path):
     assert "| run-b:ptloss | 3 |" in both and "| run-a:kl | 3 |" in both
     assert "## Across runs" in both and "| run | teacher test acc | teacher val TVD | order | focal | kl | ptloss |" in both
     assert "| run-a | 0.8500 | 0.3000 | 3 | 0.8067 | 0.8100 | 0.8417 |" in both
-    assert (tmp_path / "both" / "synthetic-runs.png").read_bytes()[:4] == b"\x89PNG"  # teachers differ
+    assert not (tmp_path / "both" / "synthetic-runs-search_teacher_tvd.png").exists()  # a fit needs 3 teachers
     # paired within each run: run-a:ptloss against run-a:kl, never against the other run's kl
     assert "## Paired differences to each run's `kl`" in both
     assert "| run-a:ptloss | 3 | 0.0317 |" in both and "| run-b:ptloss | 3 | 0.0317 |" in both
