@@ -11,6 +11,7 @@ the interval excludes 0.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -197,8 +198,11 @@ def plot_teacher_quality(table: pd.DataFrame, methods: Sequence[str], path: Path
     fig, ax = plt.subplots(figsize=(5.6, 4.0))
     for method in methods:
         ax.plot(ordered[x], ordered[method], "o-", label=method)
+    common = len(os.path.commonprefix(list(ordered.index)))  # "exp5-teacher-epochs-2" -> "2"
     for run, xi, yi in zip(ordered.index, ordered[x], ordered[methods[0]]):
-        ax.annotate(run, (xi, yi), fontsize=7, xytext=(3, 2), textcoords="offset points")
+        ax.annotate(run[common:] or run, (xi, yi), fontsize=7, xytext=(3, 2), textcoords="offset points")
+    if common:
+        ax.text(0.01, 0.01, f"points: {ordered.index[0][:common]}…", transform=ax.transAxes, fontsize=7)
     ax.set_xlabel(RUN_METRIC_LABELS.get(x, x))
     ax.set_ylabel(f"student {metric.replace('_', ' ')} (mean over seeds)")
     ax.set_title(title, fontsize=10)
