@@ -276,7 +276,7 @@ def test_train_teacher_reuses_a_teacher_trained_from_the_same_recipe_and_data(en
 
     assert teacher["model"].metadata["cache"] == "miss"
     entries = open_store(env.store).list("cache/trained-teacher/")
-    assert len([k for k in entries if k.endswith("/summary.json")]) == 1
+    assert len([k for k in entries if k.endswith("/entry.json")]) == 1
 
     def refuse(*args, **kwargs):
         raise AssertionError("the teacher was trained again")
@@ -296,6 +296,25 @@ def test_train_teacher_reuses_a_teacher_trained_from_the_same_recipe_and_data(en
     assert out.teacher_id != teacher["teacher_id"]
     model, _ = _train_again(env, prepared, "train_teacher_off", dataclasses.replace(env.config, cache_teacher=False))
     assert model.metadata["cache"] == "off" and model.metadata["epochs_run"] == env.config.teacher.train.epochs
+
+
+def test_of_two_runs_caching_the_same_teacher_at_once_the_first_entry_wins(env, prepared, teacher, info,
+                                                                          monkeypatch):
+    """The second run looked before the first finished (exists -> False), trained, then lost the race."""
+    from ptdistill.steps.teacher import trained_teacher_key
+    from ptdistill.storage import LocalStore
+
+    store = open_store(env.store)
+    key = trained_teacher_key(env.config, info.num_classes, Path(prepared["teacher_train"].path),
+                              Path(prepared["validation"].path))
+    entry_key = f"{key}/entry.json"
+    before = store.read_bytes(entry_key)
+    with monkeypatch.context() as patch:
+        patch.setattr(LocalStore, "exists", lambda self, key: False)
+        model, _ = _train_again(env, prepared, "train_teacher_race", env.config)
+    assert model.metadata["cache"] == "miss" and store.read_bytes(entry_key) == before
+    folders = {k.split("/")[3] for k in store.list(entry_key.rsplit("/", 1)[0] + "/") if k.count("/") > 3}
+    assert folders == {json.loads(before)["folder"]}  # the loser's copy was removed
 
 
 # --------------------------------------------------------------------------- teacher_inference

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -62,24 +63,32 @@ def train_teacher(config: ExperimentConfig, info: RunInfo, teacher_train: Path, 
     With ``config.cache_teacher`` a teacher trained before from the same recipe and data is
     copied from the artifact store instead (``cache: hit`` in the summary and the parent's
     ``teacher_train_cache`` tag): experiments that vary only the students or the search stop
-    paying for the teacher each run. The entry's ``summary.json`` is written after its model
-    files, so a crash mid-upload leaves no entry that a later run would read.
+    paying for the teacher each run. A new entry's files go under a unique folder first and its
+    ``entry.json`` (which names that folder) is created only if absent, last: a crash mid-upload
+    leaves no entry, and of two runs training the same teacher at once (on a GPU, not
+    necessarily to the same weights) the first to finish wins and the other removes its copy,
+    so an entry never mixes files of two teachers.
     """
     solo_threads()
     out_dir = Path(out_dir)
     store = open_store(info.artifact_store)
     key = trained_teacher_key(config, info.num_classes, teacher_train, validation) if config.cache_teacher else None
-    if key is not None and store.exists(f"{key}/summary.json"):
-        store.download_dir(f"{key}/model", out_dir)
-        summary = json.loads(store.read_text(f"{key}/summary.json")) | {"cache": "hit"}
+    if key is not None and store.exists(f"{key}/entry.json"):
+        entry = json.loads(store.read_text(f"{key}/entry.json"))
+        store.download_dir(f"{key}/{entry['folder']}", out_dir)
+        summary = entry["summary"] | {"cache": "hit"}
         log.info("teacher: cache hit (%s), training skipped", store.uri(key))
     else:
         summary = backend_for(config).train_teacher(config, info.num_classes, Path(teacher_train), Path(validation),
                                                     out_dir, checkpoint_prefix(info, "teacher"))
         clear_checkpoints(info, "teacher")
         if key is not None:
-            store.upload_dir(f"{key}/model", out_dir)
-            store.write_text(f"{key}/summary.json", json.dumps(summary))
+            folder = f"model-{uuid.uuid4().hex}"
+            store.upload_dir(f"{key}/{folder}", out_dir)
+            entry = json.dumps({"folder": folder, "summary": summary}).encode()
+            if not store.write_if_absent(f"{key}/entry.json", entry):
+                for stale in store.list(f"{key}/{folder}/"):  # another run cached this recipe first
+                    store.delete(stale)
         summary["cache"] = "miss" if key is not None else "off"
     Tracker(info.tracking_uri).set_tags(info.parent_run_id, {"teacher_id": summary["teacher_id"],
                                                              "teacher_train_cache": summary["cache"]})
