@@ -232,6 +232,7 @@ def benchmark_report(tracker, benchmark: str, out_dir: Path, run_names: list[str
     bare = frame
     if len(runs) > 1:
         frame = frame.assign(method=frame["parent_run_name"] + ":" + frame["method"])
+    compared = pair_differences(frame, pairs) if pairs else None  # a bad pair fails before any file is written
     lines = [f"# {benchmark}", "", f"Runs: {', '.join(f'`{r}`' for r in runs)} (MLflow experiment "
              f"`ptdistill-{benchmark}`). Students: mean ± std over seeds on the test split.", ""]
     same = "test_task" in frame.columns and frame["test_task"].equals(frame["test_accuracy"])
@@ -262,9 +263,9 @@ def benchmark_report(tracker, benchmark: str, out_dir: Path, run_names: list[str
         lines += ["", f"## Paired differences to {against} (test accuracy, same seed, 95% t-interval)", "",
                   *markdown_table(paired), "",
                   f"![paired]({plot_paired(paired, out_dir / f'{benchmark}-paired.png', baseline, title=benchmark).name})"]
-    if pairs:
+    if compared is not None:
         lines += ["", "## Paired comparisons (test accuracy, first minus second, same seed, 95% t-interval)", "",
-                  *markdown_table(pair_differences(frame, pairs))]
+                  *markdown_table(compared)]
     if "proxy_l2_to_pstar" in frame.columns and frame["proxy_l2_to_pstar"].notna().sum() >= 3:
         points = frame.dropna(subset=["proxy_l2_to_pstar"])
         fit = linear_fit(points["proxy_l2_to_pstar"], points["test_accuracy"])
@@ -288,6 +289,7 @@ def _paired_to_baseline(frame: pd.DataFrame, runs: list[str], baseline: str) -> 
         if baseline not in methods or len(methods) < 2:
             return None
         return paired_differences(frame, "test_accuracy", baseline)
-    parts = [paired_differences(frame[frame["parent_run_name"] == run], "test_accuracy", f"{run}:{baseline}")
-             for run in runs if f"{run}:{baseline}" in methods and frame[frame["parent_run_name"] == run]["method"].nunique() > 1]
+    parts = [paired_differences(group, "test_accuracy", f"{run}:{baseline}")
+             for run, group in frame.groupby("parent_run_name", sort=False)
+             if f"{run}:{baseline}" in methods and group["method"].nunique() > 1]
     return pd.concat(parts) if parts else None

@@ -150,6 +150,9 @@ def test_benchmark_report_from_mlflow(tracker, tmp_path):
     pinned = benchmark_report(tracker, "synthetic", tmp_path / "pin", run_names=["run-a", "run-b"],
                               baseline="run-b:kl").read_text()
     assert "## Paired differences to `run-b:kl`" in pinned and "| run-a:kl | 3 | -0.0100 |" in pinned
+    with pytest.raises(ValueError, match="pair ptloss,ce: no method 'ce' among"):
+        benchmark_report(tracker, "synthetic", tmp_path / "bad", pairs=[("ptloss", "ce")])
+    assert not (tmp_path / "bad").exists()  # nothing written: the pair is checked before any plot
     with pytest.raises(ValueError, match="synthetic: no runs \\['nope'\\] with students in MLflow"):
         benchmark_report(tracker, "synthetic", tmp_path / "x", run_names=["nope"])
 
