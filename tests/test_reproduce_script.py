@@ -61,12 +61,12 @@ def test_run_lines_load_and_validate(argv):
 
 
 def test_report_lines_name_runs_the_script_makes():
-    made = {a[a.index("--run-name") + 1]: a[0] for a in RUNS}
+    made = {a[a.index("--run-name") + 1]: a for a in RUNS}
     for argv in REPORTS:
         args = build_parser().parse_args(argv)
         assert args.runs and set(args.runs) <= set(made), args.runs
-        assert {made[r] for r in args.runs} == set(args.benchmarks)
-        for a, b in args.pairs or []:
-            methods = {m.name for r in args.runs for m in _config(build_parser().parse_args(
-                ["run", *next(run for run in RUNS if run[run.index("--run-name") + 1] == r)])).methods}
-            assert {a, b} <= methods
+        assert {made[r][0] for r in args.runs} == set(args.benchmarks)
+        if args.pairs:
+            methods = {m.name for r in args.runs for m in _config(build_parser().parse_args(["run", *made[r]])).methods}
+            for a, b in args.pairs:
+                assert {a, b} <= methods
