@@ -15,6 +15,7 @@ from kfp import local
 from pipelines.dag import build_pipeline
 from ptdistill.config import to_dict
 from ptdistill.experiments import ExperimentConfig
+from ptdistill.preflight import preflight
 from ptdistill.steps.common import SOLO_THREADS
 from ptdistill.storage import open_store
 from ptdistill.tracking import Tracker
@@ -50,6 +51,7 @@ def run_local(
     pipeline_root = Path(pipeline_root).resolve()
     artifact_store = artifact_store or str(pipeline_root)
     tracking_uri = tracking_uri or default_tracking_uri()
+    preflight(artifact_store, tracking_uri)
     run_name = run_name or f"{config.benchmark}-{time.strftime('%Y%m%d-%H%M%S')}"
     # Two students train at once locally (kfp.local runs ParallelFor two at a time): one thread each.
     os.environ.setdefault("OMP_NUM_THREADS", "1")

@@ -12,12 +12,15 @@ What the interface guarantees, because pipelines run steps concurrently and retr
 * **Create-only writes.** :meth:`Store.write_if_absent` never overwrites (``os.link`` locally,
   ``if_generation_match=0`` on GCS), so two workers filling the same cache entry cannot
   clobber each other.
-* **Bounded retries on transient GCS errors** (429, 5xx, dropped connections) with
-  exponential backoff and jitter, set by a :class:`RetryPolicy`. The client library's own
-  retries are turned off so the policy is the only retry layer. 403, 404 and 412 are
-  never retried.
-* **Errors name the URI.** A missing key raises ``FileNotFoundError``, a failed
-  create-only write raises ``FileExistsError``, both naming the full URI.
+* **Bounded retries on transient GCS errors** (429, 5xx, dropped connections, timeouts) with
+  exponential backoff and jitter, and a timeout on every request, set by a
+  :class:`RetryPolicy`. The client library's own retries are turned off so the policy is the
+  only retry layer. 401, 403, 404 and 412 are never retried. :data:`SHORT_RETRY` gives up
+  within seconds, for checks and clean-up that must not hang on a store that is down.
+* **Errors name the URI.** A missing key raises ``FileNotFoundError`` (naming the bucket when
+  it is the bucket that is missing), a failed create-only write ``FileExistsError``, a
+  refused request ``PermissionError``, a store still failing after the last attempt
+  :class:`StoreUnavailableError` (naming the endpoint), all naming the full URI.
 
 Keys are ``/``-separated paths relative to the store's root. Empty segments, ``.``, ``..``
 and a leading ``/`` are rejected, so a key can never point outside the root.
@@ -35,13 +38,15 @@ import json
 import logging
 import os
 import random
+import re
 import secrets
 import shutil
 import time
 import urllib.request
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from http import HTTPStatus
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, TypeVar
 
@@ -56,6 +61,10 @@ T = TypeVar("T")
 _TMP_PREFIX = ".ptdistill-tmp-"
 
 SUPPORTED_SCHEMES = ("local path", "file://", "gs://")
+#: Schemes that, written without ``//`` (``gs:/bucket``, ``file:x``), are a mistyped URI, not a folder name.
+_URI_SCHEMES = ("gs", "file", "s3", "gcs", "http", "https", "hdfs", "az", "abfs", "abfss")
+#: GCS bucket names: 3-63 characters (222 with dots) of lowercase letters, digits, '-', '_' and '.'.
+_BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]|(?=.{3,222}$)[a-z0-9][a-z0-9._-]*[a-z0-9]")
 
 
 def content_key(*parts: Any) -> str:
@@ -77,6 +86,10 @@ class RetryPolicy:
     Before retry ``n`` (1 for the first) the policy sleeps
     ``min(max_delay, initial_delay * multiplier ** (n - 1))``, scaled by a random factor in
     ``[1 - jitter, 1 + jitter]`` so that workers that failed together do not retry together.
+    ``timeout`` (seconds) is how long each attempt's request may wait for the server to connect
+    or answer; stores that make requests pass it on (a local store makes none), so one call
+    takes at most about ``max_attempts * timeout`` plus the pauses. Each retry is logged at
+    ``log_level``.
     """
 
     max_attempts: int = 6
@@ -84,8 +97,12 @@ class RetryPolicy:
     max_delay: float = 30.0
     multiplier: float = 2.0
     jitter: float = 0.25
+    timeout: float = 60.0
+    log_level: int = logging.WARNING
 
     def __post_init__(self) -> None:
+        if self.timeout <= 0:
+            raise ValueError(f"timeout: expected seconds > 0, got {self.timeout}")
         if self.max_attempts < 1:
             raise ValueError(f"max_attempts: expected >= 1, got {self.max_attempts}")
         if self.initial_delay < 0 or self.max_delay < 0:
@@ -115,11 +132,46 @@ class RetryPolicy:
                 if attempt >= self.max_attempts:
                     raise
                 pause = self.delay(attempt)
-                logger.warning(
-                    "%s failed (attempt %d/%d): %r; retrying in %.2fs", what, attempt, self.max_attempts, exc, pause
+                logger.log(
+                    self.log_level,
+                    "%s failed (attempt %d/%d): %r; retrying in %.2fs",
+                    what, attempt, self.max_attempts, exc, pause,
                 )
                 time.sleep(pause)
                 attempt += 1
+
+
+#: Gives up within seconds (two attempts, 5 s per request): for pre-flight checks and clean-up,
+#: which must report a store that is down instead of waiting on it. Their callers sum up a
+#: failure in one line, so retries are logged at DEBUG only.
+SHORT_RETRY = RetryPolicy(max_attempts=2, initial_delay=0.5, max_delay=1.0, timeout=5.0, log_level=logging.DEBUG)
+
+
+class StoreUnavailableError(OSError):
+    """A store request still failed after the last attempt of its :class:`RetryPolicy`
+    (endpoint unreachable, timeouts, 429 or 5xx answers). ``strerror`` says why, naming the
+    endpoint; ``filename`` is the URI of the object or prefix."""
+
+
+@dataclass
+class DeleteResult:
+    """What :meth:`Store.delete_prefix` did under ``prefix_uri``.
+
+    ``failed`` holds the keys still stored that should have been deleted; ``error`` is the
+    first error met (one line), or None. If the listing itself failed, nothing was deleted,
+    ``failed`` is empty and ``error`` says why: check :attr:`ok`, not ``failed``.
+    """
+
+    prefix_uri: str
+    deleted: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Whether every object under the prefix, except the kept ones, is gone."""
+        return self.error is None
 
 
 def _check_key(key: str) -> str:
@@ -149,6 +201,24 @@ def _dir_prefix(prefix: str) -> str:
 
 def _not_found(uri: str) -> FileNotFoundError:
     return FileNotFoundError(errno.ENOENT, "No such object", uri)
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The innermost reason of a network error (e.g. ``[Errno 111] Connection refused``), not the
+    wrapper's long URL."""
+    while True:
+        inner = getattr(exc, "reason", None) or next((a for a in exc.args if isinstance(a, BaseException)), None)
+        if not isinstance(inner, BaseException) or inner is exc:
+            break
+        exc = inner
+    text = _one_line(exc)
+    found = re.search(r"\[Errno -?\d+\][^'\")]*", text)
+    return found.group(0).strip() if found else text
+
+
+def _one_line(exc: BaseException) -> str:
+    """``exc`` as one line of text, for messages that end a run."""
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 #: What a local read of a missing key raises ('a/b' with 'a' a file, or a key naming a directory).
@@ -230,6 +300,41 @@ class Store(ABC):
     @abstractmethod
     def download_file(self, key: str, local_path: str | os.PathLike[str]) -> None:
         """Copy ``key`` to ``local_path`` (atomically; parent directories are created)."""
+
+    def delete_prefix(self, prefix: str, keep: Callable[[str], bool] | None = None) -> DeleteResult:
+        """Delete every object under ``prefix/`` except the keys for which ``keep(key)`` is true.
+
+        Best effort, for clean-up after a failure: never raises on a storage error. A key that
+        cannot be deleted is recorded and the others are still tried; a key already gone counts
+        as deleted. Once the store is unreachable (:class:`StoreUnavailableError`) the remaining
+        keys are recorded as failed without more requests, so a store that is down costs one
+        request's retries, not one per key. ``prefix`` is a "directory": ``"a/run"`` never
+        touches ``"a/run-2/..."``. Open the store with :data:`SHORT_RETRY` to bound the time.
+        """
+        base = _dir_prefix(prefix)
+        result = DeleteResult(prefix_uri=f"{self.root_uri}/{base}")
+        try:
+            keys = self.list(base)
+        except OSError as exc:
+            result.error = f"cannot list {result.prefix_uri}: {_one_line(exc)}"
+            return result
+        doomed: builtins.list[str] = []
+        for key in keys:
+            (result.kept if keep is not None and keep(key) else doomed).append(key)
+        for i, key in enumerate(doomed):
+            try:
+                self.delete(key)
+            except FileNotFoundError:
+                pass  # gone already: what we wanted
+            except OSError as exc:
+                result.error = result.error or f"cannot delete {self.uri(key)}: {_one_line(exc)}"
+                if isinstance(exc, StoreUnavailableError):
+                    result.failed += doomed[i:]
+                    break
+                result.failed.append(key)
+                continue
+            result.deleted.append(key)
+        return result
 
     def write_text(self, key: str, text: str) -> None:
         """Write ``text`` as UTF-8."""
@@ -326,6 +431,18 @@ class LocalStore(Store):
         except _LOCAL_MISSING as exc:
             raise _not_found(self.uri(key)) from exc
 
+    def delete_prefix(self, prefix: str, keep: Callable[[str], bool] | None = None) -> DeleteResult:
+        """See :meth:`Store.delete_prefix`; also removes the folders it leaves empty (the root stays)."""
+        result = super().delete_prefix(prefix, keep)
+        top = self.root / _dir_prefix(prefix)
+        for dirpath, _, _ in os.walk(top, topdown=False):
+            if Path(dirpath) != self.root:
+                try:
+                    os.rmdir(dirpath)
+                except OSError:
+                    pass  # not empty: a kept key, or a writer of another prefix
+        return result
+
     def upload_file(self, key: str, local_path: str | os.PathLike[str]) -> None:
         dest = self._path(key)
         with open(local_path, "rb") as src:
@@ -349,29 +466,41 @@ class GCSStore(Store):
 
     ``client`` is a ``google.cloud.storage.Client``; without one, a client is built from the
     environment (credentials, project, and ``STORAGE_EMULATOR_HOST`` for an emulator).
+    Raises ``ValueError`` for a malformed URI or bucket name and ``PermissionError`` when no
+    credentials are found, before any request.
     """
 
     def __init__(self, uri: str, *, client: Client | None = None, retry: RetryPolicy | None = None) -> None:
         try:
             import google.api_core.exceptions as gexc
+            import google.auth.exceptions as gauth
             import google.cloud.storage as gcs
             import requests
         except ImportError as exc:
             raise ImportError(f"opening {uri!r} needs google-cloud-storage: pip install 'ptdistill[gcs]'") from exc
-        if not uri.startswith("gs://"):
+        if uri[:5].lower() != "gs://":
             raise ValueError(f"expected a gs://bucket[/prefix] URI, got {uri!r}")
         bucket, _, prefix = uri[len("gs://") :].partition("/")
         prefix = prefix.strip("/")
         if not bucket:
             raise ValueError(f"no bucket in {uri!r}; expected gs://bucket[/prefix]")
+        if not _BUCKET_NAME.fullmatch(bucket) or ".." in bucket:
+            raise ValueError(f"bucket name {bucket!r} in {uri!r} is not valid on GCS: 3-63 characters of lowercase "
+                             "letters, digits, '-', '_' and '.', starting and ending with a letter or digit")
         if prefix:
             _check_key(prefix)
         self.bucket_name = bucket
         self.prefix = prefix
         self.retry = retry or RetryPolicy()
-        self._client = client if client is not None else gcs.Client()
+        try:
+            self._client = client if client is not None else gcs.Client()
+        except gauth.DefaultCredentialsError as exc:
+            raise PermissionError(
+                errno.EACCES, "no Google Cloud credentials found: run `gcloud auth application-default login`, "
+                "set GOOGLE_APPLICATION_CREDENTIALS, or set STORAGE_EMULATOR_HOST for an emulator", uri) from exc
         self._bucket = self._client.bucket(bucket)
         self._gexc = gexc
+        self._timeouts = (requests.Timeout,)
         self._transient: tuple[type[BaseException], ...] = (
             gexc.TooManyRequests,
             gexc.InternalServerError,
@@ -382,7 +511,13 @@ class GCSStore(Store):
             requests.ConnectionError,
             requests.Timeout,
             requests.exceptions.ChunkedEncodingError,
+            gauth.TransportError,  # fetching an access token failed on the network
         )
+
+    @property
+    def endpoint(self) -> str:
+        """The HTTP endpoint requests go to (``STORAGE_EMULATOR_HOST`` for an emulator)."""
+        return getattr(self._client, "api_endpoint", None) or "https://storage.googleapis.com"
 
     @property
     def root_uri(self) -> str:
@@ -395,20 +530,41 @@ class GCSStore(Store):
     def uri(self, key: str) -> str:
         return f"gs://{self.bucket_name}/{self._name(_check_key(key))}"
 
-    def _call(self, uri: str, fn: Callable[[], T], if_generation_match: int | None = None) -> T:
-        """Run ``fn`` with retries; map GCS errors to built-in exceptions naming ``uri``."""
+    def _call(
+        self, uri: str, fn: Callable[[], T], if_generation_match: int | None = None, *, bucket_level: bool = False
+    ) -> T:
+        """Run ``fn`` with retries; map GCS errors to built-in exceptions naming ``uri``.
+
+        ``bucket_level``: the request is a write or a listing, for which GCS answers 404 only
+        when the bucket itself is missing, so the error names the bucket.
+        """
         try:
             return self.retry.run(fn, self._transient, what=f"GCS request for {uri}")
         except self._gexc.NotFound as exc:
+            if bucket_level:
+                raise FileNotFoundError(
+                    errno.ENOENT, f"No such bucket gs://{self.bucket_name} (at {self.endpoint})", uri
+                ) from exc
             raise _not_found(uri) from exc
-        except self._gexc.Forbidden as exc:
-            raise PermissionError(errno.EACCES, f"Permission denied ({exc.message})", uri) from exc
+        except (self._gexc.Forbidden, self._gexc.Unauthorized) as exc:
+            raise PermissionError(errno.EACCES, f"Permission denied ({exc.code} {exc.message})", uri) from exc
+        except self._transient as exc:
+            raise StoreUnavailableError(errno.EIO, self._unavailable(exc), uri) from exc
         except self._gexc.PreconditionFailed as exc:
             if if_generation_match == 0:
                 raise FileExistsError(errno.EEXIST, "Object already exists", uri) from exc
             raise GenerationMismatchError(
                 errno.EAGAIN, f"Object changed: generation is not {if_generation_match}", uri
             ) from exc
+
+    def _unavailable(self, exc: BaseException) -> str:
+        """Why the last attempt of a request failed, naming the endpoint, as one line."""
+        attempts = f"{self.retry.max_attempts} attempt{'s' if self.retry.max_attempts > 1 else ''}"
+        if isinstance(exc, self._timeouts):
+            return f"cannot reach {self.endpoint}: no answer within {self.retry.timeout:g} s ({attempts})"
+        if isinstance(exc, self._gexc.GoogleAPICallError):
+            return f"{self.endpoint} answered {exc.code} {HTTPStatus(exc.code).phrase} ({attempts})"
+        return f"cannot reach {self.endpoint}: {_root_cause(exc)} ({attempts})"
 
     def write_bytes(self, key: str, data: bytes, *, if_generation_match: int | None = None) -> None:
         """Upload ``data`` to ``key`` (atomic on GCS).
@@ -420,8 +576,11 @@ class GCSStore(Store):
         blob = self._bucket.blob(self._name(_check_key(key)))
         self._call(
             self.uri(key),
-            lambda: blob.upload_from_string(data, if_generation_match=if_generation_match, retry=None),
+            lambda: blob.upload_from_string(
+                data, if_generation_match=if_generation_match, retry=None, timeout=self.retry.timeout
+            ),
             if_generation_match=if_generation_match,
+            bucket_level=True,
         )
 
     def write_if_absent(self, key: str, data: bytes) -> bool:
@@ -439,56 +598,69 @@ class GCSStore(Store):
 
     def read_bytes(self, key: str) -> bytes:
         blob = self._bucket.blob(self._name(_check_key(key)))
-        return self._call(self.uri(key), lambda: blob.download_as_bytes(retry=None))
+        return self._call(self.uri(key), lambda: blob.download_as_bytes(retry=None, timeout=self.retry.timeout))
 
     def generation(self, key: str) -> int:
         """Current generation of ``key``, for ``write_bytes(..., if_generation_match=...)``."""
         name = self._name(_check_key(key))
-        blob = self._call(self.uri(key), lambda: self._bucket.get_blob(name, retry=None))
+        blob = self._call(self.uri(key), lambda: self._bucket.get_blob(name, retry=None, timeout=self.retry.timeout))
         if blob is None:
             raise _not_found(self.uri(key))
         return blob.generation
 
     def exists(self, key: str) -> bool:
         blob = self._bucket.blob(self._name(_check_key(key)))
-        return self._call(self.uri(key), lambda: blob.exists(retry=None))
+        return self._call(self.uri(key), lambda: blob.exists(retry=None, timeout=self.retry.timeout))
 
     def list(self, prefix: str = "") -> list[str]:
         full = self._name(_check_prefix(prefix))
         strip = len(self.prefix) + 1 if self.prefix else 0
 
         def names() -> list[str]:
-            return [b.name for b in self._client.list_blobs(self._bucket, prefix=full, retry=None)]
+            blobs = self._client.list_blobs(self._bucket, prefix=full, retry=None, timeout=self.retry.timeout)
+            return [b.name for b in blobs]
 
-        found = self._call(f"gs://{self.bucket_name}/{full}", names)
+        found = self._call(f"gs://{self.bucket_name}/{full}", names, bucket_level=True)
         # Names ending in '/' are console "folder" placeholders, not objects.
         return sorted(name[strip:] for name in found if not name.endswith("/"))
 
     def delete(self, key: str) -> None:
         blob = self._bucket.blob(self._name(_check_key(key)))
-        self._call(self.uri(key), lambda: blob.delete(retry=None))
+        self._call(self.uri(key), lambda: blob.delete(retry=None, timeout=self.retry.timeout))
 
     def upload_file(self, key: str, local_path: str | os.PathLike[str]) -> None:
         blob = self._bucket.blob(self._name(_check_key(key)))
-        self._call(self.uri(key), lambda: blob.upload_from_filename(os.fspath(local_path), retry=None))
+        self._call(
+            self.uri(key),
+            lambda: blob.upload_from_filename(os.fspath(local_path), retry=None, timeout=self.retry.timeout),
+            bucket_level=True,
+        )
 
     def download_file(self, key: str, local_path: str | os.PathLike[str]) -> None:
         blob = self._bucket.blob(self._name(_check_key(key)))
-        self._call(
-            self.uri(key), lambda: _atomic_write(Path(local_path), lambda f: blob.download_to_file(f, retry=None))
-        )
+
+        def download() -> None:
+            _atomic_write(Path(local_path), lambda f: blob.download_to_file(f, retry=None, timeout=self.retry.timeout))
+
+        self._call(self.uri(key), download)
 
 
 def open_store(uri: str, *, client: Client | None = None, retry: RetryPolicy | None = None) -> Store:
     """Open the store rooted at ``uri``: a local path, ``file:///abs/path`` or ``gs://bucket/prefix``.
 
     ``client`` and ``retry`` configure a :class:`GCSStore` and are not used for local stores
-    (local filesystem calls are not retried).
+    (local filesystem calls are not retried). Schemes are case-insensitive. A mistyped URI such
+    as ``gs:/bucket/x`` raises ``ValueError`` rather than becoming a local folder named ``gs:``.
     """
     if not isinstance(uri, str) or not uri:
         raise ValueError(f"expected a storage URI or path, got {uri!r}")
     scheme, sep, rest = uri.partition("://")
+    scheme = scheme.lower()
     if not sep:
+        head, colon, _ = uri.partition(":")
+        if colon and head.lower() in _URI_SCHEMES:
+            raise ValueError(f"malformed storage URI {uri!r}: expected {head.lower()}:// (two slashes), "
+                             f"e.g. {head.lower()}://bucket/prefix; supported: {', '.join(SUPPORTED_SCHEMES)}")
         return LocalStore(uri)
     if scheme == "gs":
         return GCSStore(uri, client=client, retry=retry)

@@ -38,6 +38,7 @@ from ptdistill.storage import (
     GenerationMismatchError,
     LocalStore,
     RetryPolicy,
+    StoreUnavailableError,
     content_key,
     open_store,
 )
@@ -391,9 +392,12 @@ def test_gcs_retries_are_bounded(gcs_store, emulator):
     from google.api_core.exceptions import ServiceUnavailable
 
     emulator.faults[:] = [503] * 5
-    with pytest.raises(ServiceUnavailable):
+    with pytest.raises(StoreUnavailableError) as info:
         gcs_store.list()
     assert emulator.requests == FAST_RETRY.max_attempts
+    assert info.value.filename == gcs_store.root_uri + "/"
+    assert info.value.strerror == f"{emulator.endpoint} answered 503 Service Unavailable ({FAST_RETRY.max_attempts} attempts)"
+    assert isinstance(info.value.__cause__, ServiceUnavailable)
 
 
 def test_gcs_not_found_and_precondition_failures_are_not_retried(gcs_store, emulator):
