@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import secrets
 
-from ptdistill.storage import SHORT_RETRY, GCSStore, Store, StoreUnavailableError, open_store
+from ptdistill.storage import SHORT_RETRY, GCSStore, Store, StoreUnavailableError, describe_error, open_store
 
 #: Name prefix of the probe object written at the store's root (and deleted) by :func:`check_store`.
 PROBE_PREFIX = ".ptdistill-preflight-"
@@ -46,7 +46,7 @@ def check_store(uri: str) -> None:
     try:
         store = open_store(uri, retry=SHORT_RETRY)
     except (ImportError, PermissionError) as exc:  # no google-cloud-storage; no credentials
-        raise PreflightError(f"artifact store {uri}: {_reason(exc)}") from exc
+        raise PreflightError(f"artifact store {uri}: {describe_error(exc)}") from exc
     key = f"{PROBE_PREFIX}{secrets.token_hex(8)}"
     payload = secrets.token_bytes(16)
     try:
@@ -69,15 +69,7 @@ def _problem(store: Store, exc: OSError) -> str:
     if isinstance(store, GCSStore):
         if isinstance(exc, FileNotFoundError):  # a write or a listing: only the bucket can be missing
             return f"bucket gs://{store.bucket_name} does not exist (at {store.endpoint})"
-        if isinstance(exc, PermissionError):
-            return f"permission denied for {exc.filename} on bucket gs://{store.bucket_name}: {exc.strerror}"
         if isinstance(exc, StoreUnavailableError):
-            return exc.strerror
-    return f"cannot create or write files there: {_reason(exc)}"
-
-
-def _reason(exc: BaseException) -> str:
-    """``exc`` as one line, without the ``[Errno N]`` of an ``OSError``."""
-    if isinstance(exc, OSError) and exc.strerror:
-        return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
-    return " ".join(str(exc).split())
+            return exc.strerror  # names the endpoint; the store is named already
+        return describe_error(exc)  # e.g. Permission denied (403 ...): gs://bucket/prefix/probe
+    return f"cannot create or write files there: {describe_error(exc)}"

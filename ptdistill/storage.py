@@ -15,7 +15,7 @@ What the interface guarantees, because pipelines run steps concurrently and retr
 * **Bounded retries on transient GCS errors** (429, 5xx, dropped connections, timeouts) with
   exponential backoff and jitter, and a timeout on every request, set by a
   :class:`RetryPolicy`. The client library's own retries are turned off so the policy is the
-  only retry layer. 401, 403, 404 and 412 are never retried. :data:`SHORT_RETRY` gives up
+  only retry layer. 403, 404 and 412 are never retried. :data:`SHORT_RETRY` gives up
   within seconds, for checks and clean-up that must not hang on a store that is down.
 * **Errors name the URI.** A missing key raises ``FileNotFoundError`` (naming the bucket when
   it is the bucket that is missing), a failed create-only write ``FileExistsError``, a
@@ -63,8 +63,6 @@ _TMP_PREFIX = ".ptdistill-tmp-"
 SUPPORTED_SCHEMES = ("local path", "file://", "gs://")
 #: Schemes that, written without ``//`` (``gs:/bucket``, ``file:x``), are a mistyped URI, not a folder name.
 _URI_SCHEMES = ("gs", "file", "s3", "gcs", "http", "https", "hdfs", "az", "abfs", "abfss")
-#: GCS bucket names: 3-63 characters (222 with dots) of lowercase letters, digits, '-', '_' and '.'.
-_BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]|(?=.{3,222}$)[a-z0-9][a-z0-9._-]*[a-z0-9]")
 
 
 def content_key(*parts: Any) -> str:
@@ -158,7 +156,7 @@ class DeleteResult:
     """What :meth:`Store.delete_prefix` did under ``prefix_uri``.
 
     ``failed`` holds the keys still stored that should have been deleted; ``error`` is the
-    first error met (one line), or None. If the listing itself failed, nothing was deleted,
+    first error met, one line naming the URI (see :func:`describe_error`), or None. If the listing itself failed, nothing was deleted,
     ``failed`` is empty and ``error`` says why: check :attr:`ok`, not ``failed``.
     """
 
@@ -199,6 +197,26 @@ def _dir_prefix(prefix: str) -> str:
     return _check_key(prefix.removesuffix("/")) + "/"
 
 
+def _valid_bucket_name(name: str) -> bool:
+    """GCS's rule: 3-63 characters (222 with dots, 63 between dots) of lowercase letters, digits,
+    '-', '_' and '.', starting and ending with a letter or digit."""
+    parts = name.split(".")
+    return (
+        3 <= len(name) <= (222 if len(parts) > 1 else 63)
+        and all(0 < len(part) <= 63 for part in parts)
+        and re.fullmatch(r"[a-z0-9][a-z0-9._-]*[a-z0-9]", name) is not None
+    )
+
+
+def _server_message(exc: Any) -> str:
+    """The server's own words in a GCS error (``google.api_core`` puts the request's method, URL and,
+    for uploads, the raw body around them)."""
+    try:
+        return str(exc.response.json()["error"]["message"])
+    except (AttributeError, ValueError, KeyError, TypeError):
+        return re.sub(r"^[A-Z]+ \S+: ", "", exc.message)
+
+
 def _not_found(uri: str) -> FileNotFoundError:
     return FileNotFoundError(errno.ENOENT, "No such object", uri)
 
@@ -217,8 +235,15 @@ def _root_cause(exc: BaseException) -> str:
 
 
 def _one_line(exc: BaseException) -> str:
-    """``exc`` as one line of text, for messages that end a run."""
     return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def describe_error(exc: BaseException) -> str:
+    """``exc`` as one line for a user: ``reason: path`` for an ``OSError`` (the errors of this
+    module name the URI as their ``filename``), without the ``[Errno N]`` prefix."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+    return _one_line(exc)
 
 
 #: What a local read of a missing key raises ('a/b' with 'a' a file, or a key naming a directory).
@@ -316,7 +341,7 @@ class Store(ABC):
         try:
             keys = self.list(base)
         except OSError as exc:
-            result.error = f"cannot list {result.prefix_uri}: {_one_line(exc)}"
+            result.error = describe_error(exc)
             return result
         doomed: builtins.list[str] = []
         for key in keys:
@@ -327,7 +352,7 @@ class Store(ABC):
             except FileNotFoundError:
                 pass  # gone already: what we wanted
             except OSError as exc:
-                result.error = result.error or f"cannot delete {self.uri(key)}: {_one_line(exc)}"
+                result.error = result.error or describe_error(exc)
                 if isinstance(exc, StoreUnavailableError):
                     result.failed += doomed[i:]
                     break
@@ -484,7 +509,7 @@ class GCSStore(Store):
         prefix = prefix.strip("/")
         if not bucket:
             raise ValueError(f"no bucket in {uri!r}; expected gs://bucket[/prefix]")
-        if not _BUCKET_NAME.fullmatch(bucket) or ".." in bucket:
+        if not _valid_bucket_name(bucket):
             raise ValueError(f"bucket name {bucket!r} in {uri!r} is not valid on GCS: 3-63 characters of lowercase "
                              "letters, digits, '-', '_' and '.', starting and ending with a letter or digit")
         if prefix:
@@ -546,8 +571,8 @@ class GCSStore(Store):
                     errno.ENOENT, f"No such bucket gs://{self.bucket_name} (at {self.endpoint})", uri
                 ) from exc
             raise _not_found(uri) from exc
-        except (self._gexc.Forbidden, self._gexc.Unauthorized) as exc:
-            raise PermissionError(errno.EACCES, f"Permission denied ({exc.code} {exc.message})", uri) from exc
+        except self._gexc.Forbidden as exc:
+            raise PermissionError(errno.EACCES, f"Permission denied (403 {_server_message(exc)})", uri) from exc
         except self._transient as exc:
             raise StoreUnavailableError(errno.EIO, self._unavailable(exc), uri) from exc
         except self._gexc.PreconditionFailed as exc:

@@ -110,8 +110,8 @@ def test_endpoint_down_fails_within_the_short_retry(monkeypatch, caplog):
 
 def test_permission_denied_is_named(gcs_env):
     gcs_env.faults.statuses[:] = [403]
-    with pytest.raises(PreflightError, match=rf"^artifact store gs://{BUCKET}/p: permission denied for "
-                       rf"gs://{BUCKET}/p/{re.escape(PROBE_PREFIX)}[0-9a-f]+ on bucket gs://{BUCKET}: "):
+    with pytest.raises(PreflightError, match=rf"^artifact store gs://{BUCKET}/p: Permission denied \(403 injected\): "
+                       rf"gs://{BUCKET}/p/{re.escape(PROBE_PREFIX)}[0-9a-f]{{16}}$"):
         check_store(f"gs://{BUCKET}/p")
     assert _objects(gcs_env) == []
 

@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -34,6 +36,7 @@ from conftest import GCSEmulator, start_gcs_emulator
 
 from ptdistill import storage as storage_mod
 from ptdistill.storage import (
+    DeleteResult,
     GCSStore,
     GenerationMismatchError,
     LocalStore,
@@ -46,6 +49,7 @@ from ptdistill.storage import (
 BUCKET = "ptdistill-test"
 FAST_RETRY = RetryPolicy(max_attempts=3, initial_delay=0.001, max_delay=0.005)
 DROP = 0  # fault code: close the connection without answering
+PASS = None  # fault code: let this request through (to fail a later one)
 # Requests on objects (not buckets): the only ones counted and failed on purpose, because the
 # client also sends bucket requests of its own in the background (see the module docstring).
 OBJECT_REQUEST = re.compile(r"/b/[^/?]+/o(/|\?|$)")
@@ -59,7 +63,7 @@ class Emulator:
     """The shared emulator (tests/conftest.py) plus fault injection on object requests."""
 
     server: GCSEmulator
-    faults: list[int] = field(default_factory=list)  # statuses for the next requests; DROP drops
+    faults: list[int | None] = field(default_factory=list)  # statuses for the next requests; DROP drops
     requests: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -242,6 +246,21 @@ def test_write_if_absent_never_overwrites(store):
     assert store.list("cache/") == ["cache/abc.bin"]
 
 
+def test_delete_prefix_keeps_kept_keys_and_spares_sibling_prefixes(store):
+    keys = ["b/run/teacher/p.bin", "b/run/checkpoints/s1/state.pt", "b/run/report/r.md", "b/run-2/teacher/p.bin",
+            "b/runner.txt"]
+    for key in keys:
+        store.write_bytes(key, b"x")
+    result = store.delete_prefix("b/run", keep=lambda key: "/checkpoints/" in key)
+    assert result == DeleteResult(prefix_uri=store.root_uri + "/b/run/", deleted=["b/run/report/r.md",
+                                  "b/run/teacher/p.bin"], kept=["b/run/checkpoints/s1/state.pt"])
+    assert result.ok
+    assert store.list() == ["b/run-2/teacher/p.bin", "b/run/checkpoints/s1/state.pt", "b/runner.txt"]
+    assert store.delete_prefix("b/run/").deleted == ["b/run/checkpoints/s1/state.pt"]
+    assert store.list() == ["b/run-2/teacher/p.bin", "b/runner.txt"]
+    assert store.delete_prefix("b/none") == DeleteResult(prefix_uri=store.root_uri + "/b/none/")
+
+
 def test_uri_and_repr(store):
     uri = store.uri("x/y.bin")
     assert uri == store.root_uri + "/x/y.bin"
@@ -320,6 +339,37 @@ def test_local_missing_when_parent_is_a_file(tmp_path):
     store.write_text("a", "file")
     with missing(store.uri("a/b")):
         store.read_bytes("a/b")
+
+
+def test_local_delete_prefix_removes_the_folders_it_empties(tmp_path):
+    store = LocalStore(tmp_path / "store")
+    for key in ["b/run/teacher/shard/p.bin", "b/run/checkpoints/c.pt", "b/other/x"]:
+        store.write_bytes(key, b"x")
+    store.delete_prefix("b/run", keep=lambda key: key.endswith(".pt"))
+    assert sorted(p.relative_to(store.root).as_posix() for p in store.root.rglob("*")) == [
+        "b", "b/other", "b/other/x", "b/run", "b/run/checkpoints", "b/run/checkpoints/c.pt"]
+    store.delete_prefix("b/run")
+    assert sorted(p.relative_to(store.root).as_posix() for p in store.root.rglob("*")) == ["b", "b/other", "b/other/x"]
+    store.delete_prefix("")
+    assert list(store.root.iterdir()) == []  # the root itself stays
+
+
+def test_local_delete_prefix_records_a_failing_key_and_goes_on(tmp_path, monkeypatch):
+    store = LocalStore(tmp_path)
+    for key in ["r/a", "r/b", "r/c"]:
+        store.write_bytes(key, b"x")
+    unlink = Path.unlink
+
+    def refuse_b(path, *args, **kwargs):
+        if path.name == "b":
+            raise PermissionError(13, "Permission denied", str(path))
+        return unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "unlink", refuse_b)
+    result = store.delete_prefix("r")
+    assert (result.deleted, result.failed, result.ok) == (["r/a", "r/c"], ["r/b"], False)
+    assert result.error == f"Permission denied: {tmp_path / 'r' / 'b'}"
+    assert store.list() == ["r/b"]
 
 
 def test_local_written_files_get_umask_permissions(tmp_path):
@@ -429,17 +479,130 @@ def test_gcs_missing_bucket_and_forbidden_listing(emulator):
     assert emulator.requests == 1
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _client_at(endpoint: str):
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage as gcs
+
+    return gcs.Client(project="test", credentials=AnonymousCredentials(), client_options={"api_endpoint": endpoint})
+
+
+def test_gcs_missing_bucket_is_named_on_writes(emulator, tmp_path):
+    store = GCSStore("gs://no-such-bucket/runs", client=emulator.client, retry=FAST_RETRY)
+    src = tmp_path / "f.bin"
+    src.write_bytes(b"x")
+    for write in (lambda: store.write_bytes("k", b"x"), lambda: store.write_if_absent("k", b"x"),
+                  lambda: store.upload_file("k", src)):
+        with pytest.raises(FileNotFoundError) as info:
+            write()
+        assert info.value.strerror == f"No such bucket gs://no-such-bucket (at {emulator.endpoint})"
+        assert info.value.filename == "gs://no-such-bucket/runs/k"
+
+
+def test_gcs_unreachable_endpoint_is_named_after_the_last_attempt(caplog):
+    pytest.importorskip("google.cloud.storage")
+    endpoint = f"http://127.0.0.1:{_free_port()}"
+    store = GCSStore(f"gs://{BUCKET}/p", client=_client_at(endpoint), retry=FAST_RETRY)
+    with caplog.at_level(logging.WARNING, logger="ptdistill.storage"), pytest.raises(StoreUnavailableError) as info:
+        store.read_bytes("k")
+    assert info.value.strerror == f"cannot reach {endpoint}: [Errno 111] Connection refused (3 attempts)"
+    assert info.value.filename == f"gs://{BUCKET}/p/k"
+    assert len([r for r in caplog.records if "retrying" in r.getMessage()]) == FAST_RETRY.max_attempts - 1
+
+
+def test_gcs_requests_time_out_by_the_policy():
+    # A server that accepts connections (the kernel's backlog) and never answers.
+    pytest.importorskip("google.cloud.storage")
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        endpoint = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        policy = RetryPolicy(max_attempts=2, initial_delay=0.001, max_delay=0.001, timeout=0.2)
+        store = GCSStore(f"gs://{BUCKET}/p", client=_client_at(endpoint), retry=policy)
+        for call in (lambda: store.read_bytes("k"), lambda: store.write_bytes("k", b"x"), store.list,
+                     lambda: store.delete("k")):
+            with pytest.raises(StoreUnavailableError) as info:
+                call()
+            assert info.value.strerror == f"cannot reach {endpoint}: no answer within 0.2 s (2 attempts)"
+
+
+def test_gcs_delete_prefix_records_a_failing_key_and_goes_on(gcs_store, emulator):
+    for key in ["r/a", "r/b", "r/c"]:
+        gcs_store.write_bytes(key, b"x")
+    emulator.reset()
+    emulator.faults[:] = [PASS, PASS, 403]  # the listing, r/a, then r/b is refused
+    result = gcs_store.delete_prefix("r")
+    assert (result.deleted, result.failed, result.ok) == (["r/a", "r/c"], ["r/b"], False)
+    assert result.error == f"Permission denied (403 injected fault): {gcs_store.uri('r/b')}"
+    assert gcs_store.list() == ["r/b"]
+
+
+def test_gcs_delete_prefix_stops_asking_a_store_that_went_down(gcs_store, emulator):
+    for key in ["r/a", "r/b", "r/c", "r/keep"]:
+        gcs_store.write_bytes(key, b"x")
+    emulator.reset()
+    emulator.faults[:] = [PASS] + [DROP] * FAST_RETRY.max_attempts  # listed, then down for good
+    result = gcs_store.delete_prefix("r", keep=lambda key: key == "r/keep")
+    assert emulator.requests == 1 + FAST_RETRY.max_attempts  # one key's attempts, not every key's
+    assert (result.deleted, result.kept, result.failed) == ([], ["r/keep"], ["r/a", "r/b", "r/c"])
+    assert result.error.startswith(f"cannot reach {emulator.endpoint}: ")
+    assert result.error.endswith(f"({FAST_RETRY.max_attempts} attempts): {gcs_store.uri('r/a')}")
+
+
+def test_gcs_delete_prefix_on_an_unreachable_endpoint_returns_the_prefix():
+    pytest.importorskip("google.cloud.storage")
+    endpoint = f"http://127.0.0.1:{_free_port()}"
+    store = GCSStore(f"gs://{BUCKET}/p", client=_client_at(endpoint), retry=FAST_RETRY)
+    result = store.delete_prefix("bench/run")
+    assert not result.ok
+    assert (result.prefix_uri, result.deleted, result.failed) == (f"gs://{BUCKET}/p/bench/run/", [], [])
+    assert result.error == (f"cannot reach {endpoint}: [Errno 111] Connection refused (3 attempts): "
+                            f"gs://{BUCKET}/p/bench/run/")
+
+
+def test_gcs_missing_credentials_name_the_uri(monkeypatch):
+    pytest.importorskip("google.cloud.storage")
+    import google.auth
+    from google.auth.exceptions import DefaultCredentialsError
+
+    def no_credentials(*args, **kwargs):
+        raise DefaultCredentialsError("Your default credentials were not found.")
+
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
+    monkeypatch.setattr(google.auth, "default", no_credentials)
+    with pytest.raises(PermissionError) as info:
+        open_store("gs://some-bucket/x")
+    assert info.value.filename == "gs://some-bucket/x"
+    assert "gcloud auth application-default login" in info.value.strerror
+
+
 def test_gcs_missing_dependency_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "google.cloud.storage", None)
     with pytest.raises(ImportError, match=re.escape("ptdistill[gcs]")):
         open_store("gs://bucket/x")
 
 
-@pytest.mark.parametrize("uri", ["gs://", "gs:///prefix", "gs://b/a/../c"])
+@pytest.mark.parametrize("uri", ["gs://", "gs:///prefix", "gs://b/a/../c", "gs://Upper/x", "gs://ab", "gs://-ab/x",
+                                 "gs://ab-/x", "gs://a..b/x", "gs://a b/x", "gs://" + "a" * 64])
 def test_gcs_bad_uris(uri):
     pytest.importorskip("google.cloud.storage")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=re.escape(repr(uri))):
         GCSStore(uri, client=object())
+
+
+@pytest.mark.parametrize("bucket", ["abc", "my-bucket_1", "a" * 63, "example.com.bucket"])
+def test_gcs_valid_bucket_names(emulator, bucket):
+    assert GCSStore(f"gs://{bucket}/x", client=emulator.client).bucket_name == bucket
+
+
+def test_gcs_scheme_is_case_insensitive(emulator):
+    store = open_store(f"GS://{BUCKET}/p", client=emulator.client)
+    assert isinstance(store, GCSStore) and store.uri("k") == f"gs://{BUCKET}/p/k"
 
 
 # --------------------------------------------------------------------------- open_store, retry, keys
@@ -462,6 +625,18 @@ def test_open_store_unknown_scheme(uri):
 def test_open_store_malformed(uri):
     with pytest.raises(ValueError):
         open_store(uri)
+
+
+@pytest.mark.parametrize("uri", ["gs:/bucket/x", "gs:bucket", "GS:/bucket", "file:/tmp/x", "s3:/b/x"])
+def test_open_store_mistyped_uri_is_not_a_local_folder(uri, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=re.escape(f"malformed storage URI {uri!r}")):
+        open_store(uri)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_open_store_local_names_with_colons(tmp_path):
+    assert open_store(str(tmp_path / "runs:2026")).root == tmp_path / "runs:2026"
 
 
 def test_retry_policy_retries_listed_errors_only():
@@ -495,7 +670,8 @@ def test_retry_policy_backoff_grows_and_is_capped():
     assert RetryPolicy(initial_delay=1.0, jitter=0.0).delay(3) == 4.0
 
 
-@pytest.mark.parametrize("kwargs", [{"max_attempts": 0}, {"initial_delay": -1}, {"multiplier": 0.5}, {"jitter": 1.5}])
+@pytest.mark.parametrize("kwargs", [{"max_attempts": 0}, {"initial_delay": -1}, {"multiplier": 0.5}, {"jitter": 1.5},
+                                    {"timeout": 0}])
 def test_retry_policy_validates(kwargs):
     with pytest.raises(ValueError):
         RetryPolicy(**kwargs)
