@@ -400,10 +400,14 @@ class Store(ABC):
 
 
 class LocalStore(Store):
-    """A store in a local directory (created on first write)."""
+    """A store in a local directory (created on first write).
+
+    ``root`` may start with ``~`` (not expanded by the shell in ``--artifact-store=~/x``); a
+    relative root is resolved against the working directory when the store is opened.
+    """
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
-        self.root = Path(os.path.abspath(root))
+        self.root = Path(os.path.abspath(os.path.expanduser(root)))
 
     @property
     def root_uri(self) -> str:
@@ -523,6 +527,10 @@ class GCSStore(Store):
             raise PermissionError(
                 errno.EACCES, "no Google Cloud credentials found: run `gcloud auth application-default login`, "
                 "set GOOGLE_APPLICATION_CREDENTIALS, or set STORAGE_EMULATOR_HOST for an emulator", uri) from exc
+        if not self.endpoint.startswith(("http://", "https://")):
+            source = "STORAGE_EMULATOR_HOST" if os.environ.get("STORAGE_EMULATOR_HOST") else "the client's endpoint"
+            raise ValueError(f"opening {uri!r}: {source} is {self.endpoint!r}; expected a URL such as "
+                             "http://127.0.0.1:9023")
         self._bucket = self._client.bucket(bucket)
         self._gexc = gexc
         self._timeouts = (requests.Timeout,)

@@ -635,6 +635,19 @@ def test_open_store_mistyped_uri_is_not_a_local_folder(uri, tmp_path, monkeypatc
     assert list(tmp_path.iterdir()) == []
 
 
+def test_open_store_expands_the_home_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path / "..")
+    assert open_store("~/store").root == tmp_path / "store"
+
+
+def test_gcs_endpoint_without_scheme_is_named(monkeypatch):
+    pytest.importorskip("google.cloud.storage")
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", "127.0.0.1:9023")
+    with pytest.raises(ValueError, match=re.escape("STORAGE_EMULATOR_HOST is '127.0.0.1:9023'; expected a URL")):
+        open_store("gs://bucket/x")
+
+
 def test_open_store_local_names_with_colons(tmp_path):
     assert open_store(str(tmp_path / "runs:2026")).root == tmp_path / "runs:2026"
 
