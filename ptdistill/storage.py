@@ -21,6 +21,8 @@ What the interface guarantees, because pipelines run steps concurrently and retr
   it is the bucket that is missing), a failed create-only write ``FileExistsError``, a
   refused request ``PermissionError``, a store still failing after the last attempt
   :class:`StoreUnavailableError` (naming the endpoint), all naming the full URI.
+* **Best-effort clean-up.** :meth:`Store.delete_prefix` deletes a run's objects, keeping
+  the keys a predicate names, and reports what it could not delete instead of raising.
 
 Keys are ``/``-separated paths relative to the store's root. Empty segments, ``.``, ``..``
 and a leading ``/`` are rejected, so a key can never point outside the root.
@@ -156,8 +158,9 @@ class DeleteResult:
     """What :meth:`Store.delete_prefix` did under ``prefix_uri``.
 
     ``failed`` holds the keys still stored that should have been deleted; ``error`` is the
-    first error met, one line naming the URI (see :func:`describe_error`), or None. If the listing itself failed, nothing was deleted,
-    ``failed`` is empty and ``error`` says why: check :attr:`ok`, not ``failed``.
+    first error met, one line naming the URI (see :func:`describe_error`), or None. If the
+    listing itself failed, nothing was deleted, ``failed`` is empty and ``error`` says why:
+    check :attr:`ok`, not ``failed``.
     """
 
     prefix_uri: str

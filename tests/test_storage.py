@@ -531,6 +531,24 @@ def test_gcs_requests_time_out_by_the_policy():
             assert info.value.strerror == f"cannot reach {endpoint}: no answer within 0.2 s (2 attempts)"
 
 
+def test_gcs_token_fetch_failing_on_the_network_is_retried_then_named(emulator, caplog):
+    from google.auth.credentials import Credentials
+    from google.auth.exceptions import TransportError
+    from google.cloud import storage as gcs
+
+    class Offline(Credentials):
+        def refresh(self, request):
+            raise TransportError("Failed to retrieve http://169.254.169.254/token: connection refused")
+
+    client = gcs.Client(project="test", credentials=Offline(), client_options={"api_endpoint": emulator.endpoint})
+    store = GCSStore(f"gs://{BUCKET}/p", client=client, retry=FAST_RETRY)
+    with caplog.at_level(logging.WARNING, logger="ptdistill.storage"), pytest.raises(StoreUnavailableError) as info:
+        store.read_bytes("k")
+    # Our attempts; the client's background bucket-metadata fetch may refresh too, so not counted by refreshes.
+    assert len([r for r in caplog.records if "TransportError" in r.getMessage()]) == FAST_RETRY.max_attempts - 1
+    assert info.value.strerror.startswith(f"cannot reach {emulator.endpoint}: Failed to retrieve")
+
+
 def test_gcs_delete_prefix_records_a_failing_key_and_goes_on(gcs_store, emulator):
     for key in ["r/a", "r/b", "r/c"]:
         gcs_store.write_bytes(key, b"x")
