@@ -233,14 +233,18 @@ def _with_sqlite_timeout(uri: str) -> str:
 #: ANSI (ECMA-48) escape sequences: CSI (colours, cursor moves), OSC (titles, links), and the
 #: other escapes (ESC, intermediate bytes, a final byte: charset switches such as ESC ( B).
 _ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[ -/]*[0-~])")
+#: The same CSI spelled out by repr() or JSON (``\\x1b[91m``, ``\\033[0m``, ``\\u001b[0m``), as in
+#: ``repr(err)`` of kfp's "Task ... finished with status FAILURE" error.
+_ESCAPED_ANSI = re.compile(r"\\(?:x1[bB]|033|u001[bB])\[[0-?]*[ -/]*[@-~]")
 #: C0/C1 control characters except tab and newline.
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
 def clean_text(value: object) -> str:
-    """``str(value)`` without terminal escape sequences or control characters (tab and newline
-    kept): what kfp's coloured log lines become before they are written to MLflow."""
-    return _CONTROL.sub("", _ANSI.sub("", str(value)))
+    """``str(value)`` without terminal escape sequences (raw or spelled out by repr) or control
+    characters (tab and newline kept): what kfp's coloured log lines and errors become before
+    they are written to MLflow."""
+    return _CONTROL.sub("", _ANSI.sub("", _ESCAPED_ANSI.sub("", str(value))))
 
 
 def _clean_tags(tags: Mapping[str, object]) -> dict[str, str]:

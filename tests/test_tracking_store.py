@@ -158,6 +158,8 @@ def test_clean_text_strips_terminal_escapes_and_control_characters() -> None:
     assert clean_text(kfp_line) == "ERROR:root:Task 'train-teacher' finished with status FAILURE"
     assert clean_text("\x1b]0;title\x07a\tb\nc\x00\x7f\x1b(B") == "a\tb\nc"
     assert clean_text(3.5) == "3.5"
+    assert clean_text(repr(RuntimeError(kfp_line))) == (
+        "RuntimeError(\"ERROR:root:Task 'train-teacher' finished with status FAILURE\\r\")")
 
 
 def test_nothing_written_to_mlflow_carries_escapes(tracker: Tracker) -> None:
