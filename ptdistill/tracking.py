@@ -267,14 +267,15 @@ def _literal(value: str) -> str:
 # -- opening a store -----------------------------------------------------------------------------
 
 
-class TrackingStoreError(RuntimeError):
-    """The tracking store cannot be used: a half-migrated or unreadable sqlite file, a folder
-    that is not writable, a tracking server that does not answer. The message names the file or
-    URI and what to do."""
+class TrackingStoreError(ValueError):
+    """The tracking store given cannot be used: a half-migrated or unreadable sqlite file, a
+    folder that is not writable, a tracking server that does not answer. The message names the
+    file or URI and what to do (a ValueError: the CLI prints it as one line, exit 2)."""
 
 
-class RunNameInUseError(RuntimeError):
-    """A RUNNING parent of the same run name belongs to a live (or unknown) process."""
+class RunNameInUseError(ValueError):
+    """A RUNNING parent of the same run name belongs to a live (or unknown) process: the run
+    name given cannot be used now (a ValueError: the CLI prints it as one line, exit 2)."""
 
 
 #: Seconds a process waits for another one holding the store lock (which only creates or
