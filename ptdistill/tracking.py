@@ -15,24 +15,40 @@ Naming conventions the rest of the pipeline relies on:
 * student metrics: ``test_*`` (``test_accuracy``, ``test_nll``, ``test_ece`` and the task
   metric, e.g. ``test_f1``) and ``val_*`` for validation; training curves are metric histories
   with steps (``train_loss``);
+* a parent started by the local runner carries HOST_TAG and PID_TAG (the runner's process,
+  from ``$PTDISTILL_RUNNER_PID``), so a later run of the same name can tell a stale RUNNING
+  parent from a live one (:meth:`Tracker.supersede_stale_runs`);
 * a student's model files are the run artifact directory ``model``;
 * structured params (lists, arrays, tensors, dicts, e.g. a C x M ``eps``) are logged as a compact
-  JSON param, cut to MLflow's length limit, and in full as the artifact ``params/<key>.json``.
+  JSON param, cut to MLflow's length limit, and in full as the artifact ``params/<key>.json``;
+* every text written to MLflow (tags, params, run names) goes through :func:`clean_text`: no
+  terminal colour codes or control characters from a captured log end up in the UI;
+* filter strings never contain a user's string: MLflow's filter grammar has no escapes (it only
+  trims the quotes), so run names are compared in Python (:func:`_literal`).
+
+A sqlite store is opened under an inter-process lock (``<db>.lock`` beside the file), and a fresh
+file's schema is built aside and renamed into place, so parallel steps of two runs started at
+once never race in MLflow's schema migration, and a half-migrated file is refused by name.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import re
 import shutil
+import socket
+import sqlite3
 import subprocess
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pandas as pd
+from filelock import FileLock, Timeout
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from mlflow import MlflowClient
@@ -49,6 +65,13 @@ PathLike = str | os.PathLike[str]
 ROLE_TAG = "ptdistill.role"
 FAILURE_TAG = "ptdistill.failure_reason"
 PARENT_TAG = "mlflow.parentRunId"
+#: The pipeline run name on a parent (set by prepare_data); what fail_runs and supersede_stale_runs match.
+RUN_NAME_TAG = "kfp.run_name"
+#: Host and pid of the local runner process that started a parent (absent for remote runs).
+HOST_TAG = "ptdistill.host"
+PID_TAG = "ptdistill.pid"
+#: The local runner sets this to its own pid; start_parent, running in a task subprocess, records it.
+RUNNER_PID_ENV = "PTDISTILL_RUNNER_PID"
 CHAMPION_ALIAS = "champion"
 SCORE_TAG = "validation_score"
 MODEL_ARTIFACT = "model"
@@ -95,14 +118,17 @@ def runs_url(tracking_uri_or_ui_url: str, experiment_id: str) -> str:
     return f"{base}/#/experiments/{experiment_id}/runs"
 
 
-def _round_floats(value: object) -> object:
-    """Floats to 6 significant digits, so a float32 matrix reads as 0.1, not 0.10000000149."""
+def _compact(value: object) -> object:
+    """Floats to 6 significant digits, so a float32 matrix reads as 0.1, not 0.10000000149;
+    strings through clean_text (JSON would keep an escape code as ``\\u001b``)."""
     if isinstance(value, float):
         return float(f"{value:.6g}")
+    if isinstance(value, str):
+        return clean_text(value)
     if isinstance(value, (list, tuple)):
-        return [_round_floats(v) for v in value]
+        return [_compact(v) for v in value]
     if isinstance(value, dict):
-        return {k: _round_floats(v) for k, v in value.items()}
+        return {clean_text(k) if isinstance(k, str) else k: _compact(v) for k, v in value.items()}
     return value
 
 
@@ -118,10 +144,10 @@ def _format_params(params: Mapping[str, object]) -> tuple[list[Param], dict[str,
     for key, value in params.items():
         plain = value.tolist() if callable(getattr(value, "tolist", None)) else value
         if plain is None or isinstance(plain, (str, bool, int, float)):
-            text = str(plain)
+            text = clean_text(plain)
         else:
             structured[key] = plain
-            text = json.dumps(_round_floats(plain), separators=(",", ":"), default=str)
+            text = json.dumps(_compact(plain), separators=(",", ":"), default=str)
         if len(text) > MAX_PARAM_VAL_LENGTH:
             text = text[: MAX_PARAM_VAL_LENGTH - len(TRUNCATED)] + TRUNCATED
         out.append(Param(key, text))
@@ -170,18 +196,23 @@ def _stage_structured(structured: Mapping[str, object], root: Path) -> None:
         write_json_atomic(root / "params" / f"{key}.json", {"key": key, "value": value})
 
 
+def _sqlite_file(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (query string dropped; relative to the working
+    directory, as SQLAlchemy reads it), or None for another store or an in-memory database."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    db = uri.removeprefix("sqlite:///").split("?", 1)[0]
+    return Path(db) if db and db != ":memory:" else None
+
+
 def _sqlite_artifact_root(tracking_uri: str) -> str | None:
     """``<db dir>/mlartifacts`` for a file-backed sqlite URI, else None (the server decides).
 
     MLflow's own default is ``./mlruns`` relative to the working directory of whichever process
     creates the experiment, which differs between pipeline steps.
     """
-    if not tracking_uri.startswith("sqlite:///"):
-        return None
-    db = tracking_uri.removeprefix("sqlite:///").split("?", 1)[0]
-    if not db or db == ":memory:":
-        return None
-    return str(Path(db).resolve().parent / "mlartifacts")
+    db = _sqlite_file(tracking_uri)
+    return None if db is None else str(db.resolve().parent / "mlartifacts")
 
 
 #: Seconds a SQLite connection waits for another process's lock. sqlite3's default of 5 s is too
@@ -197,6 +228,205 @@ def _with_sqlite_timeout(uri: str) -> str:
     return f"{uri}{'&' if '?' in uri else '?'}timeout={SQLITE_TIMEOUT}"
 
 
+# -- text, filters ----------------------------------------------------------------------------
+
+#: ANSI (ECMA-48) escape sequences: CSI (colours, cursor moves), OSC (titles, links), and the
+#: other escapes (ESC, intermediate bytes, a final byte: charset switches such as ESC ( B).
+_ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[ -/]*[0-~])")
+#: The same CSI spelled out by repr() or JSON (``\\x1b[91m``, ``\\033[0m``, ``\\u001b[0m``), as in
+#: ``repr(err)`` of kfp's "Task ... finished with status FAILURE" error.
+_ESCAPED_ANSI = re.compile(r"\\(?:x1[bB]|033|u001[bB])\[[0-?]*[ -/]*[@-~]")
+#: C0/C1 control characters except tab and newline.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def clean_text(value: object) -> str:
+    """``str(value)`` without terminal escape sequences (raw or spelled out by repr) or control
+    characters (tab and newline kept): what kfp's coloured log lines and errors become before
+    they are written to MLflow."""
+    return _CONTROL.sub("", _ANSI.sub("", _ESCAPED_ANSI.sub("", str(value))))
+
+
+def _clean_tags(tags: Mapping[str, object]) -> dict[str, str]:
+    """Tag values as MLflow stores them: cleaned (clean_text) and cut to MAX_TAG_VAL_LENGTH."""
+    return {key: clean_text(value)[:MAX_TAG_VAL_LENGTH] for key, value in tags.items()}
+
+
+def _literal(value: str) -> str:
+    """``value`` quoted for an MLflow filter string, for constants and run ids only.
+
+    MLflow's filter parser trims the quotes of a string value and unescapes nothing, so there is
+    no safe way to quote a string holding a quote: anything beyond word characters, ``.`` and
+    ``-`` is refused, and user strings (run names) are compared in Python instead.
+    """
+    if not re.fullmatch(r"[\w.\-]+", value, flags=re.ASCII):
+        raise ValueError(f"{value!r} cannot be put in an MLflow filter string; compare it in Python")
+    return f"'{value}'"
+
+
+# -- opening a store -----------------------------------------------------------------------------
+
+
+class TrackingStoreError(ValueError):
+    """The tracking store given cannot be used: a half-migrated or unreadable sqlite file, a
+    folder that is not writable, a tracking server that does not answer. The message names the
+    file or URI and what to do (a ValueError: the CLI prints it as one line, exit 2)."""
+
+
+class RunNameInUseError(ValueError):
+    """A RUNNING parent of the same run name belongs to a live (or unknown) process: the run
+    name given cannot be used now (a ValueError: the CLI prints it as one line, exit 2)."""
+
+
+#: Seconds a process waits for another one holding the store lock (which only creates or
+#: upgrades a schema: seconds) before giving up with TrackingStoreError.
+STORE_LOCK_TIMEOUT = 300
+
+
+def _move_away_hint(db: Path) -> str:
+    return (f"move it away (mv '{db}' '{db}.broken') to start a fresh store, or restore a backup if it holds runs "
+            "you need")
+
+
+def _check_sqlite_schema(db: Path) -> None:
+    """Raise TrackingStoreError if ``db`` is not an SQLite file or holds the leftover
+    ``_alembic_tmp_*`` tables of an interrupted MLflow schema migration (every run on it fails)."""
+    try:
+        with contextlib.closing(sqlite3.connect(db, timeout=SQLITE_TIMEOUT)) as conn:
+            names = [row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    except sqlite3.DatabaseError as err:
+        raise TrackingStoreError(f"tracking database {db} cannot be read ({err}): {_move_away_hint(db)}") from None
+    leftovers = sorted(name for name in names if name.startswith("_alembic_tmp_"))
+    if leftovers:
+        raise TrackingStoreError(
+            f"tracking database {db} is half-migrated (leftover tables {', '.join(leftovers)} of an interrupted "
+            f"MLflow schema migration): every run on it would fail; {_move_away_hint(db)}"
+        )
+
+
+def _build_schema(db: Path) -> None:
+    """Create MLflow's schema in a file beside ``db`` and rename it to ``db``: a process killed
+    while migrating (seconds) leaves a stray temporary file, never a half-migrated ``db``.
+    Call with the store lock held (temporary files of dead holders are removed here)."""
+    for stray in db.parent.glob(f".{db.name}.*.creating"):
+        stray.unlink(missing_ok=True)
+    tmp = db.parent / f".{db.name}.{os.getpid()}.creating"
+    try:
+        MlflowClient(_with_sqlite_timeout(f"sqlite:///{tmp.resolve()}"))
+        os.replace(tmp, db)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _open_client(tracking_uri: str, registry_uri: str | None = None) -> MlflowClient:
+    """An MlflowClient on ``tracking_uri``; for a sqlite file, opened under ``<db>.lock``.
+
+    MLflow creates or upgrades a sqlite schema when a process first opens the store, with no
+    inter-process lock: two processes doing it at once leave a half-migrated file. Under the lock
+    a missing or empty file gets its schema built aside (_build_schema), an existing one is
+    checked (_check_sqlite_schema) and then opened, so an older schema is upgraded by one process
+    at a time. Raises TrackingStoreError naming the file when it cannot be opened.
+    """
+    store_uri = _with_sqlite_timeout(tracking_uri)
+    registry = _with_sqlite_timeout(registry_uri or tracking_uri)
+    db = _sqlite_file(tracking_uri)
+    if db is None:
+        return MlflowClient(store_uri, registry_uri=registry)
+    db.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with FileLock(f"{db}.lock", timeout=STORE_LOCK_TIMEOUT):
+            if not db.exists() or db.stat().st_size == 0:
+                _build_schema(db)
+            _check_sqlite_schema(db)
+            try:
+                return MlflowClient(store_uri, registry_uri=registry)
+            except Exception as err:  # MlflowException, SQLAlchemy's and alembic's errors alike
+                reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                raise TrackingStoreError(
+                    f"MLflow cannot open the tracking database {db} ({reason}): {_move_away_hint(db)}; a database "
+                    f"from an older MLflow is upgraded with `mlflow db upgrade sqlite:///{db.resolve()}` after a backup"
+                ) from err
+    except Timeout:
+        raise TrackingStoreError(
+            f"tracking database {db}: another process has held {db}.lock for over {STORE_LOCK_TIMEOUT} s "
+            "(it only creates or upgrades the schema, which takes seconds): is one hung?"
+        ) from None
+
+
+@contextlib.contextmanager
+def bounded_http(max_retries: int = 1, timeout_s: int = 10) -> Iterator[None]:
+    """Within the block, MLflow's HTTP requests are tried at most ``1 + max_retries`` times each,
+    without back-off, and each waits at most ``timeout_s`` seconds for the server.
+
+    MLflow's defaults (7 retries, exponential back-off, 120 s timeout) make a call against a
+    tracking server that is down take minutes: right for a training step, wrong for a clean-up
+    or a pre-flight check. MLflow has no per-client setting; it reads these environment
+    variables on every request (``mlflow.utils.rest_utils.http_request``), so this sets them for
+    the whole process and restores them on exit: a request from another thread meanwhile gets
+    the same budget. A server that does not answer raises MlflowException.
+    """
+    values = {
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(max_retries),
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout_s),
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0",
+        "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0",
+    }
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def check_tracking_uri(tracking_uri: str, *, timeout_s: int = 5) -> None:
+    """Pre-flight check of a tracking store, before any work starts; raises TrackingStoreError.
+
+    ``http(s)://``: the server answers an experiments search within ``timeout_s`` seconds, with
+    no retries (MLflow's credentials from the environment apply). ``sqlite:///``: the file's
+    folder (or the nearest existing one above it) is writable, and an existing file is writable
+    and not half-migrated. Nothing is created. Other stores are left to MLflow.
+    """
+    if tracking_uri.startswith(("http://", "https://")):
+        try:
+            with bounded_http(max_retries=0, timeout_s=timeout_s):
+                MlflowClient(tracking_uri).search_experiments(max_results=1)
+        except MlflowException as err:
+            reason = str(err).strip().splitlines()[0][:300]
+            raise TrackingStoreError(f"MLflow tracking server {tracking_uri} does not answer: {reason}") from None
+        return
+    db = _sqlite_file(tracking_uri)
+    if db is None:
+        return
+    if db.is_dir():
+        raise TrackingStoreError(f"tracking database {db} is a directory, not a file")
+    if db.exists():
+        if not os.access(db, os.R_OK | os.W_OK):
+            raise TrackingStoreError(f"tracking database {db} is not writable")
+        _check_sqlite_schema(db)
+        return
+    folder = db.resolve().parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise TrackingStoreError(f"tracking database {db} cannot be created: {folder} is not a writable folder")
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this host (one of another user's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class Tracker:
     """All MLflow writes and reads of the pipeline, against one tracking store."""
 
@@ -205,13 +435,19 @@ class Tracker:
     ) -> None:
         """``registry_uri`` defaults to ``tracking_uri`` (not to $MLFLOW_REGISTRY_URI or global
         state). ``artifact_location`` is only used for experiments this tracker creates; for a
-        sqlite store it defaults to ``mlartifacts`` beside the database file."""
+        sqlite store it defaults to ``mlartifacts`` beside the database file.
+
+        A sqlite store (and a separate sqlite registry) is opened under an inter-process lock,
+        its schema created or checked (see _open_client): raises TrackingStoreError naming a
+        half-migrated or unreadable file. An http(s) store is not contacted here.
+        """
         if not tracking_uri:
             # MlflowClient would silently use the global default store (MLflow 3: ./mlflow.db).
             raise ValueError("tracking_uri must be a non-empty string")
         self.tracking_uri = tracking_uri
-        store_uri = _with_sqlite_timeout(tracking_uri)
-        self.client = MlflowClient(store_uri, registry_uri=_with_sqlite_timeout(registry_uri or tracking_uri))
+        if registry_uri and registry_uri != tracking_uri:
+            _open_client(registry_uri)  # its own schema, under its own lock
+        self.client = _open_client(tracking_uri, registry_uri)
         self.artifact_location = artifact_location or _sqlite_artifact_root(tracking_uri)
         self._experiment_ids: dict[str, str] = {}
 
@@ -248,17 +484,21 @@ class Tracker:
 
         ``tags`` should hold the KFP run/pipeline name, teacher id and data fingerprint; the
         benchmark, role and git commit (also as ``mlflow.source.git.commit``, shown by the UI)
-        are added unless given.
+        are added unless given, and HOST_TAG / PID_TAG when ``$PTDISTILL_RUNNER_PID`` names the
+        local runner's process.
         """
         commit = tags.get("git_commit") or git_commit()
         defaults = {ROLE_TAG: "parent", "benchmark": benchmark}
         if commit:
             defaults |= {"git_commit": commit, "mlflow.source.git.commit": commit}
+        runner_pid = os.environ.get(RUNNER_PID_ENV, "")
+        if runner_pid.isdigit():
+            defaults |= {HOST_TAG: socket.gethostname(), PID_TAG: runner_pid}
         param_list, structured = _format_params(params)
         with tempfile.TemporaryDirectory(prefix="ptdistill-mlflow-") as tmp:
             _stage_structured(structured, Path(tmp))
             run = self.client.create_run(
-                self.experiment_id(benchmark), tags={**defaults, **tags}, run_name=run_name
+                self.experiment_id(benchmark), tags=_clean_tags({**defaults, **tags}), run_name=clean_text(run_name)
             )
             run_id = run.info.run_id
             try:
@@ -292,19 +532,18 @@ class Tracker:
     def fail_parent(self, parent_id: str, reason: str) -> None:
         """Mark the parent FAILED with ``reason`` (tag FAILURE_TAG), and any child a crashed
         step left RUNNING too, so the UI shows no run as still in progress."""
-        reason = reason[:MAX_TAG_VAL_LENGTH] or "unknown"
+        reason = clean_text(reason).strip() or "unknown"
         parent = self.client.get_run(parent_id)
         for child in self._children(parent.info.experiment_id, parent_id):
             if child.info.status == "RUNNING":
-                self.client.set_tag(child.info.run_id, FAILURE_TAG, f"parent failed: {reason}"[:MAX_TAG_VAL_LENGTH])
+                self.set_tags(child.info.run_id, {FAILURE_TAG: f"parent failed: {reason}"})
                 self.client.set_terminated(child.info.run_id, "FAILED")
-        self.client.set_tag(parent_id, FAILURE_TAG, reason)
+        self.set_tags(parent_id, {FAILURE_TAG: reason})
         self.client.set_terminated(parent_id, "FAILED")
 
     def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
         """Tag a run (e.g. the teacher id once it is trained, the teacher-cache outcome)."""
-        self.client.log_batch(run_id, tags=[RunTag(k, str(v)[:MAX_TAG_VAL_LENGTH]) for k, v in tags.items()],
-                              synchronous=True)
+        self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in _clean_tags(tags).items()], synchronous=True)
 
     def log_metrics(self, run_id: str, metrics: Mapping[str, float]) -> None:
         """Log summary metrics (step 0) on a run, e.g. the teacher's and the search's on the parent."""
@@ -313,15 +552,59 @@ class Tracker:
     def fail_runs(self, benchmark: str, run_name: str, reason: str) -> list[str]:
         """Fail every parent of pipeline run ``run_name`` still RUNNING; returns their ids.
 
-        The local runner calls this when a step crashed, so no run stays half-written.
+        The local runner calls this when a step crashed, so no run stays half-written. Against a
+        tracking server that may be down, call it inside :func:`bounded_http`.
         """
-        experiment = self.experiment_id(benchmark, create=False)
-        if experiment is None:
-            return []
-        parents = self._search(experiment, f"tags.`kfp.run_name` = '{run_name}' and attributes.status = 'RUNNING'")
+        parents = self._running_parents(benchmark, run_name)
         for run in parents:
             self.fail_parent(run.info.run_id, reason)
         return [run.info.run_id for run in parents]
+
+    def supersede_stale_runs(self, benchmark: str, run_name: str) -> list[str]:
+        """Before a local run named ``run_name`` starts: mark FAILED every RUNNING parent of that
+        name whose runner process is gone, and return their ids.
+
+        A parent is stale when its HOST_TAG is this host and the process PID_TAG no longer exists
+        (or is this very process, which is starting a new run, so its earlier one has ended).
+        Raises RunNameInUseError, changing nothing, if any RUNNING parent of that name is alive,
+        or was started elsewhere (another host, or no local runner), where liveness cannot be told:
+        two runs of one name would mix their files.
+        """
+        parents = self._running_parents(benchmark, run_name)
+        host = socket.gethostname()
+        stale, blocking = [], []
+        for run in parents:
+            pid, its_host = run.data.tags.get(PID_TAG, ""), run.data.tags.get(HOST_TAG)
+            if its_host == host and pid.isdigit() and (int(pid) == os.getpid() or not _pid_alive(int(pid))):
+                stale.append((run.info.run_id, int(pid)))
+            else:
+                blocking.append((run.info.run_id, pid, its_host))
+        if blocking:
+            run_id, pid, its_host = blocking[0]
+            if its_host == host:
+                why = f"its process {pid} on this host ({host}) is still running: wait for it to finish"
+            else:
+                where = f"on host {its_host}" if its_host else "outside a local runner"
+                why = (f"it was started {where}, so ptdistill cannot tell whether it still runs: if it does not, mark "
+                       f"it failed (python -c \"from mlflow import MlflowClient; MlflowClient('{self.tracking_uri}')"
+                       f".set_terminated('{run_id}', 'FAILED')\")")
+            raise RunNameInUseError(
+                f"run name {run_name!r} is in use: MLflow parent run {run_id} ({experiment_name(benchmark)}) is "
+                f"RUNNING and {why}, or choose another --run-name (two runs of one name would mix their files)"
+            )
+        for run_id, pid in stale:
+            self.fail_parent(run_id, f"stale: its process {pid} on {host} is gone; superseded by a re-run")
+        return [run_id for run_id, _ in stale]
+
+    def _running_parents(self, benchmark: str, run_name: str) -> list[Run]:
+        """RUNNING parents of pipeline run ``run_name`` (RUN_NAME_TAG, compared in Python)."""
+        experiment = self.experiment_id(benchmark, create=False)
+        if experiment is None:
+            return []
+        runs = self._search(experiment, f"tags.{ROLE_TAG} = {_literal('parent')} and "
+                                        f"attributes.status = {_literal('RUNNING')}")
+        name = clean_text(run_name)
+        return [run for run in runs if run.data.tags.get(RUN_NAME_TAG) == name]
 
     # -- students ------------------------------------------------------------------------
 
@@ -372,7 +655,7 @@ class Tracker:
             # The run is logged after training: back-date its start so the UI's Duration is the training time.
             start = get_current_time_millis() - int(seconds * 1000) if seconds is not None else None
             run_id = self.client.create_run(
-                parent.info.experiment_id, start_time=start, tags=tags, run_name=run_name
+                parent.info.experiment_id, start_time=start, tags=_clean_tags(tags), run_name=clean_text(run_name)
             ).info.run_id
             try:
                 self.client.log_batch(run_id, metrics=metric_list, params=param_list, synchronous=True)
@@ -456,7 +739,7 @@ class Tracker:
                 return runs
 
     def _children(self, experiment_id: str, parent_id: str) -> list[Run]:
-        return self._search(experiment_id, f"tags.{PARENT_TAG} = '{parent_id}'")
+        return self._search(experiment_id, f"tags.{PARENT_TAG} = {_literal(parent_id)}")
 
     def latest_students(self, benchmark: str, n_parents: int = 1, run_names: list[str] | None = None) -> pd.DataFrame:
         """One row per student of the ``n_parents`` most recently started parent runs (FAILED
@@ -467,14 +750,13 @@ class Tracker:
         experiment_id = self.experiment_id(benchmark, create=False)
         parents = []
         if experiment_id is not None:
-            parents = self.client.search_runs(
-                [experiment_id],
-                f"tags.{ROLE_TAG} = 'parent'",
-                order_by=["attributes.start_time DESC"],
-                max_results=n_parents if run_names is None else 10_000,
-            )
-            if run_names is not None:  # MLflow's filter has no IN for run names
-                parents = [p for p in parents if p.info.run_name in run_names]
+            is_parent, newest_first = f"tags.{ROLE_TAG} = {_literal('parent')}", ["attributes.start_time DESC"]
+            if run_names is None:
+                parents = self.client.search_runs([experiment_id], is_parent, order_by=newest_first,
+                                                  max_results=n_parents)
+            else:  # names are compared in Python: a filter string cannot hold them safely
+                wanted = {clean_text(name) for name in run_names}
+                parents = [p for p in self._search(experiment_id, is_parent, newest_first) if p.info.run_name in wanted]
         rows = []
         for order, parent in enumerate(parents):
             for child in self._children(experiment_id, parent.info.run_id):
