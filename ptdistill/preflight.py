@@ -12,6 +12,7 @@ from __future__ import annotations
 import secrets
 
 from ptdistill.storage import SHORT_RETRY, GCSStore, Store, StoreUnavailableError, describe_error, open_store
+from ptdistill.tracking import check_tracking_uri
 
 #: Name prefix of the probe object written at the store's root (and deleted) by :func:`check_store`.
 PROBE_PREFIX = ".ptdistill-preflight-"
@@ -25,11 +26,14 @@ class PreflightError(ValueError):
 
 
 def preflight(artifact_store: str, tracking_uri: str) -> None:
-    """Check the artifact store (see :func:`check_store`) before any pipeline work starts.
+    """Check the artifact store (see :func:`check_store`) and the tracking store (see
+    :func:`ptdistill.tracking.check_tracking_uri`) before any pipeline work starts.
 
-    Raises :class:`PreflightError`, or ``ValueError`` for a malformed URI.
+    Raises :class:`PreflightError` or :class:`ptdistill.tracking.TrackingStoreError` (both
+    ``ValueError``), or ``ValueError`` for a malformed URI.
     """
     check_store(artifact_store)
+    check_tracking_uri(tracking_uri)
 
 
 def check_store(uri: str) -> None:

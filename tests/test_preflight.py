@@ -226,3 +226,26 @@ def test_compile_and_submit_do_not_check_the_store(tmp_path, monkeypatch, capsys
     assert cli.main(["submit", "synthetic", "--quick", "--host", f"http://127.0.0.1:{_free_port()}",
                      "--artifact-store", "gs://unreachable-from-here/x"]) == 0
     assert "run id: r1" in capsys.readouterr().out
+
+
+def test_run_checks_the_tracking_server_before_any_work(tmp_path, monkeypatch, capsys):
+    """A tracking URI that does not answer fails the run in one line naming it, before the pipeline starts."""
+    import pipelines.local
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the pipeline started")
+
+    monkeypatch.setattr(pipelines.local.local, "init", no_work)
+    uri = f"http://127.0.0.1:{_free_port()}"
+    code = cli.main(["run", "synthetic", "--quick", "--pipeline-root", str(tmp_path / "runs"),
+                     "--tracking-uri", uri])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith(f"ptdistill run: error: MLflow tracking server {uri} does not answer: ")
+    assert err.count("\n") == 1
+
+
+def test_preflight_refuses_a_directory_as_the_tracking_database(tmp_path):
+    (tmp_path / "m.db").mkdir()
+    with pytest.raises(ValueError, match=re.escape(f"tracking database {tmp_path / 'm.db'} is a directory")):
+        preflight(str(tmp_path / "store"), f"sqlite:///{tmp_path}/m.db")
