@@ -98,14 +98,14 @@ def clean_up(benchmark: str, run_name: str, tracking_uri: str, artifact_store: s
     tracked = results["tracking"]
     if isinstance(tracked, BaseException):
         parts.append(f"could not mark the MLflow parent of run {run_name!r} FAILED ({tracking_uri}: {_why(tracked)});"
-                     f" when it answers, run {_by_hand('fail_parents', tracking_uri, benchmark, run_name, 'failed (by hand)')}")
+                     f" when it answers, run `{_by_hand('fail_parents', tracking_uri, benchmark, run_name, 'failed (by hand)')}`")
     else:
         parts.append("MLflow parent marked FAILED" if tracked else "no RUNNING MLflow parent to mark FAILED")
     stored = results["store"]
     where = f"{artifact_store.rstrip('/')}/{benchmark}/{run_name}/"
     if isinstance(stored, BaseException):
         parts.append(f"could not delete the run's objects under {where} ({_why(stored)}); when it answers, run "
-                     f"{_by_hand('delete_run_objects', artifact_store, benchmark, run_name)}")
+                     f"`{_by_hand('delete_run_objects', artifact_store, benchmark, run_name)}`")
     else:
         deleted, kept = stored
         parts.append(f"{deleted} run objects deleted from {where}")
