@@ -12,6 +12,7 @@ CLI may share it with whatever started it (a shell script, a test).
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 import time
@@ -69,6 +70,12 @@ def end_children(grace: float = GRACE_SECONDS) -> int:
     return len(children)
 
 
+def _kfp_reports(record: logging.LogRecord) -> bool:
+    """Root-logger filter while a stopped run unwinds: kfp.local logs on the root logger (and so
+    on stderr) each task it had running as FAILED; those are the tasks this module ended."""
+    return False
+
+
 class StopOnSignals:
     """Context manager: inside it, the first SIGINT or SIGTERM ends every task process and raises
     :class:`RunInterrupted` in the main thread; later signals are ignored until the context exits,
@@ -92,6 +99,7 @@ class StopOnSignals:
         if self.signum is not None or self._quiet:
             return
         self.signum = signum
+        logging.getLogger().addFilter(_kfp_reports)
         self._reaper = threading.Thread(target=self._reap, name="ptdistill-end-tasks", daemon=True)
         self._reaper.start()
         raise RunInterrupted(signum)
@@ -113,5 +121,6 @@ class StopOnSignals:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.quiet()
+        logging.getLogger().removeFilter(_kfp_reports)
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
