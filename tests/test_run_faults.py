@@ -2,6 +2,7 @@
 the clean-up, kept checkpoints, generated run names, stray modules in the working directory."""
 
 
+import json
 import os
 import re
 import signal
@@ -15,6 +16,7 @@ import psutil
 import pytest
 
 from pipelines.cleanup import clean_up
+from pipelines.signals import RunInterrupted
 from ptdistill.steps.common import new_run_name
 from ptdistill.storage import LocalStore, open_store
 from ptdistill.tracking import FAILURE_TAG, Tracker
@@ -108,6 +110,41 @@ def test_signal_during_distill_student_ends_tasks_and_cleans_up(tmp_path, sig):
     assert store.list(f"{BENCHMARK}/") == []
     assert store.list("cache/teacher/"), "the teacher cache was deleted"
     assert sorted(p.name for p in cwd.iterdir()) == []
+
+
+#: kfp.local's way of running tasks, in small: each in a subprocess (here with a grandchild) started
+#: from a thread pool whose shutdown waits for running and queued items.
+POOL_OF_TASKS = """
+import concurrent.futures, json, os, signal, subprocess, time
+from pipelines.signals import RunInterrupted, StopOnSignals
+
+procs = []
+
+def task():
+    procs.append(subprocess.Popen(["sh", "-c", "sleep 300 & wait"]))
+    return procs[-1].wait()
+
+try:
+    with StopOnSignals():
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            futures = [pool.submit(task) for _ in range(5)]
+            while len(procs) < 2:
+                time.sleep(0.05)
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(300)
+except RunInterrupted as err:
+    print(json.dumps([err.exit_code, [p.returncode for p in procs]]))
+"""
+
+
+def test_a_signal_ends_running_and_queued_tasks():
+    runner = subprocess.Popen([sys.executable, "-c", POOL_OF_TASKS], cwd=REPO, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, start_new_session=True)
+    out, err = runner.communicate(timeout=300)
+    code, returncodes = json.loads(out)
+    assert code == 143, err
+    assert len(returncodes) == 5 and all(rc < 0 for rc in returncodes), returncodes  # each ended by a signal
+    assert _session_processes(runner.pid) == []
 
 
 # --------------------------------------------------------------------------- clean-up: best effort, bounded
@@ -240,3 +277,26 @@ def test_tasks_do_not_import_modules_from_the_working_directory(tmp_path, monkey
             fail()
     assert sorted(p.name for p in cwd.iterdir()) == sorted(STRAY_MODULES)
     assert os.environ.get("PYTHONSAFEPATH") == before  # only the tasks' environment
+
+
+# --------------------------------------------------------------------------- what `ptdistill run` prints
+
+
+@pytest.mark.parametrize("error, code", [(RuntimeError("Task 'distill-student' finished with status FAILURE"), 1),
+                                         (RunInterrupted(signal.SIGTERM), 143), (RunInterrupted(signal.SIGINT), 130)])
+def test_run_prints_the_clean_up_line_and_exits_with_the_signal_code(tmp_path, monkeypatch, capsys, error, code):
+    from ptdistill.cli import main
+
+    note = "clean-up: MLflow parent marked FAILED; 2 run objects deleted from /x/synthetic/r/"
+
+    def run_local(*args, **kwargs):
+        error.add_note(note)
+        raise error
+
+    monkeypatch.setattr("pipelines.local.run_local", run_local)
+    assert main(["run", BENCHMARK, "--quick", "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"]) == code
+    stderr = capsys.readouterr().err.splitlines()
+    if isinstance(error, RunInterrupted):
+        assert stderr == [f"ptdistill run {BENCHMARK}: interrupted by {signal.Signals(error.signum).name}; {note}"]
+    else:
+        assert stderr == [f"ptdistill run {BENCHMARK}: failed: {error}", note]
