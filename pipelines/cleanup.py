@@ -12,6 +12,7 @@ prefix) is never touched.
 
 from __future__ import annotations
 
+import json
 import shlex
 import sys
 import threading
@@ -78,9 +79,15 @@ def _why(err: BaseException) -> str:
     return f"{type(err).__name__}: {text[0][:200]}" if text else type(err).__name__
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def _by_hand(function: str, *args: str) -> str:
-    """A shell command that calls ``function`` of this module with ``args``, with this Python."""
-    code = f"from pipelines.cleanup import {function}; {function}({', '.join(map(repr, args))})"
+    """A shell command that calls ``function`` of this module with ``args``, with this Python.
+    The arguments are JSON strings (also Python literals): double quotes read well inside the
+    shell's single quotes."""
+    code = f"from pipelines.cleanup import {function}; {function}({', '.join(map(json.dumps, args))})"
     return f"{shlex.quote(sys.executable)} -c {shlex.quote(code)}"
 
 
@@ -108,7 +115,7 @@ def clean_up(benchmark: str, run_name: str, tracking_uri: str, artifact_store: s
                      f"`{_by_hand('delete_run_objects', artifact_store, benchmark, run_name)}`")
     else:
         deleted, kept = stored
-        parts.append(f"{deleted} run objects deleted from {where}")
+        parts.append(f"{_count(deleted, 'run object')} deleted from {where}")
         if kept:
-            parts.append(f"{kept} checkpoint objects kept: a re-run with `--run-name {shlex.quote(run_name)}` resumes")
+            parts.append(f"{_count(kept, 'checkpoint object')} kept: a re-run with `--run-name {shlex.quote(run_name)}` resumes")
     return "clean-up: " + "; ".join(parts)

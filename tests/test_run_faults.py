@@ -184,7 +184,7 @@ def test_clean_up_marks_the_parent_failed_when_the_store_fails(tmp_path, monkeyp
     assert line.startswith("clean-up: MLflow parent marked FAILED; could not delete the run's objects under "
                            f"gs://bucket/prefix/{BENCHMARK}/r1/ (ConnectionError: store unreachable deleting ")
     hand = line.split("when it answers, run `")[1]
-    assert "delete_run_objects(" in hand and "'gs://bucket/prefix'" in hand
+    assert "delete_run_objects(" in hand and '"gs://bucket/prefix"' in hand
     assert "\n" not in line
 
 
@@ -199,8 +199,8 @@ def test_clean_up_commands_finish_the_job_by_hand(tmp_path, monkeypatch):
     commands = re.findall(r"when it answers, run `(.*?)`(?:;|$)", line)
     assert len(commands) == 2, line
     for command in commands:
-        command = command.replace("'gs://unreachable-bucket/p'", repr(str(tmp_path / "store")))
-        command = re.sub(r"'http://127\.0\.0\.1:\d+'", repr(tracking_uri), command)
+        command = command.replace('"gs://unreachable-bucket/p"', json.dumps(str(tmp_path / "store")))
+        command = re.sub(r'"http://127\.0\.0\.1:\d+"', json.dumps(tracking_uri), command)
         subprocess.run(command, shell=True, check=True, cwd=REPO, timeout=300)
     assert Tracker(tracking_uri).client.get_run(parent).info.status == "FAILED"
     assert set(LocalStore(tmp_path / "store").list()) == checkpoints | others
