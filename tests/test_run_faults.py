@@ -253,11 +253,13 @@ def test_tasks_do_not_import_modules_from_the_working_directory(tmp_path, monkey
     from pipelines.local import _task_environment
 
     @dsl.component(base_image="python:3.11", install_kfp_package=False)
-    def add_one(x: int) -> int:
+    def add_one(x: int) -> str:
+        """x + 1, and the runner pid the task was given (both modules are the standard ones)."""
         import inspect
+        import os
         import random
 
-        return x + 1 + len(inspect.__name__) * 0 + random.randint(0, 0)
+        return f"{x + 1 + random.randint(0, 0)} {inspect.isfunction(add_one)} {os.environ['PTDISTILL_RUNNER_PID']}"
 
     @dsl.component(base_image="python:3.11", install_kfp_package=False)
     def fail() -> None:
@@ -272,7 +274,7 @@ def test_tasks_do_not_import_modules_from_the_working_directory(tmp_path, monkey
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"),
                raise_on_error=True)
     with _task_environment():
-        assert add_one(x=41).output == 42
+        assert add_one(x=41).output == f"42 True {os.getpid()}"
         with pytest.raises(RuntimeError, match="fail"):
             fail()
     assert sorted(p.name for p in cwd.iterdir()) == sorted(STRAY_MODULES)
