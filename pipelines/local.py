@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 import builtins
+import contextlib
 import json
 import os
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from kfp import local
 
+from pipelines.cleanup import clean_up
 from pipelines.dag import build_pipeline
+from pipelines.signals import StopOnSignals
 from ptdistill.config import to_dict
 from ptdistill.experiments import ExperimentConfig
 from ptdistill.preflight import preflight
-from ptdistill.steps.common import SOLO_THREADS
+from ptdistill.steps.common import SOLO_THREADS, new_run_name
 from ptdistill.storage import open_store
-from ptdistill.tracking import Tracker
+from ptdistill.tracking import RUNNER_PID_ENV, Tracker
 
 
 @dataclass
@@ -45,14 +49,21 @@ def run_local(
 ) -> RunResult:
     """Run the pipeline through ``kfp.local`` (``SubprocessRunner(use_venv=False)``).
 
-    On failure the MLflow parent run is marked FAILED and the run's objects are removed from
-    the artifact store (the teacher cache keeps only complete entries), then the error is raised.
+    On failure, and on SIGINT or SIGTERM (:class:`pipelines.signals.RunInterrupted`, after every
+    task process is ended), the MLflow parent run is marked FAILED and the run's objects except
+    its resume checkpoints are removed from the artifact store (the teacher cache keeps only
+    complete entries), best effort and in bounded time (:func:`pipelines.cleanup.clean_up`), then
+    the error is raised with a note, starting ``clean-up:``, on what was done and what is left.
     """
     pipeline_root = Path(pipeline_root).resolve()
     artifact_store = artifact_store or str(pipeline_root)
     tracking_uri = tracking_uri or default_tracking_uri()
     preflight(artifact_store, tracking_uri)
-    run_name = run_name or f"{config.benchmark}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_name = run_name or new_run_name(config.benchmark)
+    # A RUNNING parent of this name whose runner is gone is marked FAILED; one whose runner lives
+    # is refused (RunNameInUseError) before anything is written. Outside the clean-up below, so a
+    # refused run never cleans up the objects of the run that holds the name.
+    Tracker(tracking_uri).supersede_stale_runs(config.benchmark, run_name)
     # Two students train at once locally (kfp.local runs ParallelFor two at a time): one thread each.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     # ...while the teacher steps, which run alone, may use every core (see steps.common.solo_threads).
@@ -67,14 +78,16 @@ def run_local(
     # kfp.local indents task logs by swapping builtins.print per task; with two ParallelFor tasks in
     # threads the swaps interleave and an indented print can outlive the run: put ours back after.
     original_print = builtins.print
-    try:
-        build_pipeline(config)(config_json=json.dumps(to_dict(config)), runs=config.runs(), run_name=run_name,
-                               tracking_uri=tracking_uri, artifact_store=artifact_store)
-    except BaseException as err:
-        _clean_up(config.benchmark, run_name, tracking_uri, artifact_store, repr(err))
-        raise
-    finally:
-        builtins.print = original_print
+    with _task_environment(), StopOnSignals() as signals:
+        try:
+            build_pipeline(config)(config_json=json.dumps(to_dict(config)), runs=config.runs(), run_name=run_name,
+                                   tracking_uri=tracking_uri, artifact_store=artifact_store)
+        except BaseException as err:
+            signals.quiet()
+            err.add_note(clean_up(config.benchmark, run_name, tracking_uri, artifact_store, f"{type(err).__name__}: {err}"))
+            raise
+        finally:
+            builtins.print = original_print
     store = open_store(artifact_store)
     prefix = f"{config.benchmark}/{run_name}/report"
     return RunResult(
@@ -85,8 +98,25 @@ def run_local(
     )
 
 
-def _clean_up(benchmark: str, run_name: str, tracking_uri: str, artifact_store: str, reason: str) -> None:
-    Tracker(tracking_uri).fail_runs(benchmark, run_name, reason)
-    store = open_store(artifact_store)
-    for key in store.list(f"{benchmark}/{run_name}/"):
-        store.delete(key)
+@contextlib.contextmanager
+def _task_environment() -> Iterator[None]:
+    """Environment of the task processes while the run lasts (restored after).
+
+    ``PYTHONSAFEPATH``: kfp.local starts tasks as ``python -m kfp.dsl.executor_main`` in the user's
+    working directory, which ``-m`` puts first on ``sys.path``, so a stray ``inspect.py`` or
+    ``random.py`` there was imported instead of the standard module, and ran as a script on the
+    executor's arguments (one such script left an empty file named ``--component_module_path``).
+    The executor loads the component by file path and ptdistill is installed, so tasks need no
+    working-directory imports. ``RUNNER_PID_ENV``: whose tasks these are (the parent run's host/pid tags).
+    """
+    task_env = {"PYTHONSAFEPATH": "1", RUNNER_PID_ENV: str(os.getpid())}
+    saved = {key: os.environ.get(key) for key in task_env}
+    os.environ.update(task_env)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

@@ -29,6 +29,7 @@ from typing import Any, Callable
 
 from ptdistill.config import load_config, to_dict
 from ptdistill.experiments import ExperimentConfig, default_config
+from ptdistill.steps.common import new_run_name
 from ptdistill.tracking import experiment_name
 
 HOST_ENV = "KFP_HOST"
@@ -226,7 +227,7 @@ def submit(
     """
     config = resolve_config(config, overrides)
     host = resolve_host(host)
-    run_name = run_name or f"{config.benchmark}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_name = run_name or new_run_name(config.benchmark)
     arguments = run_arguments(config, tracking_uri, artifact_store, pipeline_root, run_name)
     kfp_client = client(host, existing_token, namespace)
     with _compiled(config) as package, _api_errors(host, "submit"), _quiet():
@@ -425,7 +426,7 @@ def vertex_job(
     config = resolve_config(config, overrides)
     project, region, pipeline_root = _vertex_target(project, region, pipeline_root)
     aiplatform = _aiplatform()
-    run_name = None if scheduled else (run_name or f"{config.benchmark}-{time.strftime('%Y%m%d-%H%M%S')}")
+    run_name = None if scheduled else (run_name or new_run_name(config.benchmark))
     arguments = run_arguments(config, tracking_uri, artifact_store, pipeline_root, run_name)
     with _compiled(config) as package:
         return aiplatform.PipelineJob(

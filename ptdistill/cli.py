@@ -99,3 +99,6 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as err:
         print(f"ptdistill {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C outside a pipeline run (which handles it itself)
+        print(f"ptdistill {args.command}: interrupted", file=sys.stderr)
+        return 130

@@ -40,6 +40,7 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 def _run(args: argparse.Namespace) -> int:
     config = _config(args)
     from pipelines.local import default_tracking_uri, run_local
+    from pipelines.signals import RunInterrupted
     from ptdistill.tracking import Tracker, experiment_name
 
     tracking_uri = args.tracking_uri or default_tracking_uri()
@@ -48,10 +49,12 @@ def _run(args: argparse.Namespace) -> int:
     try:
         result = run_local(config, pipeline_root=args.pipeline_root, artifact_store=args.artifact_store,
                            tracking_uri=tracking_uri, run_name=args.run_name)
+    except RunInterrupted as err:  # SIGINT / SIGTERM: tasks ended, then cleaned up like a failure
+        print(f"ptdistill run {config.benchmark}: {err}; {_clean_up_note(err)}", file=sys.stderr)
+        return err.exit_code
     except RuntimeError as err:  # kfp.local: a task failed; its log is printed above
         print(f"ptdistill run {config.benchmark}: failed: {err}", file=sys.stderr)
-        print("The MLflow parent run is marked FAILED and this run's objects were removed from the artifact store.",
-              file=sys.stderr)
+        print(_clean_up_note(err), file=sys.stderr)
         return 1
     print()
     print(result.markdown)
@@ -60,6 +63,11 @@ def _run(args: argparse.Namespace) -> int:
     print(f"MLflow: experiment {experiment_name(config.benchmark)!r} (id {experiment}) in {tracking_uri}; "
           f"run `ptdistill ui` and open /#/experiments/{experiment}/runs")
     return 0
+
+
+def _clean_up_note(err: BaseException) -> str:
+    """The line run_local's clean-up added to ``err``: what was cleaned, what is left to do by hand."""
+    return next((n for n in getattr(err, "__notes__", []) if n.startswith("clean-up:")), "clean-up: not reached")
 
 
 def _compile(args: argparse.Namespace) -> int:
@@ -262,7 +270,7 @@ def add_pipeline_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--artifact-store", help="where components publish outputs and the teacher cache "
                    "(a folder, file:// or gs://bucket/prefix; default: the pipeline root)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
-    p.add_argument("--run-name", help="name of the run in MLflow and the artifact store (default <benchmark>-<time>),"
+    p.add_argument("--run-name", help="name of the run in MLflow and the artifact store (default <benchmark>-<time>-<random>),"
                    " e.g. to select it later with `ptdistill report --run`")
     p.set_defaults(run=_run)
 
@@ -304,7 +312,7 @@ def add_pipeline_commands(sub: argparse._SubParsersAction) -> None:
     _add_remote_args(p)
     _add_run_args(p)
     _add_vertex_args(p)
-    p.add_argument("--run-name", help="run name in KFP and MLflow (default BENCHMARK-YYYYmmdd-HHMMSS)")
+    p.add_argument("--run-name", help="run name in KFP and MLflow (default BENCHMARK-YYYYmmdd-HHMMSS-<6 hex digits>)")
     p.add_argument("--wait", action="store_true", help="follow the run until it ends (exit 1 unless it succeeds)")
     p.add_argument("--poll-seconds", type=float, default=10.0, help=argparse.SUPPRESS)
     p.set_defaults(run=_submit)

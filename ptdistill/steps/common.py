@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -15,6 +17,9 @@ log = logging.getLogger("ptdistill.steps")
 #: Environment variable: torch threads for steps that run alone (set by the local runner, which
 #: gives each fanned-out student one thread through OMP_NUM_THREADS=1).
 SOLO_THREADS = "PTDISTILL_SOLO_THREADS"
+#: Folder of a run's resume checkpoints, under its prefix: kept when a run fails, so a re-run
+#: with the same run name resumes; each step deletes its own when it succeeds.
+CHECKPOINTS = "checkpoints"
 
 
 def solo_threads() -> None:
@@ -52,9 +57,20 @@ class RunInfo:
         return f"{self.benchmark}/{self.run_name}"
 
 
+def new_run_name(benchmark: str) -> str:
+    """A generated run name, ``<benchmark>-YYYYmmdd-HHMMSS-<6 hex digits>``.
+
+    The run name is the run's prefix in the artifact store and its name in MLflow, so two runs
+    must never share one: 24 random bits make two runs started in the same second collide once
+    in 16 million (no store or server is asked, so it works offline and before either answers).
+    Names sort by start time to the second; within one second their order is arbitrary.
+    """
+    return f"{benchmark}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+
+
 def checkpoint_prefix(info: RunInfo, name: str) -> tuple[str, str]:
     """(store URI, key prefix) of a step's resume checkpoints: the same on a restart of the run."""
-    return info.artifact_store, f"{info.prefix}/checkpoints/{name}"
+    return info.artifact_store, f"{info.prefix}/{CHECKPOINTS}/{name}"
 
 
 def clear_checkpoints(info: RunInfo, name: str) -> None:
