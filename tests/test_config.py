@@ -561,3 +561,52 @@ def test_yaml_float_resolver_is_not_global():
     assert yaml.safe_load("2e-5") == "2e-5"  # PyYAML's own loader is left as it is
     assert parse_override("a=2e-5") == (["a"], 2e-5)
     assert parse_override("a=e5") == (["a"], "e5") and parse_override("a=1e") == (["a"], "1e")
+
+
+# --------------------------------------------------------------------------- fan-out items name distinct students
+
+KL, PT = MethodSpec("kl", "kl"), MethodSpec("ptloss", "ptloss")
+FAN_OUT_CLASHES = [
+    pytest.param({"seeds": [0, 0]}, "seeds: duplicate seed 0 (2 times) in [0, 0] (two items would publish to the same"
+                 " students/<method>-seed<seed> and overwrite each other)", id="duplicate-seed"),
+    pytest.param({"seeds": [1, 2, 1, 2]}, "seeds: duplicate seed 1 (2 times); 2 (2 times) in [1, 2, 1, 2]",
+                 id="two-duplicate-seeds"),
+    pytest.param({"seeds": [0, -1]}, "seeds[1]: expected an integer in [0, 4294967295], got -1", id="negative-seed"),
+    pytest.param({"seeds": [2**32]}, "seeds[0]: expected an integer in [0, 4294967295], got 4294967296",
+                 id="seed-too-large"),
+    pytest.param({"methods": [KL, KL]}, "methods: duplicate method name 'kl' (2 times) in ['kl', 'kl'] (names are"
+                 " compared ignoring case: they name the store keys students/<method>-seed<seed> and the MLflow runs)",
+                 id="duplicate-method"),
+    pytest.param({"methods": [KL, MethodSpec("KL", "kl", {"temperature": 2.0})]},
+                 "methods: duplicate method name 'kl' and 'KL' in ['kl', 'KL']", id="method-names-differ-by-case"),
+    pytest.param({"methods": [MethodSpec("kl/t2", "kl")]}, "methods[0].name: expected letters, digits, '_', '.' or"
+                 " '-' (it names the student's store key and MLflow run), got 'kl/t2'", id="slash-in-method-name"),
+    pytest.param({"methods": [MethodSpec("", "kl")]}, "methods[0].name: expected letters", id="empty-method-name"),
+    pytest.param({"methods": [KL], "lr_grid": [2e-5, 2e-5]}, "lr_grid: duplicate learning rate 2e-05 (2 times) in"
+                 " [2e-05, 2e-05] (rates are told apart by their variant name <method>-lr<rate>, 6 significant"
+                 " digits)", id="duplicate-lr"),
+    pytest.param({"methods": [KL], "lr_grid": [2e-5, 2.0000001e-5]},
+                 "lr_grid: duplicate learning rate 2e-05 and 2.0000001e-05", id="lrs-with-one-variant-name"),
+]
+
+
+@pytest.mark.parametrize(("fields", "message"), FAN_OUT_CLASHES)
+def test_fan_out_items_that_would_share_a_student_are_rejected(fields, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        SyntheticConfig(**fields).validate(3)
+
+
+def test_distinct_fan_out_items_pass():
+    config = SyntheticConfig(methods=[KL, PT, MethodSpec("kl_T2.0-b", "kl", {"temperature": 2.0})], seeds=[0, 7],
+                             lr_grid=[2e-5, 3e-5])
+    config.validate(3)
+    keys = [f"{r['method']}-seed{r['seed']}" for r in config.runs()]
+    assert len(keys) == 12 and len({k.lower() for k in keys}) == 12
+
+
+def test_cli_rejects_duplicate_seeds_before_any_pipeline(workdir, capsys):
+    assert main(["run", "synthetic", "--quick", "--set", "seeds=[0,0]"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err == ("ptdistill run: error: seeds: duplicate seed 0 (2 times) in [0, 0] (two items would"
+                                 " publish to the same students/<method>-seed<seed> and overwrite each other)\n")
+    assert list(workdir.iterdir()) == []
