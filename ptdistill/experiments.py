@@ -88,6 +88,9 @@ class SearchSpec:
     seed: int = 0
     strategy: str = "random"
     criterion: str = "q"
+    #: Candidates whose proxy teacher overturns more than this fraction of the teacher's validation
+    #: decisions (argmax) are not chosen; 1.0 turns the rule off (see ptdistill.proxy.search).
+    max_flips: float = 0.5
 
 
 @dataclass
@@ -222,6 +225,8 @@ class ExperimentConfig:
                 raise ConfigError(f"search.{key}: expected an integer >= 1, got {getattr(s, key)}")
         if not s.low < s.high:
             raise ConfigError(f"search.low/high: expected low < high, got {s.low} and {s.high}")
+        if not 0 <= s.max_flips <= 1:
+            raise ConfigError(f"search.max_flips: expected a fraction in [0, 1], got {s.max_flips}")
 
     def _check_fan_out(self) -> None:
         """Every (method, seed) item of :meth:`runs` names its own student.

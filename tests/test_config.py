@@ -610,3 +610,10 @@ def test_cli_rejects_duplicate_seeds_before_any_pipeline(workdir, capsys):
     assert out == "" and err == ("ptdistill run: error: seeds: duplicate seed 0 (2 times) in [0, 0] (two items would"
                                  " publish to the same students/<method>-seed<seed> and overwrite each other)\n")
     assert list(workdir.iterdir()) == []
+
+
+def test_search_max_flips_is_a_fraction():
+    assert SyntheticConfig().search.max_flips == 0.5
+    assert load_config(SyntheticConfig, None, ["search.max_flips=1"]).search.max_flips == 1.0
+    with pytest.raises(ConfigError, match=re.escape("search.max_flips: expected a fraction in [0, 1], got 1.5")):
+        load_config(SyntheticConfig, None, ["search.max_flips=1.5"]).validate(3)
