@@ -403,3 +403,17 @@ def test_rank_and_order_choices_rank_only_eligible_candidates(tmp_path):
     assert chosen_eps(tmp_path, SearchSpec(), {"rank": 3}, 2) == eligible.iloc[3]["eps"]
     with pytest.raises(ValueError, match=f"rank {len(eligible)} asked of {len(eligible)} searched coefficient sets"):
         chosen_eps(tmp_path, SearchSpec(), {"rank": len(eligible)}, 2)
+
+
+def test_search_command_prints_flips_and_one_line_per_warning(tmp_path, capsys):
+    from ptdistill.cli import main
+
+    assert main(["search", "--synthetic", "60x3", "--trials", "3", "--max-order", "1", "--out",
+                 str(tmp_path / "r.json")]) == 0
+    out, err = capsys.readouterr()
+    assert "the proxy overturns 0.0000 of the teacher's decisions" in out
+    assert [line for line in err.splitlines() if "warning" in line.lower()] == [
+        "warning: validation split too small to rank coefficient candidates: 60 rows (class 0: 19, class 1: 21,"
+        " class 2: 20); want at least 30 per class, else a few rows decide which coefficients win"]
+    saved = json.loads((tmp_path / "r.json").read_text())
+    assert saved["flips"] == 0.0 and saved["settings"]["max_flips"] == 0.5 and len(saved["warnings"]) == 1

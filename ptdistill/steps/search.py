@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -28,9 +29,11 @@ def proxy_search(config: ExperimentConfig, info: RunInfo, validation: Path, vali
     teacher = torch.from_numpy(load_teacher_probs(validation_probs))
     labels = torch.tensor(split.labels)
     s = config.search
-    result = search(teacher, labels, max_order=s.max_order, trials=s.trials, low=s.low, high=s.high, seed=s.seed,
-                    strategy=s.strategy, criterion=s.criterion, max_flips=s.max_flips,
-                    class_names=info.class_names, progress=True)
+    with warnings.catch_warnings():  # logged below, and shown in the report
+        warnings.simplefilter("ignore", UserWarning)
+        result = search(teacher, labels, max_order=s.max_order, trials=s.trials, low=s.low, high=s.high,
+                        seed=s.seed, strategy=s.strategy, criterion=s.criterion, max_flips=s.max_flips,
+                        class_names=info.class_names, progress=True)
     proxy = proxy_teacher(teacher, torch.from_numpy(result.eps))
     summary = {
         "eps": result.eps.tolist(), "order": result.order, "score": result.score, "criterion": s.criterion,
