@@ -41,7 +41,7 @@ def proxy_search(config: ExperimentConfig, info: RunInfo, validation: Path, vali
         "teacher_tvd": tvd(teacher, labels), "proxy_tvd": tvd(proxy, labels),
         # Share of validation rows whose decision the chosen proxy teacher overturns, and what the report's
         # far-below rule (steps.report.flag_students) measures students against.
-        "proxy_flips": result.flips, "max_flips": s.max_flips,
+        "proxy_flips": result.flips,
         "teacher_accuracy": float((teacher.argmax(-1) == labels).double().mean()), "validation_rows": len(labels),
         "warnings": result.warnings,
     }
@@ -60,8 +60,7 @@ def proxy_search(config: ExperimentConfig, info: RunInfo, validation: Path, vali
         log.warning("proxy search: %s", note)
     tracker = Tracker(info.tracking_uri)
     tracker.log_metrics(info.parent_run_id, {f"search_{k}": v for k, v in summary.items()
-                                             if isinstance(v, float) and k != "max_flips"}
-                        | {"search_order": result.order})
+                                             if isinstance(v, float)} | {"search_order": result.order})
     tracker.log_parent_artifacts(info.parent_run_id, [out_dir / "result.json", out_dir / "candidates.csv",
                                                       out_dir / "proxy.png"])
     publish(info, "search", out_dir)
@@ -74,8 +73,9 @@ def chosen_eps(search_dir: Path, settings: SearchSpec, choice: dict, num_classes
     ``{}``: the best set of :func:`proxy_search`. ``{"order": m}``: the best searched set of order
     m. ``{"rank": k}`` (and optionally ``order``): the k-th best searched set by the criterion (0
     is the best). Like the search's own choice, these rank only the candidates within
-    ``search.max_flips`` (all of them where none is). ``{"random_seed": s, "order": m}``: a set of order m drawn uniformly from the
-    search's range [low, high] with seed s, scored by nothing (the paper's Fig. 4b baseline).
+    ``search.max_flips`` (all of them where none is). ``{"random_seed": s, "order": m}``: a set of
+    order m drawn uniformly from the search's range [low, high] with seed s, scored by nothing
+    (the paper's Fig. 4b baseline).
     """
     if "random_seed" in choice:
         rng = np.random.default_rng(choice["random_seed"])
