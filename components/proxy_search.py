@@ -31,5 +31,6 @@ def proxy_search(
     Path(summary.path).write_text(
         f"**Proxy search** ({result['strategy']}, criterion {result['criterion']}): order {result['order']}, "
         f"score {result['score']:.5g}; validation TVD teacher {result['teacher_tvd']:.4f} -> proxy "
-        f"{result['proxy_tvd']:.4f}\n"
+        f"{result['proxy_tvd']:.4f}; the proxy overturns {result['proxy_flips']:.4f} of the teacher's "
+        f"{result['validation_rows']} validation decisions\n" + "".join(f"\n⚠ {note}\n" for note in result["warnings"])
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -48,6 +49,8 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--strategy", choices=sorted(STRATEGIES), default="random")
     p.add_argument("--criterion", choices=sorted(CRITERIA), default="q")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-flips", type=float, default=0.5,
+                   help="choose no coefficients whose proxy overturns more than this share of the teacher's decisions")
     p.add_argument("--device", default="cpu", help="torch device for the solver (e.g. cuda)")
     p.add_argument("--out", type=Path, required=True, help="result JSON path; the plot goes beside it as .png")
     p.set_defaults(run=_run_search)
@@ -67,8 +70,13 @@ def _run_search(args: argparse.Namespace) -> int:
         check_probs(f"--teacher-probs {args.teacher_probs}", teacher)
         check_labels(f"labels ({args.labels or args.teacher_probs})", labels, *teacher.shape)
     teacher, labels = teacher.to(args.device), labels.to(args.device)
-    result = search(teacher, labels, max_order=args.max_order, trials=args.trials, low=args.low, high=args.high,
-                    seed=args.seed, strategy=args.strategy, criterion=args.criterion, progress=True)
+    with warnings.catch_warnings():  # printed below as one line each, without Python's source-line echo
+        warnings.simplefilter("ignore", UserWarning)
+        result = search(teacher, labels, max_order=args.max_order, trials=args.trials, low=args.low, high=args.high,
+                        seed=args.seed, strategy=args.strategy, criterion=args.criterion, max_flips=args.max_flips,
+                        progress=True)
+    for note in result.warnings:
+        print(f"warning: {note}", file=sys.stderr)
     plot = plot_proxy(teacher, proxy_teacher(teacher, torch.from_numpy(result.eps).to(teacher.device)), labels,
                       args.out.with_suffix(".png"),
                       title=f"{args.strategy} search: order {result.order}, {args.criterion} {result.score:.4g}")
@@ -76,7 +84,8 @@ def _run_search(args: argparse.Namespace) -> int:
     payload["plot"] = plot.name
     write_json_atomic(args.out, payload)
     print(f"best order {result.order}, {args.criterion} = {result.score:.6g} "
-          f"({len(result.table)} candidates in {result.seconds:.1f} s)")
+          f"({len(result.table)} candidates in {result.seconds:.1f} s); the proxy overturns {result.flips:.4f} of the"
+          " teacher's decisions")
     print(f"eps = {result.eps.round(4).tolist()}")
     print(f"wrote {args.out} and {plot}")
     return 0

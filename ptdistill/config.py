@@ -9,6 +9,7 @@ travel to pipeline components as plain JSON dicts and come back with :func:`from
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -23,6 +24,71 @@ class ConfigError(ValueError):
     """A configuration key that does not exist or a value of the wrong type."""
 
 
+class _Int(int):
+    """An integer as YAML read it; ``text`` is what a ``str``-typed key keeps (``label_column=1`` -> "1")."""
+
+    text: str
+
+
+class _Float(float):
+    """A float as YAML read it; ``text`` is what a ``str``-typed key keeps (``prompt=2e-5`` -> "2e-5")."""
+
+    text: str
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2 floats, for config files and ``--set`` values alike.
+
+    YAML 1.1 (PyYAML's default) only reads a float with a dot and a signed exponent: ``2e-5``,
+    ``1E3`` and ``1.5e5`` stay strings, so the README's own ``lr_grid=[2e-5,3e-5,5e-5]`` failed.
+    Numbers keep the text they were written as, so a ``str``-typed key given ``2e-5`` (a prompt, a
+    column name) gets that text back; :func:`_convert` turns them into plain int/float/str.
+    """
+
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> _Int:
+        number = _Int(super().construct_yaml_int(node))
+        number.text = node.value
+        return number
+
+    def construct_yaml_float(self, node: yaml.ScalarNode) -> _Float:
+        number = _Float(super().construct_yaml_float(node))
+        number.text = node.value
+        return number
+
+
+_FLOAT_TAG = "tag:yaml.org,2002:float"
+#: YAML 1.1's floats (a dot or .inf/.nan, sexagesimal) plus exponents without a dot or sign (YAML 1.2).
+_FLOAT = re.compile(r"""^(?:[-+]?[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+    |[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+
+    |[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+\.[0-9_]*
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""", re.X)
+_Loader.yaml_implicit_resolvers = {first: [(tag, rx) for tag, rx in resolvers if tag != _FLOAT_TAG]
+                                   for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver(_FLOAT_TAG, _FLOAT, list("-+0123456789."))
+_Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
+_Loader.add_constructor(_FLOAT_TAG, _Loader.construct_yaml_float)
+
+
+def _yaml(text: str) -> Any:
+    """``text`` parsed by :class:`_Loader`; raises yaml.YAMLError."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with YAML's text-keeping numbers turned into plain int and float, containers included."""
+    if isinstance(value, _Int):
+        return int(value)
+    if isinstance(value, _Float):
+        return float(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    return value
+
+
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
@@ -31,7 +97,7 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     """Check ``value`` against the annotation ``tp`` and convert containers and dataclasses."""
     origin = typing.get_origin(tp)
     if tp is Any:
-        return value
+        return _plain(value)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
         if value is None and type(None) in args:
@@ -73,7 +139,9 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             return int(value)  # JSON round trips (and KFP structs) turn ints into floats
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        return value
+        return int(value)
+    if tp is str and isinstance(value, (_Int, _Float)):
+        return value.text
     if tp in (str, bool):
         if not isinstance(value, tp):
             raise ConfigError(f"{key}: expected {tp.__name__}, got {value!r}")
@@ -110,7 +178,7 @@ def to_dict(config: Any) -> dict[str, Any]:
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """Split ``a.b=value`` into the key path and the YAML-parsed value."""
+    """Split ``a.b=value`` into the key path and the YAML-parsed value (YAML 1.2 floats: ``2e-5`` is a number)."""
     if "=" not in text:
         raise ConfigError(f"--set {text!r}: expected key=value")
     key, raw = text.split("=", 1)
@@ -118,7 +186,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"--set {text!r}: expected a dotted key such as student.epochs")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = _yaml(raw) if raw.strip() else ""
     except yaml.YAMLError as err:
         raise ConfigError(f"--set {key}: cannot parse value {raw!r} ({err})") from None
     return key.split("."), value
@@ -141,7 +209,7 @@ def load_config(
         if not path.exists():
             raise ConfigError(f"--config {path}: file not found")
         try:
-            loaded = yaml.safe_load(path.read_text()) or {}
+            loaded = _yaml(path.read_text()) or {}
         except yaml.YAMLError as err:
             raise ConfigError(f"--config {path}: not valid YAML ({err})") from None
         if not isinstance(loaded, dict):

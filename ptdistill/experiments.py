@@ -8,6 +8,7 @@ One config dataclass per benchmark family (``SyntheticConfig``, ``TabularConfig`
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -52,6 +53,24 @@ def default_methods() -> list[MethodSpec]:
     ]
 
 
+#: A method name: it becomes part of a store key and an MLflow run name (``<name>-seed<seed>``).
+METHOD_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+#: Largest student seed (numpy's ``default_rng`` and torch take any seed in [0, 2**32 - 1]).
+SEED_MAX = 2**32 - 1
+
+
+def _unique(key: str, what: str, values: list, same: Callable[[Any], Any], why: str) -> None:
+    """ConfigError naming ``key`` and the values that ``same`` maps together, if any."""
+    groups: dict[Any, list] = {}
+    for value in values:
+        groups.setdefault(same(value), []).append(value)
+    clashes = [group for group in groups.values() if len(group) > 1]
+    if clashes:
+        listed = "; ".join(f"{group[0]!r} ({len(group)} times)" if len(set(group)) == 1
+                           else " and ".join(map(repr, group)) for group in clashes)
+        raise ConfigError(f"{key}: duplicate {what} {listed} in {values} ({why})")
+
+
 #: What a student can learn from (``MethodSpec.targets``).
 TARGETS = ("teacher", "labels", "p_star")
 #: ptloss params that choose the coefficient set instead of the search's best (``MethodSpec``).
@@ -69,6 +88,9 @@ class SearchSpec:
     seed: int = 0
     strategy: str = "random"
     criterion: str = "q"
+    #: Candidates whose proxy teacher overturns more than this fraction of the teacher's validation
+    #: decisions (argmax) are not chosen; 1.0 turns the rule off (see ptdistill.proxy.search).
+    max_flips: float = 0.5
 
 
 @dataclass
@@ -168,9 +190,7 @@ class ExperimentConfig:
 
         if not self.methods:
             raise ConfigError("methods: expected at least one method")
-        names = [m.name for m in self.methods]
-        if len(set(names)) != len(names):
-            raise ConfigError(f"methods: names must be unique, got {names}")
+        self._check_fan_out()
         for i, m in enumerate(self.methods):
             params = {k: v for k, v in m.params.items() if k not in EPS_CHOICE}
             if m.loss == "ptloss":
@@ -180,13 +200,8 @@ class ExperimentConfig:
                 build_loss(m.loss, **params)
             except ValueError as err:
                 raise ConfigError(f"methods[{i}] ({m.name}): {err}") from None
-        if not self.seeds:
-            raise ConfigError("seeds: expected at least one seed")
         if self.inference_shards < 1:
             raise ConfigError(f"inference_shards: expected an integer >= 1, got {self.inference_shards}")
-        for lr in self.lr_grid:
-            if not lr > 0:
-                raise ConfigError(f"lr_grid: expected learning rates > 0, got {lr}")
         for i, m in enumerate(self.methods):
             if m.targets not in TARGETS:
                 raise ConfigError(f"methods[{i}] ({m.name}).targets: expected one of {', '.join(TARGETS)},"
@@ -210,6 +225,38 @@ class ExperimentConfig:
                 raise ConfigError(f"search.{key}: expected an integer >= 1, got {getattr(s, key)}")
         if not s.low < s.high:
             raise ConfigError(f"search.low/high: expected low < high, got {s.low} and {s.high}")
+        if not 0 <= s.max_flips <= 1:
+            raise ConfigError(f"search.max_flips: expected a fraction in [0, 1], got {s.max_flips}")
+
+    def _check_fan_out(self) -> None:
+        """Every (method, seed) item of :meth:`runs` names its own student.
+
+        A student is stored as ``students/<method>-seed<seed>``, logged as the MLflow run of that
+        name and checkpointed under it; two items with the same name would overwrite each other (and
+        a report would count one student twice). Names are compared ignoring case, because a
+        case-insensitive file system (macOS, Windows) stores ``KL`` and ``kl`` in one place. So:
+        method names of letters, digits, ``_ . -``, unique ignoring case; seeds unique and in
+        [0, 2**32 - 1] (numpy's seed range); ``lr_grid`` rates > 0 whose variant names
+        (``<method>-lr<rate:g>``, 6 significant digits) differ.
+        """
+        for i, m in enumerate(self.methods):
+            if not isinstance(m.name, str) or not METHOD_NAME.fullmatch(m.name):
+                raise ConfigError(f"methods[{i}].name: expected letters, digits, '_', '.' or '-' (it names the"
+                                  f" student's store key and MLflow run), got {m.name!r}")
+        _unique("methods", "method name", [m.name for m in self.methods], str.lower, "names are compared ignoring case: they name the store keys"
+                " students/<method>-seed<seed> and the MLflow runs")
+        if not self.seeds:
+            raise ConfigError("seeds: expected at least one seed")
+        for i, seed in enumerate(self.seeds):
+            if not 0 <= seed <= SEED_MAX:
+                raise ConfigError(f"seeds[{i}]: expected an integer in [0, {SEED_MAX}], got {seed}")
+        _unique("seeds", "seed", self.seeds, int, "two items would publish to the same"
+                " students/<method>-seed<seed> and overwrite each other")
+        for lr in self.lr_grid:
+            if not lr > 0:
+                raise ConfigError(f"lr_grid: expected learning rates > 0, got {lr}")
+        _unique("lr_grid", "learning rate", self.lr_grid, lambda lr: f"{lr:g}",
+                "rates are told apart by their variant name <method>-lr<rate>, 6 significant digits")
 
     def _check_eps_choice(self, i: int, m: MethodSpec) -> None:
         """``order`` / ``rank`` / ``random_seed`` of a ptloss method: integers in the search's range."""

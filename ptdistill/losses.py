@@ -24,6 +24,11 @@ Why the numerics look the way they do:
 
 Teacher probabilities are targets: no gradient flows into them. ``labels`` are accepted by every
 loss for a uniform interface and validated, but not used: distillation runs on unlabeled data.
+
+Inputs may be torch tensors, numpy arrays or (nested) lists (:func:`ptdistill.arrays.as_tensor`):
+logits given as a tensor keep their autograd graph; arrays and lists are moved to the logits'
+device. Every loss returns a torch tensor: a 0-dim one for ``"mean"``/``"sum"``, shape (B,) for
+``"none"``, float32 (float64 when the logits are float64) on the logits' device.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from ptdistill.arrays import ArrayLike, as_tensor
 from ptdistill.checks import check_eps, check_labels, check_probs
 
 __all__ = [
@@ -94,10 +100,18 @@ def _check_int(name: str, value: object, *, low: int) -> int:
     return int(value)
 
 
-def _check_inputs(student_logits: torch.Tensor, teacher_probs: torch.Tensor, labels: torch.Tensor | None) -> None:
+def _inputs(
+    student_logits: ArrayLike, teacher_probs: ArrayLike, labels: ArrayLike | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The three inputs of a loss as checked tensors (:func:`~ptdistill.arrays.as_tensor`).
+
+    Tensors pass unchanged (the student's logits keep their graph); arrays and lists become
+    tensors on the logits' device. Raises ValueError naming the argument.
+    """
+    student_logits = as_tensor("student_logits", student_logits)
+    teacher_probs = as_tensor("teacher_probs", teacher_probs, student_logits.device)
+    labels = None if labels is None else as_tensor("labels", labels, student_logits.device)
     check_probs("teacher_probs", teacher_probs)
-    if not isinstance(student_logits, torch.Tensor):
-        raise ValueError(f"student_logits: expected a torch.Tensor, got {type(student_logits).__name__}")
     if not student_logits.dtype.is_floating_point:
         raise ValueError(f"student_logits: expected a floating-point tensor, got {student_logits.dtype}")
     if student_logits.shape != teacher_probs.shape:
@@ -107,6 +121,7 @@ def _check_inputs(student_logits: torch.Tensor, teacher_probs: torch.Tensor, lab
         )
     if labels is not None:
         check_labels("labels", labels, teacher_probs.shape[0], teacher_probs.shape[1])
+    return student_logits, teacher_probs, labels
 
 
 # ----------------------------------------------------------------------------- shared pieces
@@ -216,17 +231,17 @@ def _ptloss_reduced(
 
 
 def kl(
-    student_logits: torch.Tensor,
-    teacher_probs: torch.Tensor,
+    student_logits: ArrayLike,
+    teacher_probs: ArrayLike,
     *,
-    labels: torch.Tensor | None = None,
+    labels: ArrayLike | None = None,
     temperature: float = 1.0,
     reduction: str = "mean",
 ) -> torch.Tensor:
     """Hinton KD: ``T**2 * KL(softmax(log p_t / T) || softmax(z / T))``."""
     temperature = _check_real("temperature", temperature, low=0.0, low_open=True)
     _check_reduction(reduction)
-    _check_inputs(student_logits, teacher_probs, labels)
+    student_logits, teacher_probs, labels = _inputs(student_logits, teacher_probs, labels)
     logits, probs = _tempered(student_logits, teacher_probs, temperature)
     rows = _kl_rows(probs, torch.log_softmax(logits, -1))
     if temperature != 1.0:
@@ -235,11 +250,11 @@ def kl(
 
 
 def ptloss(
-    student_logits: torch.Tensor,
-    teacher_probs: torch.Tensor,
-    eps: torch.Tensor,
+    student_logits: ArrayLike,
+    teacher_probs: ArrayLike,
+    eps: ArrayLike,
     *,
-    labels: torch.Tensor | None = None,
+    labels: ArrayLike | None = None,
     temperature: float = 1.0,
     reduction: str = "mean",
 ) -> torch.Tensor:
@@ -250,7 +265,8 @@ def ptloss(
     """
     temperature = _check_real("temperature", temperature, low=0.0, low_open=True)
     _check_reduction(reduction)
-    _check_inputs(student_logits, teacher_probs, labels)
+    student_logits, teacher_probs, labels = _inputs(student_logits, teacher_probs, labels)
+    eps = as_tensor("eps", eps, student_logits.device)
     check_eps("eps", eps, teacher_probs.shape[1])
     logits, probs = _tempered(student_logits, teacher_probs, temperature)
     coef, dcoef = _pt_coefficients(eps, logits.dtype, logits.device)
@@ -258,27 +274,27 @@ def ptloss(
 
 
 def label_smoothing(
-    student_logits: torch.Tensor,
-    teacher_probs: torch.Tensor,
+    student_logits: ArrayLike,
+    teacher_probs: ArrayLike,
     *,
-    labels: torch.Tensor | None = None,
+    labels: ArrayLike | None = None,
     delta: float = 0.1,
     reduction: str = "mean",
 ) -> torch.Tensor:
     """KL from the smoothed teacher: ``KL((1 - delta) p_t + delta / C || q)``."""
     delta = _check_real("delta", delta, low=0.0, high=1.0)
     _check_reduction(reduction)
-    _check_inputs(student_logits, teacher_probs, labels)
+    student_logits, teacher_probs, labels = _inputs(student_logits, teacher_probs, labels)
     logits, probs = _tempered(student_logits, teacher_probs, 1.0)
     smoothed = probs * (1.0 - delta) + delta / probs.shape[1]
     return _reduce(_kl_rows(smoothed, torch.log_softmax(logits, -1)), reduction)
 
 
 def focal(
-    student_logits: torch.Tensor,
-    teacher_probs: torch.Tensor,
+    student_logits: ArrayLike,
+    teacher_probs: ArrayLike,
     *,
-    labels: torch.Tensor | None = None,
+    labels: ArrayLike | None = None,
     gamma: float = 1.0,
     reduction: str = "mean",
 ) -> torch.Tensor:
@@ -286,7 +302,7 @@ def focal(
     ``sum_c p_t[c] (1 - q_c)**gamma (-log q_c) + sum_c p_t[c] log p_t[c]``."""
     gamma = _check_real("gamma", gamma, low=0.0)
     _check_reduction(reduction)
-    _check_inputs(student_logits, teacher_probs, labels)
+    student_logits, teacher_probs, labels = _inputs(student_logits, teacher_probs, labels)
     logits, probs = _tempered(student_logits, teacher_probs, 1.0)
     log_q = torch.log_softmax(logits, -1)
     # 1 - q is clamped away from 0 so that d/du u**gamma (infinite at 0 for gamma < 1) stays finite.
@@ -296,10 +312,10 @@ def focal(
 
 
 def flooding(
-    student_logits: torch.Tensor,
-    teacher_probs: torch.Tensor,
+    student_logits: ArrayLike,
+    teacher_probs: ArrayLike,
     *,
-    labels: torch.Tensor | None = None,
+    labels: ArrayLike | None = None,
     level: float = 0.05,
     reduction: str = "mean",
 ) -> torch.Tensor:
@@ -310,7 +326,7 @@ def flooding(
     """
     level = _check_real("level", level, low=0.0)
     _check_reduction(reduction)
-    _check_inputs(student_logits, teacher_probs, labels)
+    student_logits, teacher_probs, labels = _inputs(student_logits, teacher_probs, labels)
     logits, probs = _tempered(student_logits, teacher_probs, 1.0)
     loss = _reduce(_kl_rows(probs, torch.log_softmax(logits, -1)), reduction)
     return (loss - level).abs() + level
@@ -332,13 +348,13 @@ def annealing_factor(step: int, total_steps: int, max_temperature: int) -> float
 
 
 def annealing_kd(
-    student_logits: torch.Tensor,
-    teacher_probs: torch.Tensor,
+    student_logits: ArrayLike,
+    teacher_probs: ArrayLike,
     *,
     step: int,
     total_steps: int,
     max_temperature: int,
-    labels: torch.Tensor | None = None,
+    labels: ArrayLike | None = None,
     reduction: str = "mean",
 ) -> torch.Tensor:
     """Phase 1 of Annealing KD (Jafari et al. 2021): ``mean_c (z_s - Phi(T) z_t)**2`` per example.
@@ -350,7 +366,7 @@ def annealing_kd(
     """
     phi = annealing_factor(step, total_steps, max_temperature)
     _check_reduction(reduction)
-    _check_inputs(student_logits, teacher_probs, labels)
+    student_logits, teacher_probs, labels = _inputs(student_logits, teacher_probs, labels)
     logits, probs = _tempered(student_logits, teacher_probs, 1.0)
     teacher_logits = torch.log(probs.clamp_min(MIN_TEACHER_PROB))
     student = logits - logits.mean(-1, keepdim=True)
@@ -411,7 +427,7 @@ class KLLoss(_DistillLoss):
         self.temperature = _check_real("temperature", temperature, low=0.0, low_open=True)
 
     def forward(  # noqa: D102
-        self, student_logits: torch.Tensor, teacher_probs: torch.Tensor, labels: torch.Tensor | None = None
+        self, student_logits: ArrayLike, teacher_probs: ArrayLike, labels: ArrayLike | None = None
     ) -> torch.Tensor:
         return kl(student_logits, teacher_probs, labels=labels, temperature=self.temperature, reduction=self.reduction)
 
@@ -451,9 +467,9 @@ class PTLoss(_DistillLoss):
         self._cache: tuple[torch.Tensor, tuple, tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def forward(  # noqa: D102
-        self, student_logits: torch.Tensor, teacher_probs: torch.Tensor, labels: torch.Tensor | None = None
+        self, student_logits: ArrayLike, teacher_probs: ArrayLike, labels: ArrayLike | None = None
     ) -> torch.Tensor:
-        _check_inputs(student_logits, teacher_probs, labels)
+        student_logits, teacher_probs, labels = _inputs(student_logits, teacher_probs, labels)
         num_classes = teacher_probs.shape[1]
         if self.eps.shape[0] != num_classes:
             raise ValueError(
@@ -481,7 +497,7 @@ class LabelSmoothingLoss(_DistillLoss):
         self.delta = _check_real("delta", delta, low=0.0, high=1.0)
 
     def forward(  # noqa: D102
-        self, student_logits: torch.Tensor, teacher_probs: torch.Tensor, labels: torch.Tensor | None = None
+        self, student_logits: ArrayLike, teacher_probs: ArrayLike, labels: ArrayLike | None = None
     ) -> torch.Tensor:
         return label_smoothing(student_logits, teacher_probs, labels=labels, delta=self.delta, reduction=self.reduction)
 
@@ -498,7 +514,7 @@ class FocalLoss(_DistillLoss):
         self.gamma = _check_real("gamma", gamma, low=0.0)
 
     def forward(  # noqa: D102
-        self, student_logits: torch.Tensor, teacher_probs: torch.Tensor, labels: torch.Tensor | None = None
+        self, student_logits: ArrayLike, teacher_probs: ArrayLike, labels: ArrayLike | None = None
     ) -> torch.Tensor:
         return focal(student_logits, teacher_probs, labels=labels, gamma=self.gamma, reduction=self.reduction)
 
@@ -515,7 +531,7 @@ class FloodingLoss(_DistillLoss):
         self.level = _check_real("level", level, low=0.0)
 
     def forward(  # noqa: D102
-        self, student_logits: torch.Tensor, teacher_probs: torch.Tensor, labels: torch.Tensor | None = None
+        self, student_logits: ArrayLike, teacher_probs: ArrayLike, labels: ArrayLike | None = None
     ) -> torch.Tensor:
         return flooding(student_logits, teacher_probs, labels=labels, level=self.level, reduction=self.reduction)
 
@@ -546,7 +562,7 @@ class AnnealingKDLoss(_DistillLoss):
         return annealing_factor(self.step, self.total_steps, self.max_temperature)
 
     def forward(  # noqa: D102
-        self, student_logits: torch.Tensor, teacher_probs: torch.Tensor, labels: torch.Tensor | None = None
+        self, student_logits: ArrayLike, teacher_probs: ArrayLike, labels: ArrayLike | None = None
     ) -> torch.Tensor:
         return annealing_kd(
             student_logits,

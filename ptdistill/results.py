@@ -23,8 +23,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from scipy import stats  # noqa: E402
 
-__all__ = ["benchmark_report", "linear_fit", "markdown_table", "method_table", "pair_differences", "paired_differences",
-           "plot_methods", "plot_paired", "plot_scatter", "plot_teacher_quality", "runs_table"]
+__all__ = ["benchmark_report", "linear_fit", "markdown_table", "mean_std", "method_table", "pair_differences",
+           "paired_differences", "plot_methods", "plot_paired", "plot_scatter", "plot_teacher_quality", "runs_table"]
 
 
 def method_table(frame: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
@@ -86,20 +86,28 @@ def linear_fit(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
 
 
 def markdown_table(frame: pd.DataFrame, digits: int = 4) -> list[str]:
-    """A DataFrame (index included) as Markdown lines; ``x_mean``/``x_std`` pairs become ``x`` as "mean ± std"."""
+    """A DataFrame (index included) as Markdown lines; ``x_mean``/``x_std`` pairs become ``x`` as "mean ± std"
+    (:func:`mean_std`: "± —" over one seed)."""
     frame = frame.copy()
     for column in [c for c in frame.columns if c.endswith("_mean")]:
         name = column[: -len("_mean")]
         std = frame.pop(f"{name}_std") if f"{name}_std" in frame.columns else None
         mean = frame.pop(column)
-        frame[name] = [_number(m, digits) + ("" if std is None or np.isnan(s) or np.isnan(m) else f" ± {s:.{digits}f}")
-                       for m, s in zip(mean, std if std is not None else [np.nan] * len(mean))]
+        frame[name] = [mean_std(m, s, digits) for m, s in zip(mean, std if std is not None else [None] * len(mean))]
     head = [frame.index.name or "", *map(str, frame.columns)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for index, *row in frame.itertuples(name=None):  # per column, so int columns stay ints
         cells = [_number(v, digits) if isinstance(v, float) else str(v) for v in row]
         lines.append("| " + " | ".join([str(index), *cells]) + " |")
     return lines
+
+
+def mean_std(mean: float, std: float | None, digits: int = 4) -> str:
+    """A "mean ± std" cell: "—" for a missing mean, "mean ± —" where the spread is undefined (NaN:
+    one seed), the mean alone where there is no std (None)."""
+    if std is None or np.isnan(mean):
+        return _number(mean, digits)
+    return f"{_number(mean, digits)} ± {_number(std, digits)}"
 
 
 def _number(value: float, digits: int) -> str:

@@ -382,13 +382,18 @@ def test_proxy_search_writes_result_table_and_plot(env, searched):
     assert searched["search"].metadata["order"] == result["order"]
     assert "eps" not in searched["search"].metadata
     assert "Proxy search" in Path(searched["summary"].path).read_text()
+    chosen = candidates[candidates["eps"].map(lambda e: json.loads(e) == result["eps"])]
+    assert "flips" in candidates.columns and result["proxy_flips"] == chosen["flips"].iloc[0] <= 0.5
+    assert result["validation_rows"] == env.config.data.sizes["validation"]
+    assert 0.0 <= result["teacher_accuracy"] <= 1.0 and isinstance(result["warnings"], list)
 
 
 def test_proxy_search_logs_to_the_parent_and_publishes(env, info, searched):
     client = env.tracker().client
     assert {a.path for a in client.list_artifacts(info.parent_run_id)} >= {"result.json", "candidates.csv",
                                                                            "proxy.png"}
-    assert "search_order" in client.get_run(info.parent_run_id).data.metrics
+    assert {"search_order", "search_proxy_flips", "search_teacher_accuracy"} <= client.get_run(
+        info.parent_run_id).data.metrics.keys()
     keys = open_store(env.store).list(f"synthetic/{RUN_NAME}/search/")
     assert {k.rsplit("/", 1)[1] for k in keys} == {"result.json", "candidates.csv", "proxy.png"}
 

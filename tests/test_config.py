@@ -184,7 +184,7 @@ def test_unknown_keys_name_the_full_key(override, message):
         ("student.hidden=[8, x]", "student.hidden[1]: expected an integer, got 'x'"),
         ("teacher.train.lr=fast", "teacher.train.lr: expected a number, got 'fast'"),
         ("teacher.train.lr=true", "teacher.train.lr: expected a number, got True"),
-        ("search.strategy=3", "search.strategy: expected str, got 3"),
+        ("search.strategy=[3]", "search.strategy: expected str, got [3]"),
         ("student=3", "student: expected a mapping for ModelSpec, got 3"),
         ("data.sizes=[1, 2]", "data.sizes: expected a mapping, got [1, 2]"),
     ],
@@ -517,3 +517,103 @@ def test_oracle_needs_a_known_posterior():
     SyntheticConfig(methods=[MethodSpec("oracle", "kl", targets="p_star")]).validate(3)
     with pytest.raises(ConfigError, match="'p_star' .* synthetic"):
         TabularConfig(methods=[MethodSpec("oracle", "kl", targets="p_star")]).validate(3)
+
+
+# --------------------------------------------------------------------------- YAML 1.2 numbers
+
+
+@pytest.mark.parametrize(("text", "expected"), [("2e-5", 2e-5), ("1E3", 1000.0), ("-3e+2", -300.0), ("1.5e5", 1.5e5),
+                                                ("5e-5", 5e-5), (".5e-3", 5e-4)])
+def test_exponent_numbers_are_floats_in_set_and_files(tmp_path, text, expected):
+    """YAML 1.1 reads ``2e-5`` as a string; every float key takes it, from --set and from a file, nested too."""
+    value = load_config(SyntheticConfig, None, [f"search.low={text}"]).search.low
+    assert value == expected and type(value) is float
+    grid = load_config(SyntheticConfig, None, [f"lr_grid=[{text},3e-5]"]).lr_grid
+    assert grid == [expected, 3e-5] and all(type(v) is float for v in grid)
+    path = tmp_path / "exp.yaml"
+    path.write_text(f"lr_grid: [{text}, 5e-5]\nsearch: {{low: {text}}}\n"
+                    f"methods:\n  - {{name: kl, loss: kl, train: {{lr: {text}}}}}\n")
+    config = load_config(SyntheticConfig, path)
+    assert config.lr_grid == [expected, 5e-5] and config.search.low == expected
+    assert config.methods[0].train == {"lr": expected} and type(config.methods[0].train["lr"]) is float
+
+
+def test_readme_lr_grid_example_builds_the_variants():
+    config = load_config(SyntheticConfig, None, ["lr_grid=[2e-5,3e-5,5e-5]"])
+    assert config.lr_grid == [2e-5, 3e-5, 5e-5]
+    assert [v.name for v in config.variants()][:3] == ["ptloss-lr2e-05", "ptloss-lr3e-05", "ptloss-lr5e-05"]
+
+
+def test_string_keys_keep_numbers_as_written(tmp_path):
+    """A str-typed key given a number keeps the text (a column named 2e-5 or 1), not float('2e-5')."""
+    config = load_config(TabularConfig, None, ["data.label_column=2e-5", "data.feature_columns=[1, 1E3, x]"])
+    assert config.data.label_column == "2e-5"
+    assert config.data.feature_columns == ["1", "1E3", "x"]
+    path = tmp_path / "exp.yaml"
+    path.write_text("data:\n  label_column: '2e-5'\n  path: 007\n")
+    config = load_config(TabularConfig, path)
+    assert (config.data.label_column, config.data.path) == ("2e-5", "007")
+
+
+def test_yaml_float_resolver_is_not_global():
+    import yaml
+
+    assert yaml.safe_load("2e-5") == "2e-5"  # PyYAML's own loader is left as it is
+    assert parse_override("a=2e-5") == (["a"], 2e-5)
+    assert parse_override("a=e5") == (["a"], "e5") and parse_override("a=1e") == (["a"], "1e")
+
+
+# --------------------------------------------------------------------------- fan-out items name distinct students
+
+KL, PT = MethodSpec("kl", "kl"), MethodSpec("ptloss", "ptloss")
+FAN_OUT_CLASHES = [
+    pytest.param({"seeds": [0, 0]}, "seeds: duplicate seed 0 (2 times) in [0, 0] (two items would publish to the same"
+                 " students/<method>-seed<seed> and overwrite each other)", id="duplicate-seed"),
+    pytest.param({"seeds": [1, 2, 1, 2]}, "seeds: duplicate seed 1 (2 times); 2 (2 times) in [1, 2, 1, 2]",
+                 id="two-duplicate-seeds"),
+    pytest.param({"seeds": [0, -1]}, "seeds[1]: expected an integer in [0, 4294967295], got -1", id="negative-seed"),
+    pytest.param({"seeds": [2**32]}, "seeds[0]: expected an integer in [0, 4294967295], got 4294967296",
+                 id="seed-too-large"),
+    pytest.param({"methods": [KL, KL]}, "methods: duplicate method name 'kl' (2 times) in ['kl', 'kl'] (names are"
+                 " compared ignoring case: they name the store keys students/<method>-seed<seed> and the MLflow runs)",
+                 id="duplicate-method"),
+    pytest.param({"methods": [KL, MethodSpec("KL", "kl", {"temperature": 2.0})]},
+                 "methods: duplicate method name 'kl' and 'KL' in ['kl', 'KL']", id="method-names-differ-by-case"),
+    pytest.param({"methods": [MethodSpec("kl/t2", "kl")]}, "methods[0].name: expected letters, digits, '_', '.' or"
+                 " '-' (it names the student's store key and MLflow run), got 'kl/t2'", id="slash-in-method-name"),
+    pytest.param({"methods": [MethodSpec("", "kl")]}, "methods[0].name: expected letters", id="empty-method-name"),
+    pytest.param({"methods": [KL], "lr_grid": [2e-5, 2e-5]}, "lr_grid: duplicate learning rate 2e-05 (2 times) in"
+                 " [2e-05, 2e-05] (rates are told apart by their variant name <method>-lr<rate>, 6 significant"
+                 " digits)", id="duplicate-lr"),
+    pytest.param({"methods": [KL], "lr_grid": [2e-5, 2.0000001e-5]},
+                 "lr_grid: duplicate learning rate 2e-05 and 2.0000001e-05", id="lrs-with-one-variant-name"),
+]
+
+
+@pytest.mark.parametrize(("fields", "message"), FAN_OUT_CLASHES)
+def test_fan_out_items_that_would_share_a_student_are_rejected(fields, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        SyntheticConfig(**fields).validate(3)
+
+
+def test_distinct_fan_out_items_pass():
+    config = SyntheticConfig(methods=[KL, PT, MethodSpec("kl_T2.0-b", "kl", {"temperature": 2.0})], seeds=[0, 7],
+                             lr_grid=[2e-5, 3e-5])
+    config.validate(3)
+    keys = [f"{r['method']}-seed{r['seed']}" for r in config.runs()]
+    assert len(keys) == 12 and len({k.lower() for k in keys}) == 12
+
+
+def test_cli_rejects_duplicate_seeds_before_any_pipeline(workdir, capsys):
+    assert main(["run", "synthetic", "--quick", "--set", "seeds=[0,0]"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err == ("ptdistill run: error: seeds: duplicate seed 0 (2 times) in [0, 0] (two items would"
+                                 " publish to the same students/<method>-seed<seed> and overwrite each other)\n")
+    assert list(workdir.iterdir()) == []
+
+
+def test_search_max_flips_is_a_fraction():
+    assert SyntheticConfig().search.max_flips == 0.5
+    assert load_config(SyntheticConfig, None, ["search.max_flips=1"]).search.max_flips == 1.0
+    with pytest.raises(ConfigError, match=re.escape("search.max_flips: expected a fraction in [0, 1], got 1.5")):
+        load_config(SyntheticConfig, None, ["search.max_flips=1.5"]).validate(3)

@@ -448,11 +448,14 @@ def bad_input_cases():
         ("1-d teacher", z, p[0], None, r"teacher_probs: expected 2 dims"),
         ("one class", z[:, :1], torch.ones(4, 1), None, r"teacher_probs: expected at least 2 classes"),
         ("int teacher", z, torch.zeros(4, 3, dtype=torch.long), None, r"teacher_probs: expected a floating-point"),
-        ("numpy teacher", z, p.numpy(), None, r"teacher_probs: expected a torch.Tensor"),
+        ("string teacher", z, "p", None, r"teacher_probs: expected a torch.Tensor, numpy array or list of numbers,"
+                                         r" got str"),
+        ("text array teacher", z, np.array([["a", "b", "c"]] * 4), None, r"teacher_probs: expected numbers, got an"
+                                                                          r" array of dtype <U1"),
         ("shape mismatch", z[:, :2], p, None, r"student_logits: expected shape \(B, C\) = \(4, 3\)"),
         ("batch mismatch", z[:3], p, None, r"student_logits: expected shape"),
         ("int logits", torch.zeros(4, 3, dtype=torch.long), p, None, r"student_logits: expected a floating-point"),
-        ("list logits", z.tolist(), p, None, r"student_logits: expected a torch.Tensor"),
+        ("ragged logits", [[0.1, 0.2, 0.3], [0.1]], p, None, r"student_logits: expected a rectangular array"),
         ("label range", z, p, torch.tensor([0, 1, 3, 2]), r"labels: label 3 at position 2 is outside \[0, 3\)"),
         ("negative label", z, p, torch.tensor([0, -1, 1, 2]), r"labels: label -1 .*outside"),
         ("label shape", z, p, torch.tensor([0, 1]), r"labels: expected shape \(4,\)"),
@@ -491,7 +494,7 @@ def test_bad_inputs_raise_naming_the_argument(name, case):
         (torch.ones(3, 0), r"eps: expected at least one perturbation order"),
         (torch.tensor([[1.0], [float("nan")], [0.0]]), r"eps: contains NaN or inf"),
         (torch.tensor([[1.0], [float("inf")], [0.0]]), r"eps: contains NaN or inf"),
-        ([[1.0]] * 3, r"eps: expected a torch.Tensor"),
+        ("abc", r"eps: expected a torch.Tensor, numpy array or list of numbers, got str"),
     ],
 )
 def test_bad_eps(eps, message):

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from ptdistill.cli import main
-from ptdistill.results import (benchmark_report, linear_fit, markdown_table, method_table, pair_differences,
+from ptdistill.results import (benchmark_report, linear_fit, markdown_table, mean_std, method_table, pair_differences,
                                paired_differences, runs_table)
 from ptdistill.tracking import Tracker
 
@@ -168,3 +168,13 @@ def test_report_command(tracker, tmp_path, capsys):
     assert "expected two method names as A,B, got 'ptloss'" in capsys.readouterr().err
     assert main(["report", "tabular", "--out", str(out), "--tracking-uri", tracker.tracking_uri]) == 2
     assert "tabular: no finished runs" in capsys.readouterr().err
+
+
+def test_markdown_shows_an_undefined_spread_over_one_seed_as_a_dash():
+    frame = _frame({"kl": [0.8], "ptloss": [0.85, 0.87]})
+    table = method_table(frame, ["test_accuracy"])
+    assert np.isnan(table.loc["kl", "test_accuracy_std"])
+    lines = markdown_table(table)
+    assert lines[2:] == ["| ptloss | 2 | 0.8600 ± 0.0141 |", "| kl | 1 | 0.8000 ± — |"]
+    assert mean_std(0.5, 0.0) == "0.5000 ± 0.0000" and mean_std(0.5, None) == "0.5000"
+    assert mean_std(np.nan, np.nan) == "—"

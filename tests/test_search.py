@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import warnings
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ptdistill.proxy import brier, get_criterion, nll, proxy_teacher, q_score, quality, search
+from ptdistill.proxy.search import flip_fraction, small_split_warning
 from ptdistill.proxy.plot import plot_proxy
 from ptdistill.synthetic import noisy_teacher
 
@@ -323,3 +325,95 @@ def test_plot_proxy_writes_png(tmp_path, c):
     assert out == tmp_path / "sub" / "plot.png"
     data = out.read_bytes()
     assert data.startswith(PNG_SIGNATURE) and len(data) > 1000
+
+
+# --------------------------------------------------------------------------- flips and a too-small validation split
+
+#: Three unsure rows (0.55 for class 0) and one sure one; every label says class 1.
+UNSURE = torch.tensor([[0.55, 0.45]] * 3 + [[0.97, 0.03]], dtype=torch.float64)
+
+
+def test_flips_are_the_share_of_teacher_decisions_the_proxy_overturns():
+    """eps = (0, 1): the proxy moves to class 1 on the three unsure rows only: 3 of 4 decisions flip."""
+    q = proxy_teacher(UNSURE, torch.tensor([[0.0], [1.0]], dtype=torch.float64))
+    assert q[:3, 1].gt(0.5).all() and q[3, 0] > 0.5
+    assert flip_fraction(q, UNSURE).item() == 0.75
+    assert flip_fraction(proxy_teacher(UNSURE, torch.tensor([[1.0], [0.0]], dtype=torch.float64)), UNSURE).item() == 0
+
+
+def test_every_candidate_reports_its_flips_and_the_choice_keeps_most_teacher_decisions():
+    labels = torch.ones(4, dtype=torch.long)  # the labels reward a proxy that overturns the teacher
+    with pytest.warns(UserWarning, match="validation split too small"):
+        chosen = search(UNSURE, labels, max_order=1, trials=20, low=0.0, high=10.0)
+    table = chosen.table
+    for row in table.itertuples():  # each candidate's flips, by hand
+        q = proxy_teacher(UNSURE, torch.tensor(row.eps, dtype=torch.float64)).numpy()
+        assert row.flips == np.mean(q.argmax(1) != UNSURE.numpy().argmax(1))
+    assert set(table["flips"]) == {0.0, 0.75} and (table["eligible"] == (table["flips"] <= 0.5)).all()
+    best = table.loc[table["q"].idxmin()]
+    assert best["flips"] == 0.75  # the criterion alone would pick a proxy that overturns 3 of 4 decisions
+    assert chosen.flips == 0.0 and chosen.score == table.loc[table["eligible"], "q"].min() > best["q"]
+    assert chosen.to_dict()["flips"] == 0.0 and chosen.settings["max_flips"] == 0.5
+
+    with pytest.warns(UserWarning):
+        free = search(UNSURE, labels, max_order=1, trials=20, low=0.0, high=10.0, max_flips=1.0)
+    assert free.flips == 0.75 and free.score == best["q"]  # the rule off: the criterion's argmin
+    with pytest.warns(UserWarning, match=re.escape("every candidate's proxy teacher flips more than max_flips=0.1 of"
+                                                   " the teacher's validation decisions (fewest: 0.75); chose by q"
+                                                   " alone")):
+        none = search(UNSURE, labels, max_order=1, trials=2, low=0.0, high=10.0, max_flips=0.1,
+                      seed=next(s for s in range(100) if _all_flip(s)))
+    assert none.flips == 0.75 and len(none.warnings) == 2
+    with pytest.raises(ValueError, match=re.escape("max_flips: expected a fraction in [0, 1], got 1.5")):
+        search(UNSURE, labels, max_flips=1.5)
+
+
+def _all_flip(seed: int) -> bool:
+    """Whether both of search's draws with this seed (order 1, 2 trials in [0, 10]) overturn the unsure rows."""
+    eps = torch.from_numpy(np.random.default_rng(seed).uniform(0.0, 10.0, size=(2, 2, 1)))
+    return bool((flip_fraction(proxy_teacher(UNSURE, eps), UNSURE) > 0).all())
+
+
+def test_small_validation_split_warning_names_every_class_count():
+    labels = torch.tensor([0] * 6 + [1] * 7 + [2] * 5)
+    teacher = torch.full((18, 3), 1 / 3, dtype=torch.float64)
+    message = ("validation split too small to rank coefficient candidates: 18 rows (class 0: 6, class 1: 7, class 2:"
+               " 5); want at least 30 per class, else a few rows decide which coefficients win")
+    with pytest.warns(UserWarning, match=re.escape(message)):
+        result = search(teacher, labels, max_order=1, trials=2)
+    assert result.warnings == [message] and result.to_dict()["warnings"] == [message]
+    named = search(teacher, labels, max_order=1, trials=2, class_names=["barolo", "grignolino", "barbera"])
+    assert "(class barolo: 6, class grignolino: 7, class barbera: 5)" in named.warnings[0]
+    assert small_split_warning(torch.tensor([0, 1] * 30), 2) is None
+    assert "class 2: 0" in small_split_warning(torch.tensor([0, 1] * 30), 3)  # a class missing altogether
+
+
+def test_rank_and_order_choices_rank_only_eligible_candidates(tmp_path):
+    """``params.rank`` / ``params.order`` of a ptloss method pick among the candidates the search could choose."""
+    from ptdistill.experiments import SearchSpec
+    from ptdistill.steps.search import chosen_eps
+
+    with pytest.warns(UserWarning):
+        result = search(UNSURE, torch.ones(4, dtype=torch.long), max_order=1, trials=20, low=0.0, high=10.0)
+    (tmp_path / "result.json").write_text(json.dumps({"eps": result.eps.tolist(), "criterion": "q"}))
+    result.table.assign(eps=result.table["eps"].map(json.dumps)).to_csv(tmp_path / "candidates.csv", index=False)
+    eligible = result.table[result.table["eligible"]].sort_values("q", kind="stable")
+    for choice in ({}, {"rank": 0}, {"order": 1}):
+        assert chosen_eps(tmp_path, SearchSpec(), choice, 2) == result.eps.tolist()
+    assert chosen_eps(tmp_path, SearchSpec(), {"rank": 3}, 2) == eligible.iloc[3]["eps"]
+    with pytest.raises(ValueError, match=f"rank {len(eligible)} asked of {len(eligible)} searched coefficient sets"):
+        chosen_eps(tmp_path, SearchSpec(), {"rank": len(eligible)}, 2)
+
+
+def test_search_command_prints_flips_and_one_line_per_warning(tmp_path, capsys):
+    from ptdistill.cli import main
+
+    assert main(["search", "--synthetic", "60x3", "--trials", "3", "--max-order", "1", "--out",
+                 str(tmp_path / "r.json")]) == 0
+    out, err = capsys.readouterr()
+    assert "the proxy overturns 0.0000 of the teacher's decisions" in out
+    assert [line for line in err.splitlines() if "warning" in line.lower()] == [
+        "warning: validation split too small to rank coefficient candidates: 60 rows (class 0: 19, class 1: 21,"
+        " class 2: 20); want at least 30 per class, else a few rows decide which coefficients win"]
+    saved = json.loads((tmp_path / "r.json").read_text())
+    assert saved["flips"] == 0.0 and saved["settings"]["max_flips"] == 0.5 and len(saved["warnings"]) == 1

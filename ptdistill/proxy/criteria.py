@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import torch
 
+from ptdistill.arrays import ArrayLike, as_tensor
 from ptdistill.checks import check_labels, check_probs
 
 
@@ -52,8 +53,14 @@ def get_criterion(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Ten
     return CRITERIA[name]
 
 
-def quality(proxy_probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """The paper's quality score Q of proxy probabilities (..., N, C) against labels (N,)."""
+def quality(proxy_probs: ArrayLike, labels: ArrayLike) -> torch.Tensor:
+    """The paper's quality score Q of proxy probabilities (..., N, C) against labels (N,), checked.
+
+    Inputs may be tensors, numpy arrays or lists; returns a torch tensor of shape (...) in the
+    probabilities' dtype (float64 for numpy float64 input).
+    """
+    proxy_probs = as_tensor("proxy_probs", proxy_probs)
+    labels = as_tensor("labels", labels, proxy_probs.device)
     check_probs("proxy_probs", proxy_probs, ndim=None)
     if proxy_probs.ndim < 2:
         raise ValueError(f"proxy_probs: expected shape (..., N, C), got {tuple(proxy_probs.shape)}")

@@ -9,12 +9,26 @@ Strategies live in a registry and are selected by name:
   every order by projected Adam on the criterion itself, its gradient through the proxy
   teacher obtained by implicit differentiation.  Random search needs exponentially many
   draws as C * M grows; a gradient step moves all C * M coefficients at once.
+
+Two guards against a choice that fits the validation split's noise (a proxy teacher that
+contradicts the teacher it stands for, then a student collapsed onto one class):
+
+- every candidate's ``flips``, the fraction of validation rows whose proxy argmax differs from
+  the teacher's, is in the table; a candidate with ``flips > max_flips`` (default 0.5: it
+  overturns most of the teacher's decisions) is not eligible to be chosen. Where no candidate
+  is eligible the criterion alone decides, with a warning. ``max_flips=1`` turns the rule off.
+- a validation split with fewer than :data:`MIN_ROWS_PER_CLASS` rows in some class gets a
+  warning naming every class's count: candidates' scores then differ by less than their
+  sampling noise (a few rows decide the ranking).
+
+Warnings go to :mod:`warnings` and to ``SearchResult.warnings``.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,20 +37,26 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from ptdistill.arrays import ArrayLike, as_tensor
 from ptdistill.checks import check_labels, check_probs
 from ptdistill.proxy.criteria import CRITERIA, get_criterion
 from ptdistill.proxy.solver import proxy_teacher_differentiable, solve_proxy
 
 #: Entries (candidates x examples x classes) solved in one call, to bound memory.
 _BATCH_ENTRIES = 1 << 23
+#: Fewer validation rows than this in a class: the search warns that it cannot rank candidates.
+#: (30 is the usual rule of thumb for a mean to be near-normal; the criterion is a mean over rows.)
+MIN_ROWS_PER_CLASS = 30
 
 
 @dataclass
 class SearchResult:
     """The chosen coefficients and every candidate that was scored.
 
-    ``eps`` (C, order) float64; ``score`` its criterion value; ``table`` one row per scored
-    candidate with its order, source, all criteria, convergence and coefficients.
+    ``eps`` (C, order) numpy float64; ``score`` its criterion value; ``flips`` the fraction of
+    validation rows whose proxy argmax differs from the teacher's; ``table`` (pandas) one row per
+    scored candidate with its order, source, all criteria, ``flips``, ``eligible`` (flips <=
+    max_flips), convergence and coefficients (lists); ``warnings`` what the search warned about.
     """
 
     eps: np.ndarray
@@ -47,6 +67,8 @@ class SearchResult:
     table: pd.DataFrame
     seconds: float
     settings: dict[str, Any] = field(default_factory=dict)
+    flips: float = 0.0
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form: the choice, the settings and the candidate table."""
@@ -54,10 +76,12 @@ class SearchResult:
             "eps": self.eps.tolist(),
             "order": self.order,
             "score": self.score,
+            "flips": self.flips,
             "criterion": self.criterion,
             "strategy": self.strategy,
             "seconds": self.seconds,
             "settings": self.settings,
+            "warnings": self.warnings,
             "candidates": self.table.to_dict(orient="records"),
         }
 
@@ -68,14 +92,23 @@ class _Scored:
 
     eps: torch.Tensor  # (K, C, M)
     scores: dict[str, torch.Tensor]  # criterion name -> (K,)
+    flips: torch.Tensor  # (K,) fraction of rows whose proxy argmax differs from the teacher's
     converged: torch.Tensor  # (K,) fraction of examples converged
     max_grad: torch.Tensor  # (K,)
 
 
-def _scored(eps: torch.Tensor, sol, labels: torch.Tensor) -> _Scored:
-    """Every criterion and the convergence summary of candidates ``eps`` solved as ``sol``."""
+def flip_fraction(proxy_probs: torch.Tensor, teacher_probs: torch.Tensor) -> torch.Tensor:
+    """Fraction of rows whose argmax differs: proxy (..., N, C) against teacher (N, C) -> (...) float64.
+
+    Ties go to the lowest class index on both sides (torch's argmax).
+    """
+    return (proxy_probs.argmax(-1) != teacher_probs.argmax(-1)).double().mean(-1)
+
+
+def _scored(eps: torch.Tensor, sol, teacher: torch.Tensor, labels: torch.Tensor) -> _Scored:
+    """Every criterion, the flips and the convergence summary of candidates ``eps`` solved as ``sol``."""
     return _Scored(eps, {name: fn(sol.probs, labels).detach() for name, fn in CRITERIA.items()},
-                   sol.converged.double().mean(-1), sol.max_grad.amax(-1))
+                   flip_fraction(sol.probs, teacher), sol.converged.double().mean(-1), sol.max_grad.amax(-1))
 
 
 def _score(teacher: torch.Tensor, labels: torch.Tensor, eps: torch.Tensor, on_batch: Callable[[int], None]) -> _Scored:
@@ -85,11 +118,12 @@ def _score(teacher: torch.Tensor, labels: torch.Tensor, eps: torch.Tensor, on_ba
     parts: list[_Scored] = []
     for lo in range(0, eps.shape[0], per):
         sol = solve_proxy(teacher, eps[lo : lo + per])
-        parts.append(_scored(eps[lo : lo + per], sol, labels))
+        parts.append(_scored(eps[lo : lo + per], sol, teacher, labels))
         on_batch(parts[-1].eps.shape[0])
     return _Scored(
         torch.cat([x.eps for x in parts]),
         {k: torch.cat([x.scores[k] for x in parts]) for k in CRITERIA},
+        torch.cat([x.flips for x in parts]),
         torch.cat([x.converged for x in parts]),
         torch.cat([x.max_grad for x in parts]),
     )
@@ -102,6 +136,7 @@ def _rows(scored: _Scored, source: str) -> list[dict[str, Any]]:
             "order": m,
             "source": source,
             **{name: float(v[i]) for name, v in scored.scores.items()},
+            "flips": float(scored.flips[i]),
             "converged": float(scored.converged[i]),
             "max_grad": float(scored.max_grad[i]),
             "eps": scored.eps[i].tolist(),
@@ -157,7 +192,7 @@ def _implicit(
                 eps.clamp_(low, high)
             bar.update(1)
         final = solve_proxy(teacher, best_eps)
-        refined.append(_scored(best_eps, final, labels))
+        refined.append(_scored(best_eps, final, teacher, labels))
     return found + refined
 
 
@@ -165,8 +200,8 @@ STRATEGIES: dict[str, Callable[..., list[_Scored]]] = {"random": _random, "impli
 
 
 def search(
-    teacher_probs: torch.Tensor,
-    labels: torch.Tensor,
+    teacher_probs: ArrayLike,
+    labels: ArrayLike,
     max_order: int = 5,
     trials: int = 100,
     low: float = -1.0,
@@ -175,6 +210,8 @@ def search(
     strategy: str = "random",
     criterion: str = "q",
     *,
+    max_flips: float = 0.5,
+    class_names: Sequence[str] | None = None,
     starts: int = 4,
     steps: int = 30,
     lr: float = 0.3,
@@ -182,10 +219,15 @@ def search(
 ) -> SearchResult:
     """Search PTLoss coefficients on labeled validation data.
 
-    teacher_probs (N, C) teacher probabilities on D_v, labels (N,).  ``starts``, ``steps``
-    and ``lr`` configure the ``implicit`` strategy.  Returns the global best over every
-    scored candidate (first on ties), by ``criterion``.
+    teacher_probs (N, C) teacher probabilities on D_v, labels (N,) class indices: tensors, numpy
+    arrays or lists.  ``starts``, ``steps`` and ``lr`` configure the ``implicit`` strategy;
+    ``class_names`` (one per class) name the classes in warnings.
+    Returns the best eligible candidate (``flips <= max_flips``; first on ties) by ``criterion``,
+    as a :class:`SearchResult` whose ``eps`` is a numpy float64 array (C, order), ready for
+    ``build_loss("ptloss", eps=result.eps)``.  Raises ValueError for bad input or settings.
     """
+    teacher_probs = as_tensor("teacher_probs", teacher_probs)
+    labels = as_tensor("labels", labels, teacher_probs.device)
     check_probs("teacher_probs", teacher_probs)
     check_labels("labels", labels, *teacher_probs.shape)
     if strategy not in STRATEGIES:
@@ -197,14 +239,17 @@ def search(
             raise ValueError(f"{name}: expected an integer >= {least}, got {value!r}")
     if not low < high:
         raise ValueError(f"low/high: expected low < high, got low={low}, high={high}")
+    if not 0 <= max_flips <= 1:
+        raise ValueError(f"max_flips: expected a fraction in [0, 1], got {max_flips!r}")
     if strategy == "implicit" and starts > trials:
         raise ValueError(f"starts: expected at most trials={trials}, got {starts}")
     settings = dict(max_order=max_order, trials=trials, low=low, high=high, seed=seed, strategy=strategy,
-                    criterion=criterion)
+                    criterion=criterion, max_flips=max_flips)
     if strategy == "implicit":
         settings.update(starts=starts, steps=steps, lr=lr)
     teacher = teacher_probs.detach().to(torch.float64)
     labels = labels.to(teacher.device)
+    notes = [note for note in [small_split_warning(labels, teacher.shape[1], class_names)] if note]
     t0 = time.perf_counter()
     total = max_order * (trials + (steps if strategy == "implicit" else 0))
     with tqdm(total=total, desc=f"proxy search ({strategy})", unit="cand", disable=not progress) as bar:
@@ -217,7 +262,16 @@ def search(
         rows += _rows(scored, source)
     table = pd.DataFrame(rows)
     table.insert(0, "candidate", range(len(table)))
-    best = int(np.argmin(table[criterion].to_numpy()))
+    table.insert(table.columns.get_loc("flips") + 1, "eligible", table["flips"] <= max_flips)
+    scores = table[criterion].to_numpy()
+    if table["eligible"].any():
+        best = int(np.argmin(np.where(table["eligible"], scores, np.inf)))
+    else:
+        best = int(np.argmin(scores))
+        notes.append(f"every candidate's proxy teacher flips more than max_flips={max_flips:g} of the teacher's"
+                     f" validation decisions (fewest: {table['flips'].min():.2f}); chose by {criterion} alone")
+    for note in notes:
+        warnings.warn(note, UserWarning, stacklevel=2)
     row = table.iloc[best]
     return SearchResult(
         eps=np.asarray(row["eps"], dtype=np.float64),
@@ -228,4 +282,17 @@ def search(
         table=table,
         seconds=seconds,
         settings=settings,
+        flips=float(row["flips"]),
+        warnings=notes,
     )
+
+
+def small_split_warning(labels: torch.Tensor, num_classes: int, class_names: Sequence[str] | None = None) -> str | None:
+    """The warning for validation labels (N,) with fewer than MIN_ROWS_PER_CLASS rows in a class, else None."""
+    counts = torch.bincount(labels.to(torch.int64), minlength=num_classes).tolist()
+    if min(counts) >= MIN_ROWS_PER_CLASS:
+        return None
+    names = list(class_names) if class_names is not None else [str(c) for c in range(num_classes)]
+    per_class = ", ".join(f"class {name}: {n}" for name, n in zip(names, counts))
+    return (f"validation split too small to rank coefficient candidates: {len(labels)} rows ({per_class}); "
+            f"want at least {MIN_ROWS_PER_CLASS} per class, else a few rows decide which coefficients win")

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ptdistill.arrays import ArrayLike, as_tensor
 from ptdistill.checks import check_eps, check_probs
 
 #: Teacher probabilities are clamped here before taking logs for the starting point.
@@ -179,19 +180,22 @@ def _renormalised(teacher_probs: torch.Tensor) -> torch.Tensor:
 
 
 def solve_proxy(
-    teacher_probs: torch.Tensor,
-    eps: torch.Tensor,
+    teacher_probs: ArrayLike,
+    eps: ArrayLike,
     *,
     tol: float = 1e-8,
     max_iter: int = 5000,
-    init: torch.Tensor | None = None,
+    init: ArrayLike | None = None,
 ) -> ProxySolution:
     """Solve the proxy teacher of every row for one coefficient set or a batch of them.
 
     teacher_probs (N, C); eps (C, M) or (K, C, M); ``init`` optional starting logits of the
-    output's shape (default: the teacher's own logits).  Computes in float64 on the inputs'
-    device.  The loss decreases at every accepted step; convergence means max |g| <= tol.
+    output's shape (default: the teacher's own logits); each a tensor, numpy array or list.
+    Computes in float64 on the teacher's device (CPU for arrays and lists) and returns torch
+    tensors there (see :class:`ProxySolution`).  The loss decreases at every accepted step;
+    convergence means max |g| <= tol.
     """
+    teacher_probs, eps, init = _tensors(teacher_probs, eps, init)
     check_probs("teacher_probs", teacher_probs)
     n, c = teacher_probs.shape
     check_eps("eps", eps, c, allow_batch=True)
@@ -222,8 +226,16 @@ def solve_proxy(
     return ProxySolution(probs=q, logits=z, max_grad=g, converged=g <= tol, iterations=iters)
 
 
-def proxy_teacher(teacher_probs: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-    """Proxy-teacher probabilities, float64 (N, C) for eps (C, M) or (K, N, C) for (K, C, M)."""
+def _tensors(teacher_probs: ArrayLike, eps: ArrayLike, init: ArrayLike | None):
+    """The solver's inputs as tensors (:func:`~ptdistill.arrays.as_tensor`), eps and init on the teacher's device."""
+    teacher_probs = as_tensor("teacher_probs", teacher_probs)
+    eps = as_tensor("eps", eps, teacher_probs.device)
+    return teacher_probs, eps, None if init is None else as_tensor("init", init, teacher_probs.device)
+
+
+def proxy_teacher(teacher_probs: ArrayLike, eps: ArrayLike) -> torch.Tensor:
+    """Proxy-teacher probabilities: a float64 torch tensor (N, C) for eps (C, M), or (K, N, C) for
+    (K, C, M), on the teacher's device; inputs as tensors, numpy arrays or lists."""
     return solve_proxy(teacher_probs, eps).probs
 
 
@@ -266,13 +278,14 @@ class _ProxyTeacherFunction(torch.autograd.Function):
 
 
 def proxy_teacher_differentiable(
-    teacher_probs: torch.Tensor, eps: torch.Tensor, init: torch.Tensor | None = None
+    teacher_probs: ArrayLike, eps: ArrayLike, init: ArrayLike | None = None
 ) -> tuple[torch.Tensor, ProxySolution]:
-    """Like :func:`proxy_teacher`, but differentiable with respect to ``eps``.
+    """Like :func:`proxy_teacher`, but differentiable with respect to ``eps`` (a tensor that requires grad).
 
     Returns the probabilities (in the autograd graph) and the full solution, whose
     ``logits`` warm-start the next call for nearby coefficients.
     """
+    teacher_probs, eps, init = _tensors(teacher_probs, eps, init)
     if not (torch.is_grad_enabled() and eps.requires_grad):
         sol = solve_proxy(teacher_probs, eps, init=init)
         return sol.probs, sol

@@ -1,10 +1,16 @@
-"""report: the results table over methods and seeds, the champion student, and the parent run's close."""
+"""report: the results table over methods and seeds, the champion student, and the parent run's close.
+
+A spread over one seed is undefined: the table shows "—" for it and no ``_std`` metric is logged.
+Students far below their reference on validation are flagged (:func:`flag_students`) in the
+table, under it, and with the tag ``ptdistill.flag`` on their MLflow run.
+"""
 
 from __future__ import annotations
 
 import base64
 import html
 import json
+import math
 from pathlib import Path
 
 import matplotlib
@@ -14,41 +20,106 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from ptdistill.experiments import ExperimentConfig  # noqa: E402
+from ptdistill.results import mean_std  # noqa: E402
 from ptdistill.steps.common import RunInfo, log, publish  # noqa: E402
 from ptdistill.tracking import Tracker  # noqa: E402
 
 COLUMNS = ("accuracy", "nll", "ece", "l2_to_pstar")
+#: MLflow tag on a flagged student's run: why it is flagged.
+FLAG_TAG = "ptdistill.flag"
+#: Smallest validation-accuracy gap to the reference that flags a student (see flag_students).
+FLAG_MIN_GAP = 0.05
+#: The rule, as the report states it.
+FLAG_RULE = (f"validation accuracy below the same-seed plain KL student's (the teacher's, for that KL student and"
+             f" where the run has no plain KL method) by more than max({FLAG_MIN_GAP}, 2 binomial standard errors"
+             f" of that accuracy on the validation rows)")
 
 
 def results_table(rows: list[dict], task_metric: str) -> pd.DataFrame:
-    """Mean and std over seeds of each method's test metrics, best test accuracy first."""
+    """Mean and std over seeds of each method's test metrics, best test accuracy first (std NaN for one seed)."""
     frame = pd.DataFrame(rows)
     metrics = [f"test_{m}" for m in (*COLUMNS, task_metric) if f"test_{m}" in frame.columns]
     metrics = list(dict.fromkeys(metrics))
     grouped = frame.groupby("method")[metrics]
-    table = grouped.mean().add_suffix("_mean").join(grouped.std(ddof=1).fillna(0.0).add_suffix("_std"))
+    table = grouped.mean().add_suffix("_mean").join(grouped.std(ddof=1).add_suffix("_std"))
     table["seeds"] = frame.groupby("method").size()
     return table.sort_values("test_accuracy_mean", ascending=False)
 
 
 def _fmt(table: pd.DataFrame, metric: str, row: str) -> str:
-    return f"{table.loc[row, f'{metric}_mean']:.4f} ± {table.loc[row, f'{metric}_std']:.4f}"
+    return mean_std(table.loc[row, f"{metric}_mean"], table.loc[row, f"{metric}_std"])
 
 
-def format_table(table: pd.DataFrame, teacher: dict, search: dict) -> list[str]:
-    """Markdown lines: one row per method, then the teacher and the proxy teacher."""
+def _kl_references(config: ExperimentConfig) -> dict[str, str]:
+    """Method (``lr_grid`` variant) name -> the run's plain KL method at the same rate; {} without one.
+
+    Plain KL: loss ``kl`` with no hyper-parameters, learning from the teacher (the first such method).
+    """
+    plain = [i for i, m in enumerate(config.methods) if m.loss == "kl" and not m.params and m.targets == "teacher"]
+    if not plain:
+        return {}
+    rates = max(1, len(config.lr_grid))
+    names = [v.name for v in config.variants()]  # methods x rates, in that order
+    return {name: names[plain[0] * rates + i % rates] for i, name in enumerate(names)}
+
+
+def flag_students(config: ExperimentConfig, summaries: list[dict], search: dict) -> dict[tuple[str, int], str]:
+    """(method, seed) -> why, for each student whose validation accuracy is far below its reference.
+
+    The reference is the same-seed student of the run's plain KL method (with ``lr_grid``: at the
+    same rate), the baseline every method is compared with; for that KL student itself, and for
+    every student when the run has none, the teacher's validation accuracy (``search``'s
+    ``teacher_accuracy``). Far below: by more than ``max(0.05, 2 * sqrt(a * (1 - a) / n))``, ``a``
+    the reference's accuracy and ``n`` the validation rows: twice the standard error of an
+    accuracy measured on ``n`` rows, never under 5 points. It catches a student collapsed onto one
+    class (a PTLoss student on coefficients fitted to a tiny validation split), not the few
+    points a smaller student or another loss costs.
+    """
+    references = _kl_references(config)
+    by_key = {(r["method"], r["seed"]): r for r in summaries}
+    n = search["validation_rows"]
+    flags = {}
+    for row in summaries:
+        key = (row["method"], row["seed"])
+        name = references.get(row["method"], row["method"])
+        reference = by_key.get((name, row["seed"])) if name != row["method"] else None
+        if reference is not None:
+            accuracy, what = reference["val_accuracy"], f"{name}-seed{row['seed']}"
+        else:
+            accuracy, what = search["teacher_accuracy"], "the teacher"
+        margin = max(FLAG_MIN_GAP, 2 * math.sqrt(accuracy * (1 - accuracy) / n))
+        if row["val_accuracy"] < accuracy - margin:
+            flags[key] = (f"far below {what}: validation accuracy {row['val_accuracy']:.4f} against"
+                          f" {accuracy:.4f}, a gap over the margin {margin:.4f} ({n} validation rows)")
+    return flags
+
+
+def format_table(table: pd.DataFrame, teacher: dict, search: dict,
+                 flags: dict[tuple[str, int], str] | None = None) -> list[str]:
+    """Markdown lines: one row per method (a "flag" column when a student is flagged), then the
+    flagged students and the rule, the search's warnings, the teacher and the proxy teacher."""
+    flags = flags or {}
     metrics = [m[: -len("_mean")] for m in table.columns if m.endswith("_mean")]
-    head = ["method", "seeds", *[m.removeprefix("test_") for m in metrics]]
+    head = ["method", "seeds", *[m.removeprefix("test_") for m in metrics], *(["flag"] if flags else [])]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for method in table.index:
         cells = [method, str(int(table.loc[method, "seeds"])), *[_fmt(table, m, method) for m in metrics]]
+        if flags:
+            seeds = [str(seed) for m, seed in flags if m == method]
+            cells.append(f"⚠ far below, seed {', '.join(seeds)}" if seeds else "")
         lines.append("| " + " | ".join(cells) + " |")
+    if flags:
+        lines += ["", f"⚠ Flagged students ({FLAG_RULE}):"]
+        lines += [f"- {method}-seed{seed}: {why}" for (method, seed), why in flags.items()]
+    lines += [f"⚠ Proxy search: {note}" for note in search.get("warnings", [])]
     lines += [
         "",
         f"Teacher on test: accuracy {teacher.get('accuracy', float('nan')):.4f}, NLL {teacher.get('nll', float('nan')):.4f}, "
         f"ECE {teacher.get('ece', float('nan')):.4f}.",
         f"Validation TVD to labels: teacher {search['teacher_tvd']:.4f}, proxy teacher {search['proxy_tvd']:.4f} "
-        f"(search: {search['strategy']}, criterion {search['criterion']}, order {search['order']}).",
+        f"(search: {search['strategy']}, criterion {search['criterion']}, order {search['order']}); the proxy "
+        f"teacher overturns {search['proxy_flips']:.4f} of the teacher's {search['validation_rows']} validation "
+        f"decisions.",
     ]
     if "proxy_l2_to_pstar" in search:
         lines.append(f"Validation L2 to the true posterior: teacher {search['teacher_l2_to_pstar']:.4f}, "
@@ -73,8 +144,9 @@ def lr_choices(config: ExperimentConfig, summaries: list[dict], table: pd.DataFr
 
 def _plot(table: pd.DataFrame, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6, 3.2))
-    ax.barh(table.index[::-1], table["test_accuracy_mean"][::-1], xerr=table["test_accuracy_std"][::-1], capsize=3)
-    lo = (table["test_accuracy_mean"] - 2 * table["test_accuracy_std"]).min()
+    std = table["test_accuracy_std"].fillna(0.0)  # one seed: no error bar
+    ax.barh(table.index[::-1], table["test_accuracy_mean"][::-1], xerr=std[::-1], capsize=3)
+    lo = (table["test_accuracy_mean"] - 2 * std).min()
     ax.set_xlim(max(0.0, lo - 0.01), min(1.0, table["test_accuracy_mean"].max() + 0.02))
     ax.set_xlabel("test accuracy (mean ± std over seeds)")
     fig.tight_layout()
@@ -91,9 +163,10 @@ def report(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     table = results_table(summaries, config.task_metric)
+    flags = flag_students(config, summaries, search)
     lines = [f"# ptdistill {info.benchmark}: {info.run_name}", "",
              f"Student test metrics over seeds {config.seeds} (data fingerprint `{info.fingerprint[:12]}`).", "",
-             *format_table(table, teacher, search), *lr_choices(config, summaries, table)]
+             *format_table(table, teacher, search, flags), *lr_choices(config, summaries, table)]
     plot = _plot(table, out_dir / "accuracy.png")
     markdown = "\n".join(lines) + "\n"
     Path(markdown_path).write_text(markdown)
@@ -101,7 +174,7 @@ def report(
     body = "".join(f"<p>{html.escape(line)}</p>" for line in lines if not line.startswith("|"))
     page = (
         f"<html><head><meta charset='utf-8'><title>ptdistill {html.escape(info.benchmark)}</title></head><body>"
-        f"{table.to_html(float_format=lambda v: f'{v:.4f}')}{body}"
+        f"{table.to_html(float_format=lambda v: f'{v:.4f}', na_rep='—')}{body}"
         f"<img src='data:image/png;base64,{image}'/></body></html>"
     )
     Path(html_path).write_text(page)
@@ -109,13 +182,18 @@ def report(
     (out_dir / "report.html").write_text(page)
     (out_dir / "students.json").write_text(json.dumps(summaries, indent=1))
     tracker = Tracker(info.tracking_uri)
+    for row in summaries:
+        why = flags.get((row["method"], row["seed"]))
+        if why:
+            log.warning("report: %s-seed%s is %s", row["method"], row["seed"], why)
+            tracker.set_tags(row["run_id"], {FLAG_TAG: why})
     best = max(summaries, key=lambda r: r["val_task"])
     champion = tracker.promote_champion(info.benchmark, best["run_id"], best["val_task"])
     tracker.log_parent_artifacts(info.parent_run_id, [out_dir / "report.md", out_dir / "report.html", plot,
                                                       out_dir / "students.json"])
-    tracker.finish_parent(info.parent_run_id, metrics={
+    tracker.finish_parent(info.parent_run_id, metrics={  # no std where it is undefined (one seed)
         f"test_accuracy_{stat}_{m}": float(table.loc[m, f"test_accuracy_{stat}"]) for m in table.index
-        for stat in ("mean", "std")
+        for stat in ("mean", "std") if not pd.isna(table.loc[m, f"test_accuracy_{stat}"])
     })
     publish(info, "report", out_dir)
     log.info("report:\n%s", markdown)

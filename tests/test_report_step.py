@@ -1,0 +1,111 @@
+"""The run's report step: spread over seeds, students flagged far below KL or the teacher, MLflow metrics and tags."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from ptdistill.experiments import MethodSpec, SyntheticConfig, default_methods
+from ptdistill.steps.common import RunInfo
+from ptdistill.steps.report import FLAG_TAG, flag_students, report
+from ptdistill.tracking import Tracker
+
+SEARCH = {"teacher_tvd": 0.1, "proxy_tvd": 0.2, "strategy": "random", "criterion": "q", "order": 1,
+          "proxy_flips": 0.6667, "validation_rows": 18, "teacher_accuracy": 17 / 18,
+          "warnings": ["validation split too small to rank coefficient candidates: 18 rows (class 0: 6, class 1: 7,"
+                       " class 2: 5); want at least 30 per class, else a few rows decide which coefficients win"]}
+TEACHER = {"accuracy": 0.97, "nll": 0.1, "ece": 0.02}
+
+
+@pytest.fixture(scope="module")
+def tracker(tmp_path_factory) -> Tracker:
+    """One MLflow store for the module (creating its schema is the slow part); each test its own parent run."""
+    return Tracker(f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db")
+
+
+def _run(tracker: Tracker, tmp_path: Path, accuracies: dict[tuple[str, int], tuple[float, float]], seeds: list[int]):
+    """report() over students with (validation, test) accuracies; returns its result, the parent and student ids."""
+    parent = tracker.start_parent("synthetic", "run-1", tags={}, params={})
+    model = tmp_path / "model"
+    model.mkdir(exist_ok=True)
+    (model / "weights.txt").write_text("w")
+    rows, ids = [], {}
+    for (method, seed), (val, test) in accuracies.items():
+        metrics = {"val_accuracy": val, "val_task": val, "test_accuracy": test, "test_nll": 0.5, "test_ece": 0.05}
+        ids[method, seed] = tracker.log_student(parent, f"{method}-seed{seed}", params={"method": method, "seed": seed},
+                                                metrics=metrics, curves={}, artifacts={}, model_dir=model)
+        rows.append({"method": method, "seed": seed, "run_id": ids[method, seed], **metrics})
+    info = RunInfo(benchmark="synthetic", run_name="run-1", parent_run_id=parent, tracking_uri=tracker.tracking_uri,
+                   artifact_store=str(tmp_path / "store"), fingerprint="ab" * 32, num_classes=3,
+                   class_names=["a", "b", "c"])
+    config = SyntheticConfig(methods=default_methods()[:2], seeds=seeds)
+    out = report(config, info, rows, SEARCH, TEACHER, tmp_path / "report.md", tmp_path / "report.html",
+                 tmp_path / "out")
+    return out, parent, ids
+
+
+def test_one_seed_shows_no_spread_and_logs_no_std(tracker, tmp_path):
+    out, parent, _ = _run(tracker, tmp_path, {("ptloss", 0): (0.9, 0.91), ("kl", 0): (0.92, 0.93)}, [0])
+    lines = out["markdown"].splitlines()
+    assert "| kl | 1 | 0.9300 ± — | 0.5000 ± — | 0.0500 ± — |" in lines
+    assert "± 0.0000" not in out["markdown"]
+    metrics = tracker.client.get_run(parent).data.metrics
+    assert metrics["test_accuracy_mean_kl"] == pytest.approx(0.93)
+    assert not [k for k in metrics if "_std" in k]
+
+
+def test_two_seeds_show_and_log_their_spread(tracker, tmp_path):
+    accuracies = {("ptloss", 0): (0.9, 0.90), ("ptloss", 1): (0.9, 0.92), ("kl", 0): (0.9, 0.93),
+                  ("kl", 1): (0.9, 0.93)}
+    out, parent, _ = _run(tracker, tmp_path, accuracies, [0, 1])
+    assert "| ptloss | 2 | 0.9100 ± 0.0141 |" in out["markdown"]
+    assert "| kl | 2 | 0.9300 ± 0.0000 |" in out["markdown"]  # two equal seeds: a real spread of 0
+    metrics = tracker.client.get_run(parent).data.metrics
+    assert metrics["test_accuracy_std_ptloss"] == pytest.approx(0.0141421, abs=1e-6)
+    assert metrics["test_accuracy_std_kl"] == 0.0
+
+
+def test_a_collapsed_student_is_flagged_in_the_table_and_in_mlflow(tracker, tmp_path):
+    """The issue's run: ptloss on 18 validation rows at 0.17 (every row in one class), kl at 0.97."""
+    out, _, ids = _run(tracker, tmp_path, {("ptloss", 0): (3 / 18, 0.17), ("kl", 0): (17 / 18, 0.97)}, [0])
+    markdown = out["markdown"]
+    why = ("far below kl-seed0: validation accuracy 0.1667 against 0.9444, a gap over the margin 0.1080"
+           " (18 validation rows)")
+    assert "| method | seeds | accuracy | nll | ece | flag |" in markdown
+    assert "| ptloss | 1 | 0.1700 ± — | 0.5000 ± — | 0.0500 ± — | ⚠ far below, seed 0 |" in markdown
+    assert "| kl | 1 | 0.9700 ± — | 0.5000 ± — | 0.0500 ± — |  |" in markdown
+    assert f"- ptloss-seed0: {why}" in markdown
+    assert ("⚠ Flagged students (validation accuracy below the same-seed plain KL student's (the teacher's, for that"
+            " KL student and where the run has no plain KL method) by more than max(0.05, 2 binomial standard errors"
+            " of that accuracy on the validation rows)):") in markdown
+    assert "⚠ Proxy search: validation split too small to rank coefficient candidates: 18 rows (class 0: 6" in markdown
+    assert "the proxy teacher overturns 0.6667 of the teacher's 18 validation decisions" in markdown
+    assert tracker.client.get_run(ids["ptloss", 0]).data.tags[FLAG_TAG] == why
+    assert FLAG_TAG not in tracker.client.get_run(ids["kl", 0]).data.tags
+    assert (tmp_path / "report.md").read_text() == markdown
+
+
+def _rows(accuracies: dict[tuple[str, int], float]) -> list[dict]:
+    return [{"method": m, "seed": s, "run_id": f"{m}{s}", "val_accuracy": a} for (m, s), a in accuracies.items()]
+
+
+def test_flag_rule_margin_references_and_lr_grid():
+    config = SyntheticConfig(methods=default_methods()[:2], seeds=[0, 1])
+    search = {"validation_rows": 300, "teacher_accuracy": 0.9}
+    # 300 rows at 0.9: 2 SE = 0.0346 < 0.05, so the margin is 0.05
+    rows = _rows({("ptloss", 0): 0.849, ("kl", 0): 0.9, ("ptloss", 1): 0.851, ("kl", 1): 0.9})
+    assert list(flag_students(config, rows, search)) == [("ptloss", 0)]
+    # kl itself is measured against the teacher
+    assert list(flag_students(config, _rows({("kl", 0): 0.84, ("ptloss", 0): 0.84}), search)) == [("kl", 0)]
+    # without a plain KL method every student is measured against the teacher
+    no_kl = SyntheticConfig(methods=[MethodSpec("ptloss", "ptloss"), MethodSpec("kl_t2", "kl", {"temperature": 2.0})])
+    assert list(flag_students(no_kl, _rows({("ptloss", 0): 0.86, ("kl_t2", 0): 0.84}), search)) == [("kl_t2", 0)]
+    # lr_grid: each variant against kl at the same rate
+    grid = SyntheticConfig(methods=default_methods()[:2], seeds=[0], lr_grid=[1e-3, 1e-2])
+    rows = _rows({("ptloss-lr0.001", 0): 0.80, ("ptloss-lr0.01", 0): 0.80, ("kl-lr0.001", 0): 0.9,
+                  ("kl-lr0.01", 0): 0.82})
+    flags = flag_students(grid, rows, {"validation_rows": 300, "teacher_accuracy": 0.86})
+    assert list(flags) == [("ptloss-lr0.001", 0)]
+    assert re.fullmatch(r"far below kl-lr0\.001-seed0: .*", flags["ptloss-lr0.001", 0])
