@@ -28,9 +28,12 @@ def build_splits(config: ExperimentConfig) -> tuple[dict[str, FeatureSplit], lis
         if not data.path:
             raise ValueError("data.path: the tabular benchmark needs a CSV or parquet file (--set data.path=FILE)")
         features, labels, class_names = load_tabular(data.path, data.label_column, data.feature_columns)
+        try:
+            splits = split_tabular(features, labels, data.fractions, seed=data.split_seed, class_names=class_names)
+        except ValueError as err:
+            raise ValueError(f"{data.path}: {err}") from None
         # Scaled with teacher-train statistics only: no model sees validation/test statistics.
-        splits, _ = standardize(split_tabular(features, labels, data.fractions, seed=data.split_seed))
-        return splits, class_names
+        return standardize(splits)[0], class_names
     if isinstance(data, TextData):
         return _text_splits(data)
     raise ValueError(f"data: unsupported data config {type(data).__name__}")
@@ -44,7 +47,10 @@ def _text_splits(data: TextData) -> tuple[dict, list[str]]:
         raise ValueError(f"data: set either data.task ({data.task!r}) or data.path ({data.path!r}), not both")
     if data.path:
         split, class_names = text.load_text_file(data.path, data.text_columns, data.label_column, data.class_names)
-        return text.split_fractions(split, data.fractions, seed=data.split_seed), class_names
+        try:
+            return text.split_fractions(split, data.fractions, seed=data.split_seed, class_names=class_names), class_names
+        except ValueError as err:
+            raise ValueError(f"{data.path}: {err}") from None
     if data.task not in text.TEXT_TASKS:
         raise ValueError(f"data.task: expected one of {', '.join(text.TEXT_TASKS)} or data.path=FILE for your own"
                          f" data, got {data.task!r}")
