@@ -16,7 +16,8 @@ SPLITS = ("teacher_train", "distill", "validation", "test")
 
 
 def build_splits(config: ExperimentConfig) -> tuple[dict[str, FeatureSplit], list[str]]:
-    """The four splits and the class names; fails on bad data before anything is written."""
+    """The four splits and the class names; fails on bad data (and, for text, on a ``max_length``
+    above a model's position limit) before anything is written."""
     data = config.data
     if isinstance(data, GaussianData):
         task = GaussianTask(num_classes=data.num_classes, dim=data.dim, sigma=data.sigma, data_seed=data.data_seed)
@@ -35,8 +36,18 @@ def build_splits(config: ExperimentConfig) -> tuple[dict[str, FeatureSplit], lis
         # Scaled with teacher-train statistics only: no model sees validation/test statistics.
         return standardize(splits)[0], class_names
     if isinstance(data, TextData):
-        return _text_splits(data)
+        splits = _text_splits(data)
+        _check_text_models(config)
+        return splits
     raise ValueError(f"data: unsupported data config {type(data).__name__}")
+
+
+def _check_text_models(config: ExperimentConfig) -> None:
+    """Each model's max_length against its checkpoint's position limit (only its config is read)."""
+    from ptdistill.text.models import check_max_length
+
+    for key in ("teacher", "student"):
+        check_max_length(getattr(config, key).model, f"{key}.model")
 
 
 def _text_splits(data: TextData) -> tuple[dict, list[str]]:

@@ -35,11 +35,13 @@ __all__ = [
     "DTYPES",
     "KINDS",
     "HFModelSpec",
+    "check_max_length",
     "checkpoint_num_labels",
     "default_device",
     "load_classifier",
     "load_generative",
     "load_tokenizer",
+    "position_limit",
     "resolve_checkpoint",
     "resolve_dtype",
     "save_model",
@@ -304,6 +306,69 @@ def checkpoint_num_labels(spec: HFModelSpec) -> int:
     from transformers import AutoConfig
 
     return int(AutoConfig.from_pretrained(spec.location, **_hub_kwargs(spec)).num_labels)
+
+
+#: Config keys that give how many positions a model's absolute position embeddings hold, by family
+#: (BERT-likes, BART: max_position_embeddings; GPT-2: n_positions; others: the rest).
+_POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "max_sequence_length", "seq_length", "n_ctx")
+#: Families whose position ids start after the padding index (RoBERTa's embeddings), so an input of
+#: L tokens needs L + pad_token_id + 1 positions.
+_PADDING_OFFSET_TYPES = frozenset({"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "data2vec-text",
+                                   "roberta-prelayernorm", "xmod", "longformer", "mpnet"})
+#: Config keys of relative (T5's buckets) or rotary positions: no table to run past.
+_UNBOUNDED_KEYS = ("relative_attention_num_buckets", "rope_theta", "rope_scaling", "rope_parameters", "rotary_dim",
+                   "rotary_pct", "rotary_emb_base")
+
+
+def position_limit(config: Any) -> tuple[str, int] | None:
+    """``(key, longest input in tokens)`` of a transformers config, or None when it has no such limit.
+
+    The limit is the size of the absolute position-embedding table (the first of ``_POSITION_KEYS``
+    the config sets), less RoBERTa's padding offset; a longer input fails inside the model ("The
+    size of tensor a (703) must match ... (512)"). T5-style relative and rotary positions have no
+    table (None), nor does DeBERTa with ``position_biased_input`` false.
+    """
+    if any(getattr(config, key, None) is not None for key in _UNBOUNDED_KEYS):
+        return None
+    if getattr(config, "position_biased_input", True) is False:
+        return None
+    for key in _POSITION_KEYS:
+        value = getattr(config, key, None)
+        if _is_int(value) and value > 0:
+            if getattr(config, "model_type", None) in _PADDING_OFFSET_TYPES:
+                value -= (getattr(config, "pad_token_id", None) or 0) + 1
+            return key, value
+    return None
+
+
+def check_max_length(spec: HFModelSpec, key: str) -> None:
+    """Raise a ValueError naming ``key`` (e.g. ``teacher.model``) when ``spec.max_length`` exceeds the
+    checkpoint's position limit (:func:`position_limit`), before any work starts.
+
+    Reads only the checkpoint's config: a local directory's, else the hub's from the local cache,
+    else (unless ``HF_HUB_OFFLINE``) from the hub. If it cannot be read (hub unreachable, no such
+    model) the check is skipped with a warning: loading the model reports that itself.
+    """
+    from huggingface_hub import constants
+    from transformers import AutoConfig
+
+    kwargs, config, error = _hub_kwargs(spec), None, None
+    for local_only in (True, False) if not constants.is_offline_mode() else (True,):
+        try:
+            config = AutoConfig.from_pretrained(spec.location, local_files_only=local_only, **kwargs)
+            break
+        except Exception as err:  # OSError, hub errors, a bad config.json: loading the model says more
+            error = err
+    if config is None:
+        log.warning("%s: could not read the config of %s to check max_length (%s: %s)", key, spec.name_or_path,
+                    type(error).__name__, error)
+        return
+    limit = position_limit(config)
+    if limit is not None and spec.max_length > limit[1]:
+        name, tokens = limit
+        raise ValueError(f"{key}.max_length: {spec.max_length} is above the {tokens} positions of"
+                         f" {spec.name_or_path} (its config's {name} = {getattr(config, name)}); expected at most"
+                         f" {tokens}")
 
 
 def load_tokenizer(spec: HFModelSpec):
