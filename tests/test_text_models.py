@@ -248,7 +248,7 @@ def test_a_fine_tuned_teachers_recipe_pins_its_base_checkpoint_and_a_pretrained_
 
 
 def test_max_length_above_the_position_limit_is_refused(tmp_path):
-    from transformers import GPT2Config, RobertaConfig, T5Config
+    from transformers import AutoConfig, GPT2Config, RobertaConfig, T5Config
 
     bert = tiny_bert(tmp_path / "bert")  # max_position_embeddings=128
     check_max_length(HFModelSpec(str(bert), max_length=128), "student.model")
@@ -263,6 +263,15 @@ def test_max_length_above_the_position_limit_is_refused(tmp_path):
     assert position_limit(T5Config()) is None  # relative positions: no limit
     t5 = tiny_t5(tmp_path / "t5")
     check_max_length(HFModelSpec(str(t5), kind="seq2seq", max_length=4096), "teacher.model")
+    # A hub id that is not cached is left to the loaders (no hub request before the run) ...
+    check_max_length(HFModelSpec("nobody/not-cached-model", max_length=100_000), "teacher.model")
+    # ... which check the loaded model's config before any training or scoring.
+    with pytest.raises(ValueError, match=r"^max_length: 129 is above the 128 positions"):
+        load_classifier(HFModelSpec(str(bert), max_length=129), device="cpu")
+    gpt2 = tiny_gpt2(tmp_path / "gpt2")
+    limit = position_limit(AutoConfig.from_pretrained(gpt2))[1]
+    with pytest.raises(ValueError, match=rf"^max_length: {limit + 1} is above the {limit} positions"):
+        load_generative(HFModelSpec(str(gpt2), kind="causal", max_length=limit + 1), device="cpu")
 
 
 def test_text_config_with_a_too_long_max_length_fails_before_work(tmp_path):

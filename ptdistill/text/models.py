@@ -345,30 +345,28 @@ def check_max_length(spec: HFModelSpec, key: str) -> None:
     """Raise a ValueError naming ``key`` (e.g. ``teacher.model``) when ``spec.max_length`` exceeds the
     checkpoint's position limit (:func:`position_limit`), before any work starts.
 
-    Reads only the checkpoint's config: a local directory's, else the hub's from the local cache,
-    else (unless ``HF_HUB_OFFLINE``) from the hub. If it cannot be read (hub unreachable, no such
-    model) the check is skipped with a warning: loading the model reports that itself.
+    Reads only the checkpoint's config, and only where it is on this machine (a local or
+    ``package:`` directory, or a hub id in the Hugging Face cache): asking the hub would stall an
+    offline machine in retries. Otherwise the check is left to the loaders, which make it on the
+    loaded model's config before any training or scoring.
     """
-    from huggingface_hub import constants
     from transformers import AutoConfig
 
-    kwargs, config, error = _hub_kwargs(spec), None, None
-    for local_only in (True, False) if not constants.is_offline_mode() else (True,):
-        try:
-            config = AutoConfig.from_pretrained(spec.location, local_files_only=local_only, **kwargs)
-            break
-        except Exception as err:  # OSError, hub errors, a bad config.json: loading the model says more
-            error = err
-    if config is None:
-        log.warning("%s: could not read the config of %s to check max_length (%s: %s)", key, spec.name_or_path,
-                    type(error).__name__, error)
+    try:
+        config = AutoConfig.from_pretrained(spec.location, local_files_only=True, **_hub_kwargs(spec))
+    except (OSError, ValueError) as err:  # not cached, or not a checkpoint: loading the model says more
+        log.info("%s: max_length not checked before the run: no local config of %s (%s)", key, spec.name_or_path,
+                 err)
         return
+    _check_positions(spec, config, f"{key}.max_length")
+
+
+def _check_positions(spec: HFModelSpec, config: Any, key: str = "max_length") -> None:
     limit = position_limit(config)
     if limit is not None and spec.max_length > limit[1]:
         name, tokens = limit
-        raise ValueError(f"{key}.max_length: {spec.max_length} is above the {tokens} positions of"
-                         f" {spec.name_or_path} (its config's {name} = {getattr(config, name)}); expected at most"
-                         f" {tokens}")
+        raise ValueError(f"{key}: {spec.max_length} is above the {tokens} positions of {spec.name_or_path} (its"
+                         f" config's {name} = {getattr(config, name)}); expected at most {tokens}")
 
 
 def load_tokenizer(spec: HFModelSpec):
@@ -456,7 +454,8 @@ def load_classifier(
     dropped layers (unexpected); other missing / unexpected keys are logged as a warning here.
     ``training``: the model is for training (``dtype="auto"`` then means fp32) and is returned in
     train mode; else in eval mode. Placed on ``device`` (default CUDA if available) unless
-    ``spec.device_map`` is set.
+    ``spec.device_map`` is set. A ``spec.max_length`` above the model's position limit is a
+    ValueError (:func:`position_limit`), as in :func:`load_generative`.
     """
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
@@ -485,6 +484,7 @@ def load_classifier(
         model, info = AutoModelForSequenceClassification.from_pretrained(
             spec.location, output_loading_info=True, **hub, **kwargs
         )
+    _check_positions(spec, model.config)
     if spec.num_layers is not None:
         stacks = _stacks(model)
         if not stacks or any(length != spec.num_layers for length in stacks.values()):
@@ -518,6 +518,7 @@ def load_generative(spec: HFModelSpec, device: torch.device | str | None = None,
     if spec.device_map is not None:
         kwargs["device_map"] = spec.device_map
     model = auto.from_pretrained(spec.location, **_hub_kwargs(spec), **kwargs)
+    _check_positions(spec, model.config)
     if spec.freeze_embeddings:
         model.get_input_embeddings().weight.requires_grad_(False)
     if spec.device_map is None:
