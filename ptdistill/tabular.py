@@ -205,9 +205,9 @@ def _allocate(
         chosen = np.lexsort((-remainder[k], -left_in_split))[:extra]
         counts[k, chosen] += 1
         left_in_split[chosen] -= 1
+    floor = np.isin(np.arange(len(sizes)), labeled).astype(int)  # rows a split must keep of each class
     for k, s in zip(*np.nonzero(counts[:, labeled] == 0)):
         s = labeled[s]
-        floor = np.where(np.isin(np.arange(len(sizes)), labeled), 1, 0)
         donor = int(np.argmax(np.where(counts[k] > floor, counts[k], -1)))
         counts[k, donor] -= 1
         counts[k, s] += 1
