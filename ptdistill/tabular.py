@@ -182,11 +182,10 @@ def _allocate(
 ) -> np.ndarray:
     """Rows of each class per split, (K, S) int: row sums ``class_counts``, column sums ``sizes``.
 
-    Controlled rounding of ``n_k * size_s / n``: every cell is that value rounded down, and each
-    class's left-over rows go one each to the splits with the most rows still to fill (ties: the
-    larger remainder). That greedy always completes (Gale-Ryser; the fractional table is a
-    solution), so each cell is within one row of its exact share. Then every class gets at least
-    one row in each ``labeled`` split (see :func:`split_tabular`).
+    Controlled rounding of ``n_k * size_s / n``: every cell is that value rounded down or, where
+    it is not whole, up (:func:`_cells_to_round_up`), so each cell is less than one row from its
+    exact share. Then every class gets at least one row in each ``labeled`` split (see
+    :func:`split_tabular`).
     """
     n = int(class_counts.sum())
     need = len(labeled)
@@ -199,12 +198,7 @@ def _allocate(
         )
     product = np.outer(class_counts, sizes)
     counts, remainder = product // n, product % n
-    left_in_split = sizes - counts.sum(0)
-    for k in np.argsort(counts.sum(1) - class_counts, kind="stable"):  # most left-over rows first
-        extra = int(class_counts[k] - counts[k].sum())
-        chosen = np.lexsort((-remainder[k], -left_in_split))[:extra]
-        counts[k, chosen] += 1
-        left_in_split[chosen] -= 1
+    counts += _cells_to_round_up(remainder, class_counts - counts.sum(1), sizes - counts.sum(0))
     floor = np.isin(np.arange(len(sizes)), labeled).astype(int)  # rows a split must keep of each class
     for k, s in zip(*np.nonzero(counts[:, labeled] == 0)):
         s = labeled[s]
@@ -216,6 +210,51 @@ def _allocate(
             counts[giver, s] -= 1
             counts[giver, donor] += 1
     return counts
+
+
+def _cells_to_round_up(remainder: np.ndarray, row_need: np.ndarray, col_need: np.ndarray) -> np.ndarray:
+    """A 0/1 table, 1 only where ``remainder > 0``, with row sums ``row_need`` and column sums ``col_need``.
+
+    A bipartite b-matching: cells are taken by largest remainder first, then augmenting paths
+    (row -> free cell -> column, or on through a taken cell to the row that holds it) fill the
+    rows still short. A solution exists because the fractional remainders (``remainder / n``)
+    are one, so a path exists while a row is short.
+    """
+    up = np.zeros(remainder.shape, dtype=np.int64)
+    row_need, col_need = row_need.copy(), col_need.copy()
+    for k, s in zip(*np.unravel_index(np.argsort(-remainder, axis=None, kind="stable"), remainder.shape)):
+        if remainder[k, s] > 0 and row_need[k] > 0 and col_need[s] > 0:
+            up[k, s], row_need[k], col_need[s] = 1, row_need[k] - 1, col_need[s] - 1
+    while row_need.any():
+        start = int(np.flatnonzero(row_need)[0])
+        via_row: dict[int, int] = {}  # column -> the row that reaches it through a free cell
+        via_col = {start: -1}  # row -> the column it would give up (-1: the start row)
+        queue, end = [start], None
+        while queue and end is None:
+            k = queue.pop(0)
+            for s in np.flatnonzero((remainder[k] > 0) & (up[k] == 0)):
+                if int(s) in via_row:
+                    continue
+                via_row[int(s)] = k
+                if col_need[s] > 0:
+                    end = int(s)
+                    break
+                for j in np.flatnonzero(up[:, s]):
+                    if int(j) not in via_col:
+                        via_col[int(j)] = int(s)
+                        queue.append(int(j))
+        if end is None:
+            raise AssertionError("controlled rounding found no augmenting path")  # impossible, see above
+        col_need[end] -= 1
+        row_need[start] -= 1
+        s = end
+        while s != -1:  # flip the path: each row on it takes its column and gives up the one it held
+            k = via_row[s]
+            up[k, s] = 1
+            s = via_col[k]
+            if s != -1:
+                up[k, s] = 0
+    return up
 
 
 def _warn_small_classes(

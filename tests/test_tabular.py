@@ -218,3 +218,23 @@ def test_build_splits_names_the_file_and_the_class(tmp_path):
 def test_single_class_is_shown_as_written(tmp_path):
     with pytest.raises(ValueError, match=r"has a single class \(0\); expected at least 2"):
         load_tabular(write(tmp_path, frame(label=[0] * 12)))
+
+
+def test_allocation_is_a_controlled_rounding():
+    """Random class counts and split sizes: each cell is its exact share rounded down or up (never an
+    exact whole share moved), rows add up to the class counts and columns to the split sizes."""
+    from ptdistill.tabular import _allocate
+
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        class_counts = rng.integers(20, 80, rng.integers(2, 7))
+        n = class_counts.sum()
+        sizes = np.floor(rng.dirichlet(np.ones(4) * 3) * n).astype(int) + 1
+        sizes[1] += n - sizes.sum()
+        exact = np.outer(class_counts, sizes) / n
+        if sizes[1] < 1 or (np.floor(exact[:, [0, 2, 3]]) < 1).any():
+            continue  # the every-class minimum would move rows; tested above
+        counts = _allocate(class_counts, sizes, [0, 2, 3], list("abcdef"), list(DEFAULT_FRACTIONS))
+        np.testing.assert_array_equal(counts.sum(1), class_counts)
+        np.testing.assert_array_equal(counts.sum(0), sizes)
+        assert np.all(np.abs(counts - exact) < 1)
