@@ -484,12 +484,12 @@ def load_classifier(
         model, info = AutoModelForSequenceClassification.from_pretrained(
             spec.location, output_loading_info=True, **hub, **kwargs
         )
-    _check_positions(spec, model.config)
     if spec.num_layers is not None:
         stacks = _stacks(model)
         if not stacks or any(length != spec.num_layers for length in stacks.values()):
             raise ValueError(f"num_layers: truncating {type(model).__name__} to its first {spec.num_layers} layers "
                              f"is not supported (its layer stacks after loading: {stacks or 'none found'})")
+    _check_positions(spec, model.config)
     missing, unexpected = _unexplained_keys(model, info, spec.num_layers)
     if missing or unexpected:
         log.warning("%s from %s: weights missing from the checkpoint (newly initialised): %s; checkpoint weights "
