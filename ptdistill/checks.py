@@ -6,14 +6,52 @@ so that bad input fails before any work starts.
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
-#: How far a probability row may sum from 1 before it is rejected.
+log = logging.getLogger(__name__)
+
+#: How far a float32 / float64 probability row may sum from 1 before it is rejected.
 ROW_SUM_TOL = 1e-4
+#: Rows further than this from 1 (or with a value above 1) look like scores, not probabilities.
+_FAR_FROM_ONE = 0.5
+_LOGITS_HINT = " - did you pass logits? apply softmax first"
 
 
-def check_probs(name: str, probs: torch.Tensor, *, ndim: int | None = 2) -> None:
-    """Check that ``probs`` holds probability rows over its last dimension."""
+def row_sum_tolerance(num_classes: int, *, dtype: torch.dtype | None = None, decimals: int | None = None) -> float:
+    """How far a row of ``num_classes`` probabilities may sum from 1 given the precision it was stored in.
+
+    ``dtype`` (a floating torch dtype, unit roundoff u = eps/2 and smallest subnormal s): rounding
+    each p_i to the dtype moves it by at most u * p_i (by at most s/2 if p_i is subnormal), so the
+    row sum moves by at most u * sum(p_i) + C * s/2 = u + C * s/2; a softmax whose normaliser was
+    also rounded to the dtype adds up to u more (measured: at most 1.5 u for C = 2..1000). So
+
+        tol = 2 u + C s / 2        (float16: 9.8e-4, bfloat16: 7.8e-3, nearly independent of C)
+
+    ``decimals`` (values written as text with that many digits after the point): each value is
+    off by at most half a unit in the last place, so
+
+        tol = C * 0.5 * 10**-decimals        (3 decimals, 3 classes: 1.5e-3; 100 classes: 0.05)
+
+    Never below ``ROW_SUM_TOL``, so float32 and float64 rows keep the strict check.
+    """
+    tolerance = ROW_SUM_TOL
+    if dtype is not None and dtype.is_floating_point:
+        info = torch.finfo(dtype)
+        tolerance = max(tolerance, info.eps + num_classes * info.smallest_normal * info.eps / 2)
+    if decimals is not None:
+        tolerance = max(tolerance, num_classes * 0.5 * 10.0 ** -max(decimals, 0))
+    return tolerance
+
+
+def check_probs(name: str, probs: torch.Tensor, *, ndim: int | None = 2, tolerance: float | None = None) -> None:
+    """Check that ``probs`` holds probability rows over its last dimension.
+
+    Rows must sum to 1 within ``tolerance`` (default: :func:`row_sum_tolerance` of the tensor's
+    dtype: 1e-4 for float32 / float64, wider for float16 / bfloat16). The "did you pass logits?"
+    hint is given for negative values, values above 1 and rows more than 0.5 from 1.
+    """
     if not isinstance(probs, torch.Tensor):
         raise ValueError(f"{name}: expected a torch.Tensor, got {type(probs).__name__}")
     if ndim is not None and probs.ndim != ndim:
@@ -24,6 +62,8 @@ def check_probs(name: str, probs: torch.Tensor, *, ndim: int | None = 2) -> None
         raise ValueError(f"{name}: is empty (shape {tuple(probs.shape)}); expected at least one example")
     if not probs.dtype.is_floating_point:
         raise ValueError(f"{name}: expected a floating-point tensor, got {probs.dtype}")
+    if tolerance is None:
+        tolerance = row_sum_tolerance(probs.shape[-1], dtype=probs.dtype)
     p = probs.detach()
     bad = ~torch.isfinite(p)
     if bad.any():
@@ -32,17 +72,33 @@ def check_probs(name: str, probs: torch.Tensor, *, ndim: int | None = 2) -> None
     if (p < 0).any():
         row = int((p < 0).reshape(-1, p.shape[-1]).any(-1).nonzero()[0])
         raise ValueError(
-            f"{name}: contains negative values (first in row {row}); expected probabilities in [0, 1]"
-            " - did you pass logits? apply softmax first"
+            f"{name}: contains negative values (first in row {row}); expected probabilities in [0, 1]{_LOGITS_HINT}"
         )
     sums = p.double().sum(-1).reshape(-1)
-    off = (sums - 1).abs() > ROW_SUM_TOL
+    off = (sums - 1).abs() > tolerance
     if off.any():
         row = int(off.nonzero()[0])
+        far = bool((p > 1).any()) or float((sums - 1).abs().max()) > _FAR_FROM_ONE
         raise ValueError(
-            f"{name}: rows must sum to 1, row {row} sums to {float(sums[row]):.6g}"
-            " - did you pass logits? apply softmax first"
+            f"{name}: rows must sum to 1 (within {tolerance:.2g}), row {row} sums to {float(sums[row]):.6g}"
+            + (_LOGITS_HINT if far else "")
         )
+
+
+def normalize_probs(name: str, probs: torch.Tensor, *, tolerance: float) -> torch.Tensor:
+    """``probs`` checked with :func:`check_probs` at ``tolerance``, as float64 rows divided by their sums.
+
+    For inputs stored in reduced precision (see :func:`row_sum_tolerance`); the largest deviation
+    from 1 is logged once when it is above float64 round-off.
+    """
+    check_probs(name, probs, tolerance=tolerance)
+    p = probs.detach().to(torch.float64)
+    sums = p.sum(-1, keepdim=True)
+    deviation = float((sums - 1).abs().max())
+    if deviation > 1e-12:
+        log.info("%s: rows renormalised to sum to 1 in float64 (largest deviation %.3g, within the %.2g that the"
+                 " input's precision allows)", name, deviation, tolerance)
+    return p / sums
 
 
 def check_labels(name: str, labels: torch.Tensor, n: int, num_classes: int) -> None:

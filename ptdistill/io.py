@@ -1,15 +1,23 @@
-"""Reading teacher outputs and labels from .npy, CSV and parquet files.
+"""Reading user data (tables, teacher outputs, labels) and writing result files atomically.
 
-Errors name the file and the column and say what was expected, before any work starts.
+Every reader checks the file first (found, not a directory, not empty), decodes text files one
+way (:func:`read_text`: UTF-8, a byte-order mark dropped, anything else an error naming the
+byte offset) and rejects duplicate column names instead of letting pandas rename them. Errors
+name the file and the column and say what was expected, before any work starts.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import os
-import tempfile
-from collections.abc import Callable
+import re
+import secrets
+from collections import Counter
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import pandas as pd
@@ -17,23 +25,143 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from ptdistill.checks import normalize_probs, row_sum_tolerance
+
+log = logging.getLogger(__name__)
+
 SUFFIXES = (".npy", ".csv", ".parquet", ".pq")
 #: Columns never taken as probabilities when --prob-columns is not given.
 NON_PROB_COLUMNS = ("id", "label", "labels")
+UTF8_BOM = b"\xef\xbb\xbf"
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+#: A number as text: sign, digits, optional fraction, optional exponent (groups: fraction, exponent).
+_NUMBER = re.compile(r"^\s*[+-]?\d*(?:\.(\d*))?(?:[eE]([+-]?\d+))?\s*$")
 
 
-def _read(path: str | Path) -> np.ndarray | pd.DataFrame:
+# --------------------------------------------------------------------------- reading files
+
+
+def check_file(path: str | Path, suffixes: Sequence[str] | None = None) -> Path:
+    """``path`` as a Path if it is a non-empty regular file (with one of ``suffixes``, when given).
+
+    Raises ValueError naming the file: not found, a directory, an unsupported suffix, or empty.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path}: is a directory; expected a file")
     if not path.exists():
         raise ValueError(f"{path}: file not found")
     suffix = path.suffix.lower()
-    if suffix == ".npy":
-        return np.load(path, allow_pickle=False)
+    if suffixes is not None and suffix not in suffixes:
+        raise ValueError(f"{path}: unsupported file type {suffix!r}; expected one of {', '.join(suffixes)}")
+    if path.is_file() and path.stat().st_size == 0:
+        raise ValueError(f"{path}: is empty (0 bytes); expected data")
+    return path
+
+
+def read_text(path: str | Path) -> str:
+    """The text of a UTF-8 file, without a leading byte-order mark (as Excel writes it).
+
+    Any other encoding is a ValueError naming the file and the offset of the first byte that is
+    not UTF-8, so that a latin-1 or UTF-16 export fails at once instead of as garbled columns.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise ValueError(f"{path}: cannot be read ({err.strerror or err})") from None
+    start = len(UTF8_BOM) if data.startswith(UTF8_BOM) else 0
+    try:
+        return data[start:].decode("utf-8")
+    except UnicodeDecodeError as err:
+        offset = start + err.start
+        utf16 = " (it starts with a UTF-16 byte-order mark)" if data[:2] in _UTF16_BOMS else ""
+        raise ValueError(f"{path}: not UTF-8 text: byte 0x{data[offset]:02x} at offset {offset} is not valid"
+                         f" UTF-8{utf16}; re-save the file as UTF-8") from None
+
+
+def read_table(path: str | Path, suffixes: Sequence[str], csv_options: dict | None = None) -> pd.DataFrame:
+    """A CSV, JSONL (one JSON object per line) or parquet file as a DataFrame.
+
+    ``csv_options`` go to ``pandas.read_csv``. Raises ValueError naming the file for everything
+    :func:`check_file` and :func:`read_text` reject, for a file that does not parse, and for
+    duplicate column names (a CSV header ``a,a,b``, a repeated JSON key, a parquet schema).
+    """
+    path = check_file(path, suffixes)
+    suffix = path.suffix.lower()
     if suffix == ".csv":
-        return pd.read_csv(path)
-    if suffix in (".parquet", ".pq"):
-        return pd.read_parquet(path)
-    raise ValueError(f"{path}: unsupported file type {suffix!r}; expected one of {', '.join(SUFFIXES)}")
+        return _read_csv(path, csv_options or {})
+    if suffix == ".jsonl":
+        return _read_jsonl(path)
+    try:
+        _check_unique_columns(path, pq.read_schema(path).names)  # read_table itself fails on duplicates
+        table = pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise ValueError(f"{path}: not a readable parquet file ({err})") from None
+    return table.to_pandas()
+
+
+def _read_csv(path: Path, options: dict) -> pd.DataFrame:
+    text = read_text(path)
+    if not text.strip():
+        raise ValueError(f"{path}: is empty (no header row); expected a header row and data rows")
+    try:
+        header = pd.read_csv(io.StringIO(text), header=None, nrows=1, dtype=str, keep_default_na=False)
+        frame = pd.read_csv(io.StringIO(text), **options)
+    except (ValueError, pd.errors.ParserError) as err:
+        raise ValueError(f"{path}: could not be read as CSV ({err})") from None
+    _check_unique_columns(path, [str(name) for name in header.iloc[0]])
+    return frame
+
+
+class _DuplicateKeys(ValueError):
+    pass
+
+
+def _unique_pairs(pairs: list[tuple[str, object]]) -> dict:
+    counts = Counter(key for key, _ in pairs)
+    duplicated = [key for key, count in counts.items() if count > 1]
+    if duplicated:
+        raise _DuplicateKeys(duplicated)
+    return dict(pairs)
+
+
+def _read_jsonl(path: Path) -> pd.DataFrame:
+    records = []
+    # "\n" only: str.splitlines would also split at U+2028, which JSON allows inside strings.
+    for number, line in enumerate(read_text(path).split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line, object_pairs_hook=_unique_pairs)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: line {number} is not valid JSON ({err.msg} at column {err.colno})") from None
+        except _DuplicateKeys as err:
+            raise ValueError(f"{path}: line {number} has duplicate key(s) {err.args[0]}; expected each key once"
+                             " (JSON keeps only the last)") from None
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}: line {number} is a JSON {type(record).__name__}; expected one object per line")
+        records.append(record)
+    if not records:
+        raise ValueError(f"{path}: has no JSON objects; expected one object per line")
+    return pd.DataFrame.from_records(records)
+
+
+def _check_unique_columns(path: Path, names: Sequence[str]) -> None:
+    """Empty CSV header cells are left alone: pandas names them ``Unnamed: i``, which stay distinct."""
+    duplicated = [name for name, count in Counter(n for n in names if n != "").items() if count > 1]
+    if duplicated:
+        raise ValueError(f"{path}: duplicate column name(s) {duplicated}; expected each column name once")
+
+
+def _read(path: str | Path) -> np.ndarray | pd.DataFrame:
+    path = check_file(path, SUFFIXES)
+    if path.suffix.lower() != ".npy":
+        return read_table(path, SUFFIXES)
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise ValueError(f"{path}: not a readable .npy file ({err})") from None
 
 
 def _numeric(frame: pd.DataFrame, column: str, path: Path) -> np.ndarray:
@@ -79,14 +207,20 @@ def load_teacher_probs(
     labels_column: str | None = None,
     prob_columns: list[str] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Teacher probabilities (N, C) float64, and labels if ``labels_column`` names a column.
+    """Teacher probabilities (N, C) float64 with rows summing to 1, and labels if ``labels_column`` names a column.
 
     A .npy file holds the (N, C) array.  In a table the probabilities are ``prob_columns``,
     else a list-valued ``probs`` column (as ptdistill writes teacher outputs), else every
     numeric column other than the labels column and ``id``/``label``/``labels``.
+
+    Rows may sum to 1 only as closely as the file's precision allows: float16 / bfloat16 arrays
+    and columns, or CSV values rounded to a few decimals (see
+    :func:`ptdistill.checks.row_sum_tolerance`); such rows are renormalised in float64, and the
+    largest deviation is logged once. Rows further off, or negative values, are a ValueError.
     """
     path = Path(path)
     data = _read(path)
+    name = str(path)
     if isinstance(data, np.ndarray):
         if labels_column:
             raise ValueError(f"{path}: a .npy file has no columns; pass the labels with --labels")
@@ -94,7 +228,10 @@ def load_teacher_probs(
             raise ValueError(f"{path}: expected a 2-D array (examples, classes), got shape {data.shape}")
         if not np.issubdtype(data.dtype, np.floating):
             raise ValueError(f"{path}: expected floating-point probabilities, got dtype {data.dtype}")
-        return torch.tensor(data, dtype=torch.float64), None
+        if data.dtype not in (np.float16, np.float32, np.float64):  # torch has no long double
+            data = data.astype(np.float64)
+        probs = torch.from_numpy(data)
+        return normalize_probs(name, probs, tolerance=row_sum_tolerance(probs.shape[-1], dtype=probs.dtype)), None
     labels = None
     if labels_column is not None:
         if labels_column not in data.columns:
@@ -107,50 +244,86 @@ def load_teacher_probs(
         columns = prob_columns
     elif "probs" in data.columns and not pd.api.types.is_numeric_dtype(data["probs"]):
         try:
-            probs = np.stack([np.asarray(v, dtype=np.float64) for v in data["probs"]])
+            rows = [np.asarray(v) for v in data["probs"]]
+            probs = torch.from_numpy(np.stack(rows).astype(np.float64))
         except (TypeError, ValueError) as err:
             raise ValueError(f"{path}: column 'probs' must hold equal-length lists of numbers ({err})") from None
-        return torch.from_numpy(probs), labels
+        dtype = torch.from_numpy(np.zeros(0, rows[0].dtype)).dtype if rows[0].dtype.kind == "f" else torch.float64
+        return normalize_probs(name, probs, tolerance=row_sum_tolerance(probs.shape[-1], dtype=dtype)), labels
     else:
         columns = [c for c in data.columns if c != labels_column and str(c).lower() not in NON_PROB_COLUMNS]
     for column in columns:
         _numeric(data, column, path)
     if len(columns) < 2:
         raise ValueError(f"{path}: expected at least 2 probability columns, found {columns}")
-    return torch.tensor(data[columns].to_numpy(dtype=np.float64)), labels
+    probs = torch.tensor(data[columns].to_numpy(dtype=np.float64))
+    if path.suffix.lower() == ".csv":
+        tolerance = row_sum_tolerance(len(columns), decimals=_decimals(path, columns))
+    else:
+        tolerance = max(row_sum_tolerance(len(columns), dtype=_torch_dtype(data[c].dtype)) for c in columns)
+    return normalize_probs(name, probs, tolerance=tolerance), labels
 
 
-def _write_atomic(path: str | Path, write: Callable[[str], None]) -> Path:
-    """``write(temp_path)`` beside ``path``, then rename it, so no half-written file is ever seen."""
+def _torch_dtype(dtype: np.dtype) -> torch.dtype:
+    """The torch dtype of a numpy float dtype (float64 for anything else: integers are exact)."""
+    return {np.dtype(np.float16): torch.float16, np.dtype(np.float32): torch.float32}.get(np.dtype(dtype),
+                                                                                          torch.float64)
+
+
+def _decimals(path: Path, columns: list[str]) -> int:
+    """The most digits after the decimal point among ``columns`` of a CSV (``1.5e-05`` has 6): the
+    precision the values were written with."""
+    raw = read_table(path, (".csv",), {"dtype": str, "keep_default_na": False, "usecols": columns})
+    most = 0
+    for column in columns:
+        parts = raw[column].str.extract(_NUMBER)
+        digits = parts[0].fillna("").str.len() - pd.to_numeric(parts[1]).fillna(0)
+        if len(digits):
+            most = max(most, int(digits.max()))
+    return most
+
+
+# --------------------------------------------------------------------------- writing files
+
+
+def write_atomic(path: str | Path, write: Callable[[IO[bytes]], object]) -> Path:
+    """``write(file)`` into a temporary file beside ``path``, then rename it over ``path``.
+
+    Readers see the old file, no file, or the complete new one, never a half-written one; the
+    temporary file is removed whatever happens. The file is created with mode 0o666 minus the
+    process umask (0644 under the usual umask 022), like any file ``open`` creates, not with
+    ``tempfile.mkstemp``'s private 0600. The one atomic writer of :mod:`ptdistill.io` and
+    :mod:`ptdistill.models`.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        write(tmp)
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 
 def write_json_atomic(path: str | Path, payload: dict) -> Path:
     """Write JSON to ``path`` atomically."""
-    return _write_atomic(path, lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=1)))
+    return write_atomic(path, lambda handle: handle.write(json.dumps(payload, indent=1).encode()))
 
 
 def write_parquet_atomic(path: str | Path, table: pa.Table) -> Path:
     """Write a parquet file to ``path`` atomically."""
-    return _write_atomic(path, lambda tmp: pq.write_table(table, tmp))
+    return write_atomic(path, lambda handle: pq.write_table(table, handle))
 
 
 def read_parquet_table(path: str | Path, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> pa.Table:
-    """A parquet file's table with the ``required`` columns; a missing or unreadable file, or a
-    missing column, is a ValueError naming the file and what was expected."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: file not found")
+    """A parquet file's table with the ``required`` columns; a missing, empty or unreadable file (or a
+    directory), or a missing column, is a ValueError naming the file and what was expected."""
+    path = check_file(path)
     try:
         table = pq.read_table(path)
     except (pa.ArrowInvalid, OSError) as err:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +16,7 @@ import torch
 from torch import nn
 
 from ptdistill.config import from_dict, to_dict
-from ptdistill.io import write_json_atomic
+from ptdistill.io import write_atomic, write_json_atomic
 
 __all__ = ["ACTIVATIONS", "CONFIG_NAME", "WEIGHTS_NAME", "MLP", "MLPConfig", "weights_hash"]
 
@@ -86,14 +84,7 @@ class MLP(nn.Module):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu() for k, v in self.state_dict().items()}
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{WEIGHTS_NAME}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            torch.save(state, tmp)
-            os.replace(tmp, directory / WEIGHTS_NAME)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        write_atomic(directory / WEIGHTS_NAME, lambda handle: torch.save(state, handle))
         write_json_atomic(directory / CONFIG_NAME, to_dict(self.config))
         return directory
 

@@ -6,7 +6,8 @@ and the column (and row) at fault.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from numbers import Real
 from pathlib import Path
@@ -16,8 +17,12 @@ import numpy as np
 import pandas as pd
 
 from ptdistill.datasets import SPLITS, FeatureSplit
+from ptdistill.io import read_table
 
-__all__ = ["DEFAULT_FRACTIONS", "MIN_ROWS", "SUFFIXES", "Standardizer", "load_tabular", "split_tabular", "standardize"]
+__all__ = ["DEFAULT_FRACTIONS", "MIN_CLASS_ROWS", "MIN_ROWS", "SUFFIXES", "Standardizer", "load_tabular", "show_class",
+           "split_tabular", "standardize"]
+
+log = logging.getLogger(__name__)
 
 SUFFIXES = (".csv", ".parquet", ".pq")
 #: Fewer rows than this cannot fill four non-empty splits with any useful size.
@@ -25,6 +30,9 @@ MIN_ROWS = 10
 DEFAULT_FRACTIONS: Mapping[str, float] = MappingProxyType(
     {"teacher_train": 0.2, "distill": 0.5, "validation": 0.1, "test": 0.2}
 )
+#: Fewer rows of a class than this in a labeled split make its scores there rest on a handful of
+#: rows: :func:`split_tabular` warns, naming the class and its rows per split.
+MIN_CLASS_ROWS = 5
 
 
 def load_tabular(
@@ -37,12 +45,7 @@ def load_tabular(
     ``class_names[k]`` is the original value of class k, as a string.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: file not found")
-    suffix = path.suffix.lower()
-    if suffix not in SUFFIXES:
-        raise ValueError(f"{path}: unsupported file type {suffix!r}; expected one of {', '.join(SUFFIXES)}")
-    frame = pd.read_csv(path) if suffix == ".csv" else pd.read_parquet(path)
+    frame = read_table(path, SUFFIXES)
     columns = [str(c) for c in frame.columns]
     frame.columns = columns
     if label_column not in columns:
@@ -93,9 +96,16 @@ def _encode_labels(values: pd.Series, path: Path, column: str) -> tuple[np.ndarr
     classes, codes = np.unique(raw, return_inverse=True)
     if len(classes) < 2:
         raise ValueError(
-            f"{path}: label column {column!r} has a single class ({classes[0]!r}); expected at least 2 classes"
+            f"{path}: label column {column!r} has a single class ({show_class(classes[0])}); expected at least 2"
+            " classes"
         )
     return codes.astype(np.int64), [str(c) for c in classes]
+
+
+def show_class(value: object) -> str:
+    """A class as the user wrote it in a message: ``0`` for a number, ``'fresh'`` for a name."""
+    text = str(value.item() if isinstance(value, np.generic) else value)
+    return text if text.lstrip("+-").isdigit() or text in ("True", "False") else repr(text)
 
 
 def split_tabular(
@@ -103,12 +113,23 @@ def split_tabular(
     labels: np.ndarray,
     fractions: Mapping[str, float] = DEFAULT_FRACTIONS,
     seed: int = 0,
+    class_names: Sequence[str] | None = None,
 ) -> dict[str, FeatureSplit]:
-    """Random split into the named parts (names from ``SPLITS``, fractions summing to 1).
+    """Seeded split into the named parts (names from ``SPLITS``, fractions summing to 1), stratified by label.
 
     Sizes are ``floor(fraction * n)`` with the left-over rows given to the largest remainders,
-    so they add up to n. ``ids`` are the row numbers in the input; rows keep their input order
-    within a split. ``distill`` gets ``labels=None``: the distillation set is unlabeled.
+    so they add up to n. Each class is shared out in proportion: the rows of class k in split s
+    are ``n_k * size_s / n`` rounded down or up (:func:`_allocate`), drawn from a seeded
+    permutation of the class's rows. Every class must appear in every labeled split (all but
+    ``distill``): a class with fewer rows than there are labeled splits is a ValueError naming
+    it and its count; a class that would get no row of a labeled split by proportion gets one
+    from its largest split (another class gives one back where it can, else that split grows
+    by a row). A class with fewer than ``MIN_CLASS_ROWS`` rows in a labeled split is logged as
+    a warning with its rows per split. ``class_names[k]`` names label k in messages.
+
+    ``ids`` are the row numbers in the input; rows keep their input order within a split.
+    ``distill`` gets ``labels=None``: the distillation set is unlabeled (its draw is stratified
+    all the same, so it covers the classes like the others).
     """
     features, labels = np.asarray(features), np.asarray(labels)
     if features.ndim != 2:
@@ -135,14 +156,123 @@ def split_tabular(
         raise ValueError(
             f"fractions: split(s) {', '.join(empty)} would be empty with n={n} rows; use more rows or larger fractions"
         )
-    order = np.random.default_rng(seed).permutation(n)
+    classes, codes = np.unique(labels, return_inverse=True)
+    shown = [show_class(class_names[c] if class_names is not None and 0 <= c < len(class_names) else c)
+             for c in classes]
+    labeled = [i for i, name in enumerate(names) if name != "distill"]
+    counts = _allocate(np.bincount(codes, minlength=len(classes)), sizes, labeled, shown, names)
+    _warn_small_classes(counts, labeled, shown, names, sizes)
+    rng = np.random.default_rng(seed)
+    parts: list[list[np.ndarray]] = [[] for _ in names]
+    for k in range(len(classes)):
+        rows = rng.permutation(np.flatnonzero(codes == k))
+        for part, chunk in zip(parts, np.split(rows, np.cumsum(counts[k])[:-1])):
+            part.append(chunk)
     splits = {}
-    for name, part in zip(names, np.split(order, np.cumsum(sizes)[:-1])):
-        rows = np.sort(part)
+    for name, part in zip(names, parts):
+        rows = np.sort(np.concatenate(part))
         splits[name] = FeatureSplit(
             features=features[rows], labels=None if name == "distill" else labels[rows], ids=rows
         )
     return splits
+
+
+def _allocate(
+    class_counts: np.ndarray, sizes: np.ndarray, labeled: list[int], shown: list[str], names: list[str]
+) -> np.ndarray:
+    """Rows of each class per split, (K, S) int: row sums ``class_counts``, column sums ``sizes``.
+
+    Controlled rounding of ``n_k * size_s / n``: every cell is that value rounded down or, where
+    it is not whole, up (:func:`_cells_to_round_up`), so each cell is less than one row from its
+    exact share. Then every class gets at least one row in each ``labeled`` split (see
+    :func:`split_tabular`).
+    """
+    n = int(class_counts.sum())
+    need = len(labeled)
+    short = [(shown[k], int(c)) for k, c in enumerate(class_counts) if c < need]
+    if short:
+        listed = ", ".join(f"class {name} has {count} row{'s' * (count != 1)}" for name, count in short)
+        raise ValueError(
+            f"labels: {listed}; each of the {need} labeled splits ({', '.join(names[s] for s in labeled)}) needs"
+            f" at least one row of every class, so every class needs at least {need} rows (add rows of it or drop it)"
+        )
+    product = np.outer(class_counts, sizes)
+    counts, remainder = product // n, product % n
+    counts += _cells_to_round_up(remainder, class_counts - counts.sum(1), sizes - counts.sum(0))
+    floor = np.isin(np.arange(len(sizes)), labeled).astype(int)  # rows a split must keep of each class
+    for k, s in zip(*np.nonzero(counts[:, labeled] == 0)):
+        s = labeled[s]
+        donor = int(np.argmax(np.where(counts[k] > floor, counts[k], -1)))
+        counts[k, donor] -= 1
+        counts[k, s] += 1
+        giver = int(np.argmax(np.where(np.arange(len(class_counts)) != k, counts[:, s], 0)))
+        if counts[giver, s] > 1:  # keep the split sizes: another class hands one row back
+            counts[giver, s] -= 1
+            counts[giver, donor] += 1
+    return counts
+
+
+def _cells_to_round_up(remainder: np.ndarray, row_need: np.ndarray, col_need: np.ndarray) -> np.ndarray:
+    """A 0/1 table, 1 only where ``remainder > 0``, with row sums ``row_need`` and column sums ``col_need``.
+
+    A bipartite b-matching: cells are taken by largest remainder first, then augmenting paths
+    (row -> free cell -> column, or on through a taken cell to the row that holds it) fill the
+    rows still short. A solution exists because the fractional remainders (``remainder / n``)
+    are one, so a path exists while a row is short.
+    """
+    up = np.zeros(remainder.shape, dtype=np.int64)
+    row_need, col_need = row_need.copy(), col_need.copy()
+    for k, s in zip(*np.unravel_index(np.argsort(-remainder, axis=None, kind="stable"), remainder.shape)):
+        if remainder[k, s] > 0 and row_need[k] > 0 and col_need[s] > 0:
+            up[k, s], row_need[k], col_need[s] = 1, row_need[k] - 1, col_need[s] - 1
+    while row_need.any():
+        start = int(np.flatnonzero(row_need)[0])
+        via_row: dict[int, int] = {}  # column -> the row that reaches it through a free cell
+        via_col = {start: -1}  # row -> the column it would give up (-1: the start row)
+        queue, end = [start], None
+        while queue and end is None:
+            k = queue.pop(0)
+            for s in np.flatnonzero((remainder[k] > 0) & (up[k] == 0)):
+                if int(s) in via_row:
+                    continue
+                via_row[int(s)] = k
+                if col_need[s] > 0:
+                    end = int(s)
+                    break
+                for j in np.flatnonzero(up[:, s]):
+                    if int(j) not in via_col:
+                        via_col[int(j)] = int(s)
+                        queue.append(int(j))
+        if end is None:
+            raise AssertionError("controlled rounding found no augmenting path")  # impossible, see above
+        col_need[end] -= 1
+        row_need[start] -= 1
+        s = end
+        while s != -1:  # flip the path: each row on it takes its column and gives up the one it held
+            k = via_row[s]
+            up[k, s] = 1
+            s = via_col[k]
+            if s != -1:
+                up[k, s] = 0
+    return up
+
+
+def _warn_small_classes(
+    counts: np.ndarray, labeled: list[int], shown: list[str], names: list[str], sizes: np.ndarray
+) -> None:
+    small = [k for k in range(len(counts)) if counts[k, labeled].min() < MIN_CLASS_ROWS]
+    if not small:
+        return
+    where = "; ".join(
+        f"class {shown[k]} ({counts[k].sum()} rows): " + ", ".join(f"{names[s]} {counts[k, s]}" for s in range(len(names)))
+        for k in small
+    )
+    grown = [f"{names[s]} {sizes[s]} -> {counts[:, s].sum()}" for s in range(len(names)) if counts[:, s].sum() != sizes[s]]
+    log.warning(
+        "fewer than %d rows of a class in a labeled split, so its scores there rest on a handful of rows: %s%s",
+        MIN_CLASS_ROWS, where, f" (split sizes moved so every class is in every labeled split: {', '.join(grown)})"
+        if grown else "",
+    )
 
 
 @dataclass(frozen=True, eq=False)

@@ -161,3 +161,80 @@ def test_standardize_fits_on_teacher_train_only():
         scaler.transform(np.zeros((2, 4)))
     with pytest.raises(ValueError, match="fit_split: 'train' is not among the splits"):
         standardize(splits, fit_split="train")
+
+
+# --------------------------------------------------------------------------- stratified splits
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("counts", [(68, 68, 67), (150, 30, 7), (12, 5)])
+def test_split_is_stratified_within_one_row_per_class(counts, seed):
+    labels = np.repeat(np.arange(len(counts)), counts)
+    labels = labels[np.random.default_rng(9).permutation(len(labels))]
+    n = len(labels)
+    splits = split_tabular(np.zeros((n, 1)), labels, seed=seed)
+    ids = np.concatenate([split.ids for split in splits.values()])
+    np.testing.assert_array_equal(np.sort(ids), np.arange(n))
+    for name, split in splits.items():
+        got = np.bincount(labels[split.ids], minlength=len(counts))  # distill too: its draw is stratified
+        expected = np.array(counts) * len(split) / n
+        assert np.all(np.abs(got - expected) < 1), (name, got, expected)
+
+
+def test_twelve_rows_put_every_class_in_every_labeled_split(caplog):
+    labels = np.arange(12) % 3  # random draws gave a one-row, one-class validation split here
+    with caplog.at_level("WARNING", logger="ptdistill.tabular"):
+        splits = split_tabular(np.zeros((12, 1)), labels, seed=0, class_names=["cat", "dog", "emu"])
+    for name in ("teacher_train", "validation", "test"):
+        assert sorted(set(splits[name].labels)) == [0, 1, 2], name
+    assert sum(len(s) for s in splits.values()) == 12
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert "fewer than 5 rows of a class in a labeled split" in warning
+    assert "class 'emu' (4 rows): teacher_train 1, distill 1, validation 1, test 1" in warning
+    assert "validation 1 -> 3" in warning  # the split grew so every class is in it
+
+
+def test_a_class_too_small_for_every_labeled_split_is_refused():
+    labels = np.array([0] * 10 + [1] * 10 + [2])
+    with pytest.raises(ValueError, match=r"labels: class 'emu' has 1 row; each of the 3 labeled splits \(teacher_train,"
+                                         r" validation, test\) needs at least one row of every class, so every class"
+                                         r" needs at least 3 rows"):
+        split_tabular(np.zeros((21, 1)), labels, class_names=["cat", "dog", "emu"])
+    with pytest.raises(ValueError, match=r"class 7 has 2 rows"):
+        split_tabular(np.zeros((22, 1)), np.array([0] * 20 + [7] * 2))
+
+
+def test_build_splits_names_the_file_and_the_class(tmp_path):
+    from ptdistill.experiments import TabularConfig
+    from ptdistill.steps.data import build_splits
+
+    path = write(tmp_path, frame(n=13, label=["a", "b"] * 6 + ["rare"]))
+    config = TabularConfig.quick()
+    config.data.path = str(path)
+    with pytest.raises(ValueError, match=rf"^{path}: labels: class 'rare' has 1 row;"):
+        build_splits(config)
+
+
+def test_single_class_is_shown_as_written(tmp_path):
+    with pytest.raises(ValueError, match=r"has a single class \(0\); expected at least 2"):
+        load_tabular(write(tmp_path, frame(label=[0] * 12)))
+
+
+def test_allocation_is_a_controlled_rounding():
+    """Random class counts and split sizes: each cell is its exact share rounded down or up (never an
+    exact whole share moved), rows add up to the class counts and columns to the split sizes."""
+    from ptdistill.tabular import _allocate
+
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        class_counts = rng.integers(20, 80, rng.integers(2, 7))
+        n = class_counts.sum()
+        sizes = np.floor(rng.dirichlet(np.ones(4) * 3) * n).astype(int) + 1
+        sizes[1] += n - sizes.sum()
+        exact = np.outer(class_counts, sizes) / n
+        if sizes[1] < 1 or (np.floor(exact[:, [0, 2, 3]]) < 1).any():
+            continue  # the every-class minimum would move rows; tested above
+        counts = _allocate(class_counts, sizes, [0, 2, 3], list("abcdef"), list(DEFAULT_FRACTIONS))
+        np.testing.assert_array_equal(counts.sum(1), class_counts)
+        np.testing.assert_array_equal(counts.sum(0), sizes)
+        assert np.all(np.abs(counts - exact) < 1)

@@ -363,6 +363,21 @@ def test_split_fractions():
         split_fractions(split, {"teacher_train": 0.5, "distill": 0.5})
 
 
+def test_split_fractions_is_stratified_and_names_a_missing_class(tmp_path):
+    parts = split_fractions(_split(103), seed=0)
+    for name, part in parts.items():
+        got = np.bincount((part.ids - 1000) % 3, minlength=3)
+        assert np.all(np.abs(got - len(part) / 3) < 1), (name, got)
+    path = tmp_path / "reviews.csv"
+    pd.DataFrame({"text": [f"t{i}" for i in range(11)], "label": ["rotten"] * 10 + ["fresh"]}).to_csv(path, index=False)
+    split, names = load_text_file(path, ["text"])
+    with pytest.raises(ValueError, match="class 'fresh' has 1 row; each of the 3 labeled splits"):
+        split_fractions(split, seed=0, class_names=names)
+    pd.DataFrame({"text": [f"t{i}" for i in range(10)], "label": ["fresh"] * 10}).to_csv(path, index=False)
+    with pytest.raises(ValueError, match=r"single class \('fresh'\)"):
+        load_text_file(path, ["text"])
+
+
 # ----------------------------------------------------------------------------- Rotten Tomatoes
 
 

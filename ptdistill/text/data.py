@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ptdistill.datasets import SPLITS
+from ptdistill.io import read_table
 from ptdistill.tabular import DEFAULT_FRACTIONS, MIN_ROWS, split_tabular
 from ptdistill.text.split import TextSplit
 
@@ -424,19 +425,8 @@ def load_text_file(
 
 
 def _read_frame(path: Path) -> pd.DataFrame:
-    if not path.is_file():
-        raise ValueError(f"{path}: file not found")
-    suffix = path.suffix.lower()
-    if suffix not in TEXT_SUFFIXES:
-        raise ValueError(f"{path}: unsupported file type {suffix!r}; expected one of {', '.join(TEXT_SUFFIXES)}")
-    try:
-        if suffix == ".csv":
-            return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
-        if suffix == ".jsonl":
-            return pd.read_json(path, lines=True, dtype=False)
-        return pd.read_parquet(path)
-    except (ValueError, OSError, pd.errors.ParserError) as err:
-        raise ValueError(f"{path}: could not be read as {suffix[1:]} ({err})") from None
+    """CSV cells verbatim (only an empty cell is missing), JSONL and parquet as typed."""
+    return read_table(path, TEXT_SUFFIXES, {"dtype": str, "keep_default_na": False, "na_values": [""]})
 
 
 def _texts(values: pd.Series, path: Path, column: str) -> list[str]:
@@ -500,22 +490,27 @@ def _label_key(value: object) -> object:
 
 
 def split_fractions(
-    split: TextSplit, fractions: Mapping[str, float] = DEFAULT_FRACTIONS, seed: int = 0
+    split: TextSplit,
+    fractions: Mapping[str, float] = DEFAULT_FRACTIONS,
+    seed: int = 0,
+    class_names: Sequence[str] | None = None,
 ) -> dict[str, TextSplit]:
     """Seeded four-way split of one labeled set by ``fractions`` (keys ``teacher_train``,
     ``distill``, ``validation``, ``test``; summing to 1).
 
     Same rule as :func:`ptdistill.tabular.split_tabular` (it does the drawing, so numeric and
     text data split identically): sizes are floored with left-over rows given to the largest
-    remainders, so they add up to ``len(split)``; every split must be non-empty; ``distill``
-    has its labels dropped; examples keep their ``ids`` and input order.
+    remainders, so they add up to ``len(split)``; every split must be non-empty; the split is
+    stratified by label and every class must reach every labeled split (``class_names`` name
+    the classes in its errors and warnings); ``distill`` has its labels dropped; examples keep
+    their ``ids`` and input order.
     """
     if split.labels is None:
         raise ValueError("split: expected a labeled split, got labels=None")
     if set(fractions) != set(SPLITS):
         raise ValueError(f"fractions: expected exactly the keys {list(SPLITS)}, got {sorted(fractions)}")
     positions = np.zeros((len(split), 1), dtype=np.float32)  # split_tabular only needs the row count
-    parts = split_tabular(positions, split.labels, fractions, seed)
+    parts = split_tabular(positions, split.labels, fractions, seed, class_names)
     return {name: split.take(part.ids, drop_labels=name == "distill") for name, part in parts.items()}
 
 

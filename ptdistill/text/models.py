@@ -35,11 +35,13 @@ __all__ = [
     "DTYPES",
     "KINDS",
     "HFModelSpec",
+    "check_max_length",
     "checkpoint_num_labels",
     "default_device",
     "load_classifier",
     "load_generative",
     "load_tokenizer",
+    "position_limit",
     "resolve_checkpoint",
     "resolve_dtype",
     "save_model",
@@ -306,6 +308,67 @@ def checkpoint_num_labels(spec: HFModelSpec) -> int:
     return int(AutoConfig.from_pretrained(spec.location, **_hub_kwargs(spec)).num_labels)
 
 
+#: Config keys that give how many positions a model's absolute position embeddings hold, by family
+#: (BERT-likes, BART: max_position_embeddings; GPT-2: n_positions; others: the rest).
+_POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "max_sequence_length", "seq_length", "n_ctx")
+#: Families whose position ids start after the padding index (RoBERTa's embeddings), so an input of
+#: L tokens needs L + pad_token_id + 1 positions.
+_PADDING_OFFSET_TYPES = frozenset({"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "data2vec-text",
+                                   "roberta-prelayernorm", "xmod", "longformer", "mpnet"})
+#: Config keys of relative (T5's buckets) or rotary positions: no table to run past.
+_UNBOUNDED_KEYS = ("relative_attention_num_buckets", "rope_theta", "rope_scaling", "rope_parameters", "rotary_dim",
+                   "rotary_pct", "rotary_emb_base")
+
+
+def position_limit(config: Any) -> tuple[str, int] | None:
+    """``(key, longest input in tokens)`` of a transformers config, or None when it has no such limit.
+
+    The limit is the size of the absolute position-embedding table (the first of ``_POSITION_KEYS``
+    the config sets), less RoBERTa's padding offset; a longer input fails inside the model ("The
+    size of tensor a (703) must match ... (512)"). T5-style relative and rotary positions have no
+    table (None), nor does DeBERTa with ``position_biased_input`` false.
+    """
+    if any(getattr(config, key, None) is not None for key in _UNBOUNDED_KEYS):
+        return None
+    if getattr(config, "position_biased_input", True) is False:
+        return None
+    for key in _POSITION_KEYS:
+        value = getattr(config, key, None)
+        if _is_int(value) and value > 0:
+            if getattr(config, "model_type", None) in _PADDING_OFFSET_TYPES:
+                value -= (getattr(config, "pad_token_id", None) or 0) + 1
+            return key, value
+    return None
+
+
+def check_max_length(spec: HFModelSpec, key: str) -> None:
+    """Raise a ValueError naming ``key`` (e.g. ``teacher.model``) when ``spec.max_length`` exceeds the
+    checkpoint's position limit (:func:`position_limit`), before any work starts.
+
+    Reads only the checkpoint's config, and only where it is on this machine (a local or
+    ``package:`` directory, or a hub id in the Hugging Face cache): asking the hub would stall an
+    offline machine in retries. Otherwise the check is left to the loaders, which make it on the
+    loaded model's config before any training or scoring.
+    """
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(spec.location, local_files_only=True, **_hub_kwargs(spec))
+    except (OSError, ValueError) as err:  # not cached, or not a checkpoint: loading the model says more
+        log.info("%s: max_length not checked before the run: no local config of %s (%s)", key, spec.name_or_path,
+                 err)
+        return
+    _check_positions(spec, config, f"{key}.max_length")
+
+
+def _check_positions(spec: HFModelSpec, config: Any, key: str = "max_length") -> None:
+    limit = position_limit(config)
+    if limit is not None and spec.max_length > limit[1]:
+        name, tokens = limit
+        raise ValueError(f"{key}: {spec.max_length} is above the {tokens} positions of {spec.name_or_path} (its"
+                         f" config's {name} = {getattr(config, name)}); expected at most {tokens}")
+
+
 def load_tokenizer(spec: HFModelSpec):
     """``AutoTokenizer.from_pretrained``; decoder LMs without a pad token get ``pad_token = eos_token``."""
     from transformers import AutoTokenizer
@@ -391,7 +454,8 @@ def load_classifier(
     dropped layers (unexpected); other missing / unexpected keys are logged as a warning here.
     ``training``: the model is for training (``dtype="auto"`` then means fp32) and is returned in
     train mode; else in eval mode. Placed on ``device`` (default CUDA if available) unless
-    ``spec.device_map`` is set.
+    ``spec.device_map`` is set. A ``spec.max_length`` above the model's position limit is a
+    ValueError (:func:`position_limit`), as in :func:`load_generative`.
     """
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
@@ -425,6 +489,7 @@ def load_classifier(
         if not stacks or any(length != spec.num_layers for length in stacks.values()):
             raise ValueError(f"num_layers: truncating {type(model).__name__} to its first {spec.num_layers} layers "
                              f"is not supported (its layer stacks after loading: {stacks or 'none found'})")
+    _check_positions(spec, model.config)
     missing, unexpected = _unexplained_keys(model, info, spec.num_layers)
     if missing or unexpected:
         log.warning("%s from %s: weights missing from the checkpoint (newly initialised): %s; checkpoint weights "
@@ -453,6 +518,7 @@ def load_generative(spec: HFModelSpec, device: torch.device | str | None = None,
     if spec.device_map is not None:
         kwargs["device_map"] = spec.device_map
     model = auto.from_pretrained(spec.location, **_hub_kwargs(spec), **kwargs)
+    _check_positions(spec, model.config)
     if spec.freeze_embeddings:
         model.get_input_embeddings().weight.requires_grad_(False)
     if spec.device_map is None:
