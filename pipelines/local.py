@@ -11,6 +11,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from unittest.mock import patch
 
 from kfp import local
 
@@ -109,14 +110,6 @@ def _task_environment() -> Iterator[None]:
     The executor loads the component by file path and ptdistill is installed, so tasks need no
     working-directory imports. ``RUNNER_PID_ENV``: whose tasks these are (the parent run's host/pid tags).
     """
-    task_env = {"PYTHONSAFEPATH": "1", RUNNER_PID_ENV: str(os.getpid())}
-    saved = {key: os.environ.get(key) for key in task_env}
-    os.environ.update(task_env)
-    try:
+    # patch.dict restores os.environ as it was (keys added are removed) when the run ends.
+    with patch.dict(os.environ, {"PYTHONSAFEPATH": "1", RUNNER_PID_ENV: str(os.getpid())}):
         yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value

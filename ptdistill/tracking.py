@@ -45,6 +45,7 @@ import subprocess
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path, PurePosixPath
+from unittest.mock import patch
 
 import numpy as np
 import pandas as pd
@@ -371,16 +372,8 @@ def bounded_http(max_retries: int = 1, timeout_s: int = 10) -> Iterator[None]:
         "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0",
         "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0",
     }
-    saved = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    try:
+    with patch.dict(os.environ, values):  # restores the environment as it was on exit
         yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def check_tracking_uri(tracking_uri: str, *, timeout_s: int = 5) -> None:
