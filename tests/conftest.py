@@ -500,3 +500,72 @@ def gcs_pipeline_emulator(gcs_pipeline) -> GCSEmulator:
     """The emulator behind ``gcs_pipeline``'s bucket."""
     assert _launcher().emulator is not None
     return _launcher().emulator
+
+
+# --------------------------------------------------------------------------- GCS emulator with faults
+
+#: Buckets of the fault-injecting emulator (``faulty_gcs``): one for test_storage (and its
+#: ``-root`` twin), one for test_preflight, whose tests assert the bucket stays empty.
+STORAGE_TEST_BUCKET = "ptdistill-test"
+PREFLIGHT_TEST_BUCKET = "ptdistill-preflight"
+DROP = 0  # fault code: close the connection without answering
+PASS = None  # fault code: let this request through (to fail a later one)
+# Requests on objects (not buckets): the only ones counted and failed on purpose, because the
+# client also sends bucket requests of its own in the background (see the module docstring).
+OBJECT_REQUEST = re.compile(r"/b/[^/?]+/o(/|\?|$)")
+
+
+@dataclass
+class Emulator:
+    """The GCS emulator with fault injection on object requests (test_storage, test_preflight)."""
+
+    server: GCSEmulator | None
+    faults: list[int | None] = field(default_factory=list)  # statuses for the next requests; DROP drops
+    requests: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def endpoint(self) -> str:
+        return self.server.endpoint
+
+    @property
+    def client(self):  # google.cloud.storage.Client
+        return self.server.client
+
+    def reset(self) -> None:
+        with self.lock:
+            self.faults.clear()
+            self.requests = 0
+
+    def intercept(self, handler) -> bool:
+        """Count object requests and answer the next queued fault instead of the emulator."""
+        if not OBJECT_REQUEST.search(handler.path):
+            return False
+        with self.lock:
+            self.requests += 1
+            fault = self.faults.pop(0) if self.faults else None
+        if fault is None:
+            return False
+        handler.rfile.read(int(handler.headers.get("Content-Length") or 0))
+        if fault == DROP:
+            handler.close_connection = True
+            return True
+        body = json.dumps({"error": {"code": fault, "message": "injected fault"}}).encode()
+        handler.send_response(fault)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+        return True
+
+
+@pytest.fixture(scope="session")
+def faulty_gcs():
+    pytest.importorskip("gcp_storage_emulator.server")
+    pytest.importorskip("google.cloud.storage")
+    emu = Emulator(server=None)
+    emu.server = start_gcs_emulator((STORAGE_TEST_BUCKET, STORAGE_TEST_BUCKET + "-root", PREFLIGHT_TEST_BUCKET), intercept=emu.intercept)
+    try:
+        yield emu
+    finally:
+        emu.server.close()

@@ -10,62 +10,24 @@ from __future__ import annotations
 import logging
 import re
 import socket
-import threading
 
 import pytest
-from conftest import start_gcs_emulator, tiny_synthetic
+from conftest import PREFLIGHT_TEST_BUCKET, tiny_synthetic
 
 from ptdistill import cli
 from ptdistill import preflight as preflight_mod
 from ptdistill.preflight import PROBE_PREFIX, PreflightError, check_store, preflight
 from ptdistill.storage import SHORT_RETRY
 
-BUCKET = "ptdistill-preflight"
-
-
-class Faults:
-    """HTTP statuses to answer the next object requests with, instead of the emulator."""
-
-    def __init__(self) -> None:
-        self.statuses: list[int] = []
-        self.lock = threading.Lock()
-
-    def intercept(self, handler) -> bool:
-        if "/o" not in handler.path:  # bucket metadata requests the client sends on its own
-            return False
-        with self.lock:
-            status = self.statuses.pop(0) if self.statuses else None
-        if status is None:
-            return False
-        handler.rfile.read(int(handler.headers.get("Content-Length") or 0))
-        body = b'{"error": {"code": %d, "message": "injected"}}' % status
-        handler.send_response(status)
-        handler.send_header("Content-Type", "application/json")
-        handler.send_header("Content-Length", str(len(body)))
-        handler.end_headers()
-        handler.wfile.write(body)
-        return True
-
-
-@pytest.fixture(scope="module")
-def emulator():
-    pytest.importorskip("gcp_storage_emulator.server")
-    pytest.importorskip("google.cloud.storage")
-    faults = Faults()
-    server = start_gcs_emulator((BUCKET,), intercept=faults.intercept)
-    server.faults = faults
-    try:
-        yield server
-    finally:
-        server.close()
+BUCKET = PREFLIGHT_TEST_BUCKET
 
 
 @pytest.fixture
-def gcs_env(emulator, monkeypatch):
+def gcs_env(faulty_gcs, monkeypatch):
     """The emulator as a run sees it: through STORAGE_EMULATOR_HOST."""
-    emulator.faults.statuses.clear()
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", emulator.endpoint)
-    return emulator
+    faulty_gcs.reset()
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", faulty_gcs.endpoint)
+    return faulty_gcs
 
 
 def _free_port() -> int:
@@ -109,8 +71,8 @@ def test_endpoint_down_fails_within_the_short_retry(monkeypatch, caplog):
 
 
 def test_permission_denied_is_named(gcs_env):
-    gcs_env.faults.statuses[:] = [403]
-    with pytest.raises(PreflightError, match=rf"^artifact store gs://{BUCKET}/p: Permission denied \(403 injected\): "
+    gcs_env.faults[:] = [403]
+    with pytest.raises(PreflightError, match=rf"^artifact store gs://{BUCKET}/p: Permission denied \(403 injected fault\): "
                        rf"gs://{BUCKET}/p/{re.escape(PROBE_PREFIX)}[0-9a-f]{{16}}$"):
         check_store(f"gs://{BUCKET}/p")
     assert _objects(gcs_env) == []

@@ -19,7 +19,6 @@ to the *server*:
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import re
@@ -28,11 +27,10 @@ import subprocess
 import sys
 import threading
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from conftest import GCSEmulator, start_gcs_emulator
+from conftest import DROP, PASS, STORAGE_TEST_BUCKET
 
 from ptdistill import storage as storage_mod
 from ptdistill.storage import (
@@ -46,78 +44,14 @@ from ptdistill.storage import (
     open_store,
 )
 
-BUCKET = "ptdistill-test"
+BUCKET = STORAGE_TEST_BUCKET
 FAST_RETRY = RetryPolicy(max_attempts=3, initial_delay=0.001, max_delay=0.005)
-DROP = 0  # fault code: close the connection without answering
-PASS = None  # fault code: let this request through (to fail a later one)
-# Requests on objects (not buckets): the only ones counted and failed on purpose, because the
-# client also sends bucket requests of its own in the background (see the module docstring).
-OBJECT_REQUEST = re.compile(r"/b/[^/?]+/o(/|\?|$)")
-
-
-# --------------------------------------------------------------------------- emulator
-
-
-@dataclass
-class Emulator:
-    """The shared emulator (tests/conftest.py) plus fault injection on object requests."""
-
-    server: GCSEmulator
-    faults: list[int | None] = field(default_factory=list)  # statuses for the next requests; DROP drops
-    requests: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    @property
-    def endpoint(self) -> str:
-        return self.server.endpoint
-
-    @property
-    def client(self):  # google.cloud.storage.Client
-        return self.server.client
-
-    def reset(self) -> None:
-        with self.lock:
-            self.faults.clear()
-            self.requests = 0
-
-    def intercept(self, handler) -> bool:
-        """Count object requests and answer the next queued fault instead of the emulator."""
-        if not OBJECT_REQUEST.search(handler.path):
-            return False
-        with self.lock:
-            self.requests += 1
-            fault = self.faults.pop(0) if self.faults else None
-        if fault is None:
-            return False
-        handler.rfile.read(int(handler.headers.get("Content-Length") or 0))
-        if fault == DROP:
-            handler.close_connection = True
-            return True
-        body = json.dumps({"error": {"code": fault, "message": "injected fault"}}).encode()
-        handler.send_response(fault)
-        handler.send_header("Content-Type", "application/json")
-        handler.send_header("Content-Length", str(len(body)))
-        handler.end_headers()
-        handler.wfile.write(body)
-        return True
-
-
-@pytest.fixture(scope="session")
-def emulator():
-    pytest.importorskip("gcp_storage_emulator.server")
-    pytest.importorskip("google.cloud.storage")
-    emu = Emulator(server=None)
-    emu.server = start_gcs_emulator((BUCKET, BUCKET + "-root"), intercept=emu.intercept)
-    try:
-        yield emu
-    finally:
-        emu.server.close()
 
 
 @pytest.fixture
-def gcs_store(emulator) -> GCSStore:
-    emulator.reset()
-    return GCSStore(f"gs://{BUCKET}/{uuid.uuid4().hex}/run", client=emulator.client, retry=FAST_RETRY)
+def gcs_store(faulty_gcs) -> GCSStore:
+    faulty_gcs.reset()
+    return GCSStore(f"gs://{BUCKET}/{uuid.uuid4().hex}/run", client=faulty_gcs.client, retry=FAST_RETRY)
 
 
 @pytest.fixture(params=["local", "gcs"])
@@ -383,17 +317,17 @@ def test_local_written_files_get_umask_permissions(tmp_path):
 # --------------------------------------------------------------------------- GCS specifics
 
 
-def test_gcs_uri_layout(emulator):
-    store = GCSStore(f"gs://{BUCKET}-root", client=emulator.client)
+def test_gcs_uri_layout(faulty_gcs):
+    store = GCSStore(f"gs://{BUCKET}-root", client=faulty_gcs.client)
     store.write_text("top.txt", "t")
     assert store.uri("top.txt") == f"gs://{BUCKET}-root/top.txt"
     assert store.list() == ["top.txt"]
-    prefixed = open_store(f"gs://{BUCKET}/p/q/", client=emulator.client)
+    prefixed = open_store(f"gs://{BUCKET}/p/q/", client=faulty_gcs.client)
     assert prefixed.uri("k") == f"gs://{BUCKET}/p/q/k"
 
 
-def test_gcs_client_from_environment(emulator, monkeypatch):
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", emulator.endpoint)
+def test_gcs_client_from_environment(faulty_gcs, monkeypatch):
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", faulty_gcs.endpoint)
     store = open_store(f"gs://{BUCKET}/{uuid.uuid4().hex}")
     store.write_text("env.txt", "from env")
     assert store.read_text("env.txt") == "from env"
@@ -413,70 +347,70 @@ def test_gcs_generation_preconditions(gcs_store):
         gcs_store.generation("nope")
 
 
-def test_gcs_large_objects_go_through_resumable_uploads(gcs_store, emulator, tmp_path):
+def test_gcs_large_objects_go_through_resumable_uploads(gcs_store, faulty_gcs, tmp_path):
     data = os.urandom(9 * 1024 * 1024)  # over the client's 8 MiB single-request limit
     assert gcs_store.write_if_absent("big.bin", data) is True
-    assert emulator.requests >= 2  # a resumable session, not one multipart request
+    assert faulty_gcs.requests >= 2  # a resumable session, not one multipart request
     assert gcs_store.write_if_absent("big.bin", b"other") is False
     src = tmp_path / "big.bin"
     src.write_bytes(data)
-    emulator.faults[:] = [503]  # fails the start of the resumable session once
+    faulty_gcs.faults[:] = [503]  # fails the start of the resumable session once
     gcs_store.upload_file("big2.bin", src)
     gcs_store.download_file("big2.bin", tmp_path / "back.bin")
     assert (tmp_path / "back.bin").read_bytes() == data == gcs_store.read_bytes("big.bin")
 
 
 @pytest.mark.parametrize("fault", [503, 429, 500, DROP])
-def test_gcs_transient_errors_are_retried(gcs_store, emulator, fault):
-    emulator.faults[:] = [fault, fault]
+def test_gcs_transient_errors_are_retried(gcs_store, faulty_gcs, fault):
+    faulty_gcs.faults[:] = [fault, fault]
     gcs_store.write_bytes("r.bin", b"payload")
-    assert emulator.requests == 3  # two failures, then success; no hidden library retries
+    assert faulty_gcs.requests == 3  # two failures, then success; no hidden library retries
 
-    emulator.reset()
-    emulator.faults[:] = [fault, fault]
+    faulty_gcs.reset()
+    faulty_gcs.faults[:] = [fault, fault]
     assert gcs_store.read_bytes("r.bin") == b"payload"
-    assert emulator.requests == 3
+    assert faulty_gcs.requests == 3
 
 
-def test_gcs_retries_are_bounded(gcs_store, emulator):
+def test_gcs_retries_are_bounded(gcs_store, faulty_gcs):
     from google.api_core.exceptions import ServiceUnavailable
 
-    emulator.faults[:] = [503] * 5
+    faulty_gcs.faults[:] = [503] * 5
     with pytest.raises(StoreUnavailableError) as info:
         gcs_store.list()
-    assert emulator.requests == FAST_RETRY.max_attempts
+    assert faulty_gcs.requests == FAST_RETRY.max_attempts
     assert info.value.filename == gcs_store.root_uri + "/"
-    assert info.value.strerror == f"{emulator.endpoint} answered 503 Service Unavailable ({FAST_RETRY.max_attempts} attempts)"
+    assert info.value.strerror == f"{faulty_gcs.endpoint} answered 503 Service Unavailable ({FAST_RETRY.max_attempts} attempts)"
     assert isinstance(info.value.__cause__, ServiceUnavailable)
 
 
-def test_gcs_not_found_and_precondition_failures_are_not_retried(gcs_store, emulator):
+def test_gcs_not_found_and_precondition_failures_are_not_retried(gcs_store, faulty_gcs):
     with missing(gcs_store.uri("absent")):
         gcs_store.read_bytes("absent")
-    assert emulator.requests == 1
+    assert faulty_gcs.requests == 1
 
     gcs_store.write_bytes("present", b"1")
-    emulator.reset()
+    faulty_gcs.reset()
     assert gcs_store.write_if_absent("present", b"2") is False
-    assert emulator.requests == 1
+    assert faulty_gcs.requests == 1
 
 
-def test_gcs_forbidden_is_permission_error_not_retried(gcs_store, emulator):
-    emulator.faults[:] = [403]
+def test_gcs_forbidden_is_permission_error_not_retried(gcs_store, faulty_gcs):
+    faulty_gcs.faults[:] = [403]
     with pytest.raises(PermissionError, match=re.escape(gcs_store.uri("k"))):
         gcs_store.read_bytes("k")
-    assert emulator.requests == 1
+    assert faulty_gcs.requests == 1
 
 
-def test_gcs_missing_bucket_and_forbidden_listing(emulator):
-    store = GCSStore("gs://no-such-bucket/runs", client=emulator.client, retry=FAST_RETRY)
+def test_gcs_missing_bucket_and_forbidden_listing(faulty_gcs):
+    store = GCSStore("gs://no-such-bucket/runs", client=faulty_gcs.client, retry=FAST_RETRY)
     with missing("gs://no-such-bucket/runs/"):
         store.list()
-    emulator.reset()
-    emulator.faults[:] = [403]
+    faulty_gcs.reset()
+    faulty_gcs.faults[:] = [403]
     with pytest.raises(PermissionError, match=re.escape(f"gs://{BUCKET}/")):
-        GCSStore(f"gs://{BUCKET}", client=emulator.client, retry=FAST_RETRY).list()
-    assert emulator.requests == 1
+        GCSStore(f"gs://{BUCKET}", client=faulty_gcs.client, retry=FAST_RETRY).list()
+    assert faulty_gcs.requests == 1
 
 
 def _free_port() -> int:
@@ -492,15 +426,15 @@ def _client_at(endpoint: str):
     return gcs.Client(project="test", credentials=AnonymousCredentials(), client_options={"api_endpoint": endpoint})
 
 
-def test_gcs_missing_bucket_is_named_on_writes(emulator, tmp_path):
-    store = GCSStore("gs://no-such-bucket/runs", client=emulator.client, retry=FAST_RETRY)
+def test_gcs_missing_bucket_is_named_on_writes(faulty_gcs, tmp_path):
+    store = GCSStore("gs://no-such-bucket/runs", client=faulty_gcs.client, retry=FAST_RETRY)
     src = tmp_path / "f.bin"
     src.write_bytes(b"x")
     for write in (lambda: store.write_bytes("k", b"x"), lambda: store.write_if_absent("k", b"x"),
                   lambda: store.upload_file("k", src)):
         with pytest.raises(FileNotFoundError) as info:
             write()
-        assert info.value.strerror == f"No such bucket gs://no-such-bucket (at {emulator.endpoint})"
+        assert info.value.strerror == f"No such bucket gs://no-such-bucket (at {faulty_gcs.endpoint})"
         assert info.value.filename == "gs://no-such-bucket/runs/k"
 
 
@@ -531,7 +465,7 @@ def test_gcs_requests_time_out_by_the_policy():
             assert info.value.strerror == f"cannot reach {endpoint}: no answer within 0.2 s (2 attempts)"
 
 
-def test_gcs_token_fetch_failing_on_the_network_is_retried_then_named(emulator, caplog):
+def test_gcs_token_fetch_failing_on_the_network_is_retried_then_named(faulty_gcs, caplog):
     from google.auth.credentials import Credentials
     from google.auth.exceptions import TransportError
     from google.cloud import storage as gcs
@@ -540,35 +474,35 @@ def test_gcs_token_fetch_failing_on_the_network_is_retried_then_named(emulator, 
         def refresh(self, request):
             raise TransportError("Failed to retrieve http://169.254.169.254/token: connection refused")
 
-    client = gcs.Client(project="test", credentials=Offline(), client_options={"api_endpoint": emulator.endpoint})
+    client = gcs.Client(project="test", credentials=Offline(), client_options={"api_endpoint": faulty_gcs.endpoint})
     store = GCSStore(f"gs://{BUCKET}/p", client=client, retry=FAST_RETRY)
     with caplog.at_level(logging.WARNING, logger="ptdistill.storage"), pytest.raises(StoreUnavailableError) as info:
         store.read_bytes("k")
     # Our attempts; the client's background bucket-metadata fetch may refresh too, so not counted by refreshes.
     assert len([r for r in caplog.records if "TransportError" in r.getMessage()]) == FAST_RETRY.max_attempts - 1
-    assert info.value.strerror.startswith(f"cannot reach {emulator.endpoint}: Failed to retrieve")
+    assert info.value.strerror.startswith(f"cannot reach {faulty_gcs.endpoint}: Failed to retrieve")
 
 
-def test_gcs_delete_prefix_records_a_failing_key_and_goes_on(gcs_store, emulator):
+def test_gcs_delete_prefix_records_a_failing_key_and_goes_on(gcs_store, faulty_gcs):
     for key in ["r/a", "r/b", "r/c"]:
         gcs_store.write_bytes(key, b"x")
-    emulator.reset()
-    emulator.faults[:] = [PASS, PASS, 403]  # the listing, r/a, then r/b is refused
+    faulty_gcs.reset()
+    faulty_gcs.faults[:] = [PASS, PASS, 403]  # the listing, r/a, then r/b is refused
     result = gcs_store.delete_prefix("r")
     assert (result.deleted, result.failed, result.ok) == (["r/a", "r/c"], ["r/b"], False)
     assert result.error == f"Permission denied (403 injected fault): {gcs_store.uri('r/b')}"
     assert gcs_store.list() == ["r/b"]
 
 
-def test_gcs_delete_prefix_stops_asking_a_store_that_went_down(gcs_store, emulator):
+def test_gcs_delete_prefix_stops_asking_a_store_that_went_down(gcs_store, faulty_gcs):
     for key in ["r/a", "r/b", "r/c", "r/keep"]:
         gcs_store.write_bytes(key, b"x")
-    emulator.reset()
-    emulator.faults[:] = [PASS] + [DROP] * FAST_RETRY.max_attempts  # listed, then down for good
+    faulty_gcs.reset()
+    faulty_gcs.faults[:] = [PASS] + [DROP] * FAST_RETRY.max_attempts  # listed, then down for good
     result = gcs_store.delete_prefix("r", keep=lambda key: key == "r/keep")
-    assert emulator.requests == 1 + FAST_RETRY.max_attempts  # one key's attempts, not every key's
+    assert faulty_gcs.requests == 1 + FAST_RETRY.max_attempts  # one key's attempts, not every key's
     assert (result.deleted, result.kept, result.failed) == ([], ["r/keep"], ["r/a", "r/b", "r/c"])
-    assert result.error.startswith(f"cannot reach {emulator.endpoint}: ")
+    assert result.error.startswith(f"cannot reach {faulty_gcs.endpoint}: ")
     assert result.error.endswith(f"({FAST_RETRY.max_attempts} attempts): {gcs_store.uri('r/a')}")
 
 
@@ -614,12 +548,12 @@ def test_gcs_bad_uris(uri):
 
 
 @pytest.mark.parametrize("bucket", ["abc", "my-bucket_1", "a" * 63, "example.com.bucket"])
-def test_gcs_valid_bucket_names(emulator, bucket):
-    assert GCSStore(f"gs://{bucket}/x", client=emulator.client).bucket_name == bucket
+def test_gcs_valid_bucket_names(faulty_gcs, bucket):
+    assert GCSStore(f"gs://{bucket}/x", client=faulty_gcs.client).bucket_name == bucket
 
 
-def test_gcs_scheme_is_case_insensitive(emulator):
-    store = open_store(f"GS://{BUCKET}/p", client=emulator.client)
+def test_gcs_scheme_is_case_insensitive(faulty_gcs):
+    store = open_store(f"GS://{BUCKET}/p", client=faulty_gcs.client)
     assert isinstance(store, GCSStore) and store.uri("k") == f"gs://{BUCKET}/p/k"
 
 
