@@ -35,6 +35,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -62,6 +63,13 @@ PIPELINE_FIXTURES = {"local_pipeline": "local", "failing_pipeline": "failing", "
 
 
 # --------------------------------------------------------------------------- tiny configs
+
+
+def free_port() -> int:
+    """A loopback TCP port nothing listens on (bound and released): a server that is down."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def tiny_synthetic(methods: tuple[str, ...] = ("ptloss", "kl"), seeds: tuple[int, ...] = (0,)):

@@ -25,7 +25,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,7 +36,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import tiny_synthetic
+from conftest import free_port, tiny_synthetic
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
@@ -104,11 +103,6 @@ def _screenshot(binary: str, url: str, path: Path) -> Path:
 # --------------------------------------------------------------------------- server
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _get(url: str, timeout: float = 5) -> tuple[int, str]:
     with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - loopback only
@@ -148,7 +142,7 @@ class UIServer:
 
 
 def _start_server(root: Path) -> UIServer:
-    port = _free_port()
+    port = free_port()
     db = root / "mlflow.db"
     log = root / "server.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}

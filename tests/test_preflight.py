@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import logging
 import re
-import socket
 
 import pytest
-from conftest import PREFLIGHT_TEST_BUCKET, tiny_synthetic
+from conftest import PREFLIGHT_TEST_BUCKET, free_port, tiny_synthetic
 
 from ptdistill import cli
 from ptdistill import preflight as preflight_mod
@@ -29,11 +28,6 @@ def gcs_env(faulty_gcs, monkeypatch):
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", faulty_gcs.endpoint)
     return faulty_gcs
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _objects(emulator, bucket: str = BUCKET) -> list[str]:
@@ -59,7 +53,7 @@ def test_missing_bucket_is_named_and_nothing_is_written(gcs_env):
 
 def test_endpoint_down_fails_within_the_short_retry(monkeypatch, caplog):
     pytest.importorskip("google.cloud.storage")
-    endpoint = f"http://127.0.0.1:{_free_port()}"
+    endpoint = f"http://127.0.0.1:{free_port()}"
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", endpoint)
     with caplog.at_level(logging.DEBUG, logger="ptdistill.storage"), pytest.raises(PreflightError) as info:
         check_store(f"gs://{BUCKET}/runs")
@@ -150,7 +144,7 @@ def test_run_checks_the_store_before_any_work(gcs_env, fault, tmp_path, monkeypa
     monkeypatch.setattr(pipelines.local.local, "init", no_work)
     bucket, endpoint = ("no-such-bucket", gcs_env.endpoint) if fault == "missing bucket" else (BUCKET, None)
     if endpoint is None:
-        endpoint = f"http://127.0.0.1:{_free_port()}"
+        endpoint = f"http://127.0.0.1:{free_port()}"
         monkeypatch.setenv("STORAGE_EMULATOR_HOST", endpoint)
     code = cli.main(["run", "synthetic", "--quick", "--pipeline-root", str(tmp_path / "runs"),
                      "--artifact-store", f"gs://{bucket}/p", "--tracking-uri", f"sqlite:///{tmp_path}/m.db"])
@@ -185,7 +179,7 @@ def test_compile_and_submit_do_not_check_the_store(tmp_path, monkeypatch, capsys
     monkeypatch.setattr(preflight_mod, "check_store", checked)
     monkeypatch.setattr(pipelines.remote, "submit", lambda *args, **kwargs: Run())
     assert cli.main(["compile", "synthetic", "--quick", "-o", str(tmp_path / "p.yaml")]) == 0
-    assert cli.main(["submit", "synthetic", "--quick", "--host", f"http://127.0.0.1:{_free_port()}",
+    assert cli.main(["submit", "synthetic", "--quick", "--host", f"http://127.0.0.1:{free_port()}",
                      "--artifact-store", "gs://unreachable-from-here/x"]) == 0
     assert "run id: r1" in capsys.readouterr().out
 
@@ -198,7 +192,7 @@ def test_run_checks_the_tracking_server_before_any_work(tmp_path, monkeypatch, c
         raise AssertionError("the pipeline started")
 
     monkeypatch.setattr(pipelines.local.local, "init", no_work)
-    uri = f"http://127.0.0.1:{_free_port()}"
+    uri = f"http://127.0.0.1:{free_port()}"
     code = cli.main(["run", "synthetic", "--quick", "--pipeline-root", str(tmp_path / "runs"),
                      "--tracking-uri", uri])
     err = capsys.readouterr().err

@@ -6,7 +6,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from conftest import free_port
 
 from pipelines.cleanup import clean_up
 from pipelines.signals import RunInterrupted
@@ -150,14 +150,9 @@ def test_a_signal_ends_running_and_queued_tasks():
 # --------------------------------------------------------------------------- clean-up: best effort, bounded
 
 
-def _dead_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def test_clean_up_cleans_the_store_when_the_tracking_server_is_down(tmp_path):
-    tracking_uri = f"http://127.0.0.1:{_dead_port()}"
+    tracking_uri = f"http://127.0.0.1:{free_port()}"
     checkpoints, others = _fill(str(tmp_path), "r1")
     line = clean_up(BENCHMARK, "r1", tracking_uri, str(tmp_path), "boom", seconds=3)
     assert set(LocalStore(tmp_path).list()) == checkpoints | others
@@ -194,7 +189,7 @@ def test_clean_up_commands_finish_the_job_by_hand(tmp_path, monkeypatch):
     parent = _start_parent(tracking_uri, "r1")
     checkpoints, others = _fill(str(tmp_path / "store"), "r1")
     monkeypatch.setattr("pipelines.cleanup.open_store", lambda uri, **kw: _UndeletableStore(tmp_path / "store"))
-    line = clean_up(BENCHMARK, "r1", f"http://127.0.0.1:{_dead_port()}", "gs://unreachable-bucket/p", "x",
+    line = clean_up(BENCHMARK, "r1", f"http://127.0.0.1:{free_port()}", "gs://unreachable-bucket/p", "x",
                     seconds=2)
     commands = re.findall(r"when it answers, run `(.*?)`(?:;|$)", line)
     assert len(commands) == 2, line

@@ -30,7 +30,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import DROP, PASS, STORAGE_TEST_BUCKET
+from conftest import DROP, PASS, STORAGE_TEST_BUCKET, free_port
 
 from ptdistill import storage as storage_mod
 from ptdistill.storage import (
@@ -413,11 +413,6 @@ def test_gcs_missing_bucket_and_forbidden_listing(faulty_gcs):
     assert faulty_gcs.requests == 1
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _client_at(endpoint: str):
     from google.auth.credentials import AnonymousCredentials
@@ -440,7 +435,7 @@ def test_gcs_missing_bucket_is_named_on_writes(faulty_gcs, tmp_path):
 
 def test_gcs_unreachable_endpoint_is_named_after_the_last_attempt(caplog):
     pytest.importorskip("google.cloud.storage")
-    endpoint = f"http://127.0.0.1:{_free_port()}"
+    endpoint = f"http://127.0.0.1:{free_port()}"
     store = GCSStore(f"gs://{BUCKET}/p", client=_client_at(endpoint), retry=FAST_RETRY)
     with caplog.at_level(logging.WARNING, logger="ptdistill.storage"), pytest.raises(StoreUnavailableError) as info:
         store.read_bytes("k")
@@ -508,7 +503,7 @@ def test_gcs_delete_prefix_stops_asking_a_store_that_went_down(gcs_store, faulty
 
 def test_gcs_delete_prefix_on_an_unreachable_endpoint_returns_the_prefix():
     pytest.importorskip("google.cloud.storage")
-    endpoint = f"http://127.0.0.1:{_free_port()}"
+    endpoint = f"http://127.0.0.1:{free_port()}"
     store = GCSStore(f"gs://{BUCKET}/p", client=_client_at(endpoint), retry=FAST_RETRY)
     result = store.delete_prefix("bench/run")
     assert not result.ok

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import free_port
 from mlflow.exceptions import MlflowException
 
 from ptdistill.tracking import (
@@ -199,11 +200,6 @@ def hanging_up_server() -> Iterator[tuple[str, list[int]]]:
     listener.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 def test_bounded_http_limits_attempts_and_restores_the_environment(
     hanging_up_server: tuple[str, list[int]], monkeypatch: pytest.MonkeyPatch
@@ -217,7 +213,7 @@ def test_bounded_http_limits_attempts_and_restores_the_environment(
     assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "77"
     assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ
     with bounded_http(max_retries=0), pytest.raises(MlflowException):
-        Tracker(f"http://127.0.0.1:{_free_port()}").fail_runs("bench", "run", "crashed")
+        Tracker(f"http://127.0.0.1:{free_port()}").fail_runs("bench", "run", "crashed")
 
 
 class _FakeMlflowServer(http.server.BaseHTTPRequestHandler):
@@ -236,7 +232,7 @@ class _FakeMlflowServer(http.server.BaseHTTPRequestHandler):
 
 
 def test_check_tracking_uri_http(hanging_up_server: tuple[str, list[int]]) -> None:
-    dead = f"http://127.0.0.1:{_free_port()}"
+    dead = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(TrackingStoreError, match=f"^MLflow tracking server {dead} does not answer: "):
         check_tracking_uri(dead)
     uri, attempts = hanging_up_server
