@@ -12,6 +12,7 @@ from pathlib import Path
 
 from kfp import local
 
+from pipelines.console import TaskConsole
 from pipelines.dag import build_pipeline
 from ptdistill.config import to_dict
 from ptdistill.experiments import ExperimentConfig
@@ -41,11 +42,14 @@ def run_local(
     artifact_store: str | None = None,
     tracking_uri: str | None = None,
     run_name: str | None = None,
+    verbose: bool = False,
 ) -> RunResult:
     """Run the pipeline through ``kfp.local`` (``SubprocessRunner(use_venv=False)``).
 
     On failure the MLflow parent run is marked FAILED and the run's objects are removed from
     the artifact store (the teacher cache keeps only complete entries), then the error is raised.
+    Each task's log goes to ``<pipeline_root>/logs/<run_name>/<task>.log`` and the console gets a
+    line per task (:class:`pipelines.console.TaskConsole`); ``verbose`` streams kfp.local's full log too.
     """
     pipeline_root = Path(pipeline_root).resolve()
     artifact_store = artifact_store or str(pipeline_root)
@@ -66,8 +70,9 @@ def run_local(
     # threads the swaps interleave and an indented print can outlive the run: put ours back after.
     original_print = builtins.print
     try:
-        build_pipeline(config)(config_json=json.dumps(to_dict(config)), runs=config.runs(), run_name=run_name,
-                               tracking_uri=tracking_uri, artifact_store=artifact_store)
+        with TaskConsole(pipeline_root / "logs" / run_name, verbose=verbose):
+            build_pipeline(config)(config_json=json.dumps(to_dict(config)), runs=config.runs(), run_name=run_name,
+                                   tracking_uri=tracking_uri, artifact_store=artifact_store)
     except BaseException as err:
         _clean_up(config.benchmark, run_name, tracking_uri, artifact_store, repr(err))
         raise

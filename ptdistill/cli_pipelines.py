@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ptdistill.config import load_config
 from ptdistill.experiments import BENCHMARKS, ExperimentConfig, config_class, default_config
+from ptdistill.hints import ptdistill_command
 
 
 def _config(args: argparse.Namespace) -> ExperimentConfig:
@@ -47,7 +48,7 @@ def _run(args: argparse.Namespace) -> int:
           f"({', '.join(m.name for m in config.methods)} x seeds {config.seeds}) via kfp.local", flush=True)
     try:
         result = run_local(config, pipeline_root=args.pipeline_root, artifact_store=args.artifact_store,
-                           tracking_uri=tracking_uri, run_name=args.run_name)
+                           tracking_uri=tracking_uri, run_name=args.run_name, verbose=args.verbose)
     except RuntimeError as err:  # kfp.local: a task failed; its log is printed above
         print(f"ptdistill run {config.benchmark}: failed: {err}", file=sys.stderr)
         print("The MLflow parent run is marked FAILED and this run's objects were removed from the artifact store.",
@@ -58,7 +59,7 @@ def _run(args: argparse.Namespace) -> int:
     experiment = Tracker(tracking_uri).experiment_id(config.benchmark)
     print(f"finished {result.run_name} in {result.seconds:.0f} s")
     print(f"MLflow: experiment {experiment_name(config.benchmark)!r} (id {experiment}) in {tracking_uri}; "
-          f"run `ptdistill ui` and open /#/experiments/{experiment}/runs")
+          f"run `{ptdistill_command('ui', tracking_uri=args.tracking_uri)}` and open /#/experiments/{experiment}/runs")
     return 0
 
 
@@ -86,7 +87,8 @@ def _compare(args: argparse.Namespace) -> int:
     config_class(args.benchmark)
     frame = Tracker(args.tracking_uri or default_tracking_uri()).latest_students(args.benchmark, n_parents=args.last)
     if frame.empty:
-        print(f"no finished {args.benchmark} runs in MLflow yet: run `ptdistill run {args.benchmark}` first")
+        print(f"no finished {args.benchmark} runs in MLflow yet: run "
+              f"`{ptdistill_command('run', args.benchmark, tracking_uri=args.tracking_uri)}` first")
         return 1
     keep = ["parent_run_name", "method", "seed", "test_accuracy", "test_nll", "test_ece", "test_task",
             "test_l2_to_pstar", "val_task"]
@@ -264,6 +266,8 @@ def add_pipeline_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     p.add_argument("--run-name", help="name of the run in MLflow and the artifact store (default <benchmark>-<time>),"
                    " e.g. to select it later with `ptdistill report --run`")
+    p.add_argument("-v", "--verbose", action="store_true", help="stream every task's full log (kfp.local's executor "
+                   "input and output too) instead of a line per task; the logs are in <pipeline-root>/logs either way")
     p.set_defaults(run=_run)
 
     p = sub.add_parser("compile", help="compile a benchmark's pipeline to KFP IR YAML")
