@@ -121,6 +121,7 @@ def _report(args: argparse.Namespace) -> int:
 
 def _ui(args: argparse.Namespace) -> int:
     from pipelines.local import default_tracking_uri
+    from ptdistill.servers import run_server
 
     uri = args.tracking_uri or default_tracking_uri()
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", "127.0.0.1",
@@ -129,8 +130,8 @@ def _ui(args: argparse.Namespace) -> int:
         cmd += ["--artifacts-destination", args.artifacts_destination]
     print(f"MLflow UI at http://127.0.0.1:{args.port} (experiments at /#/experiments/<id>/runs); Ctrl-C stops it",
           flush=True)
-    # Become the server, so a signal to this process (Ctrl-C, SIGTERM) reaches it directly.
-    os.execve(sys.executable, cmd, {**os.environ, "MLFLOW_TRACKING_URI": uri})
+    # Ctrl-C or SIGTERM stops the server's whole process tree (workers, job runner); exit 130 / 143.
+    return run_server(cmd, {**os.environ, "MLFLOW_TRACKING_URI": uri})
 
 
 _SCHEDULE_ACTIONS = ("list", "pause", "resume", "delete")
@@ -295,7 +296,8 @@ def add_pipeline_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tracking-uri")
     p.set_defaults(run=_report)
 
-    p = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1")
+    p = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 (Ctrl-C or SIGTERM stops the server and all its "
+                       "processes; exit code 130 or 143)")
     p.add_argument("--port", type=int, default=5000)
     p.add_argument("--tracking-uri")
     p.add_argument("--artifacts-destination", help="artifact root for runs created through the server")
