@@ -194,3 +194,21 @@ def test_failed_pipeline_task_line_and_error_name_the_log(failing_pipeline):
     assert " distill-student-0 " in line and line.endswith(f"log: {log}")
     assert str(log) in outcome["error"]
     assert "unknown loss 'no_such_loss'" in log.read_text()
+
+
+@pytest.mark.parametrize("flag, verbose", [([], False), (["--verbose"], True), (["-v"], True)])
+def test_run_passes_verbose_to_run_local(flag, verbose, monkeypatch, tmp_path, capsys):
+    import pipelines.local
+    from ptdistill.cli import main
+
+    seen = {}
+
+    def run_local(config, **kwargs):
+        seen.update(kwargs)
+        raise RuntimeError("stopped here")
+
+    monkeypatch.setattr(pipelines.local, "run_local", run_local)
+    code = main(["run", "synthetic", "--quick", "--pipeline-root", str(tmp_path / "runs"), "--tracking-uri",
+                 f"sqlite:///{tmp_path / 'mlflow.db'}", *flag])
+    assert code != 0 and "stopped here" in capsys.readouterr().err
+    assert seen["verbose"] is verbose
