@@ -12,8 +12,8 @@ which task that is and how it ended. The console then gets:
 
 * one line per task when it ends: start and end time, seconds, ``done`` or ``FAILED``, the
   outcome of ptdistill's own caches where the step reports one (the ``cache`` metadata of its
-  output artifacts: ``hit``, ``miss``; kfp.local's task cache is not enabled by ``run_local``),
-  and the task's log file;
+  output artifacts: ``hit``, ``miss``; kfp.local's task cache is not enabled by ``run_local``)
+  or the student it trained, and the task's log file;
 * the progress bars of long steps (the tqdm lines the steps print), at most one line per task
   every :data:`PROGRESS_SECONDS`;
 * for a failed task, the last :data:`TAIL_LINES` lines of its log, and the failure raised from
@@ -80,6 +80,16 @@ def cache_text(outputs: dict[str, Any]) -> str:
     if len(set(found.values())) == 1:
         return f"cache {next(iter(found.values()))}"
     return "cache " + ", ".join(f"{name} {value}" for name, value in found.items())
+
+
+def student_text(outputs: dict[str, Any]) -> str:
+    """``"ptloss seed 0"`` when a task's output is a student (metadata ``method`` and ``seed``), else ``""``:
+    fan-out tasks are otherwise told apart only by their iteration number."""
+    for value in outputs.values():
+        metadata = getattr(value, "metadata", None)
+        if isinstance(metadata, dict) and "method" in metadata and "seed" in metadata:
+            return f"{metadata['method']} seed {metadata['seed']}"
+    return ""
 
 
 def shown_path(path: Path) -> str:
@@ -207,7 +217,7 @@ class TaskConsole:
         end = time.time()
         when = f"{datetime.fromtimestamp(task.started):%H:%M:%S}-{datetime.fromtimestamp(end):%H:%M:%S}"
         line = (f"{when}  {task.name:<28} {'done' if ok else 'FAILED':<6} {end - task.started:5.0f} s  "
-                f"{cache_text(outputs) if ok else '':<11} log: {shown_path(task.log)}")
+                f"{cache_text(outputs) or student_text(outputs):<14} log: {shown_path(task.log)}")
         if not ok:
             line += "\n" + "\n".join(f"    | {text}" for text in _tail(task.log, TAIL_LINES))
         self._say(line)

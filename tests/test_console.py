@@ -22,7 +22,8 @@ import pytest
 from kfp.local import status
 from kfp.local.orchestrator import task_executor
 
-from pipelines.console import PIPELINE_LOG, PROGRESS_SECONDS, TaskConsole, cache_text, progress_text
+from pipelines.console import (PIPELINE_LOG, PROGRESS_SECONDS, TaskConsole, cache_text, progress_text,
+                               student_text)
 
 EXECUTOR_JSON = json.dumps({"inputs": {"parameterValues": {"config": "{}"}}}, indent=4)
 
@@ -46,6 +47,11 @@ def test_cache_text_from_output_metadata():
     assert cache_text({"distill_probs": art(cache="hit"), "test_probs": art(cache="miss")}) \
         == "cache distill_probs hit, test_probs miss"
     assert cache_text({"teacher": art(cache="off"), "Output": "{}"}) == ""
+
+
+def test_student_text_from_output_metadata():
+    assert student_text({"student": SimpleNamespace(metadata={"method": "ptloss", "seed": 0})}) == "ptloss seed 0"
+    assert student_text({"search": SimpleNamespace(metadata={"order": 1}), "Output": "{}"}) == ""
 
 
 class FakeClock:
@@ -180,6 +186,8 @@ def test_pipeline_run_prints_a_line_per_task_and_no_executor_json(local_pipeline
             assert f" {task} " in line and " done " in line, line
             if task in ("train-teacher", "teacher-inference"):
                 assert teacher_cache in line, line
+            if task.startswith("distill-student"):
+                assert re.search(r" (ptloss|kl) seed 0 ", line), line
             text = log.read_text()
             assert "executor_input" in text and "Wrote executor output file" in text, task
         assert "teacher outputs for test" in (logs / "teacher-inference.log").read_text()
