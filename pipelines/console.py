@@ -88,7 +88,8 @@ def student_text(outputs: dict[str, Any]) -> str:
     for value in outputs.values():
         metadata = getattr(value, "metadata", None)
         if isinstance(metadata, dict) and "method" in metadata and "seed" in metadata:
-            return f"{metadata['method']} seed {metadata['seed']}"
+            seed = metadata["seed"]  # kfp hands metadata numbers back as floats
+            return f"{metadata['method']} seed {int(seed) if float(seed).is_integer() else seed}"
     return ""
 
 

@@ -51,6 +51,7 @@ def test_cache_text_from_output_metadata():
 
 def test_student_text_from_output_metadata():
     assert student_text({"student": SimpleNamespace(metadata={"method": "ptloss", "seed": 0})}) == "ptloss seed 0"
+    assert student_text({"student": SimpleNamespace(metadata={"method": "kl", "seed": 3.0})}) == "kl seed 3"
     assert student_text({"search": SimpleNamespace(metadata={"order": 1}), "Output": "{}"}) == ""
 
 
