@@ -16,6 +16,7 @@ from unittest.mock import patch
 from kfp import local
 
 from pipelines.cleanup import clean_up
+from pipelines.console import TaskConsole
 from pipelines.dag import build_pipeline
 from pipelines.signals import StopOnSignals
 from ptdistill.config import to_dict
@@ -47,6 +48,7 @@ def run_local(
     artifact_store: str | None = None,
     tracking_uri: str | None = None,
     run_name: str | None = None,
+    verbose: bool = False,
 ) -> RunResult:
     """Run the pipeline through ``kfp.local`` (``SubprocessRunner(use_venv=False)``).
 
@@ -55,6 +57,8 @@ def run_local(
     its resume checkpoints are removed from the artifact store (the teacher cache keeps only
     complete entries), best effort and in bounded time (:func:`pipelines.cleanup.clean_up`), then
     the error is raised with a note, starting ``clean-up:``, on what was done and what is left.
+    Each task's log goes to ``<pipeline_root>/logs/<run_name>/<task>.log`` and the console gets a
+    line per task (:class:`pipelines.console.TaskConsole`); ``verbose`` streams kfp.local's full log too.
     """
     pipeline_root = Path(pipeline_root).resolve()
     artifact_store = artifact_store or str(pipeline_root)
@@ -81,8 +85,9 @@ def run_local(
     original_print = builtins.print
     with _task_environment(), StopOnSignals() as signals:
         try:
-            build_pipeline(config)(config_json=json.dumps(to_dict(config)), runs=config.runs(), run_name=run_name,
-                                   tracking_uri=tracking_uri, artifact_store=artifact_store)
+            with TaskConsole(pipeline_root / "logs" / run_name, verbose=verbose):
+                build_pipeline(config)(config_json=json.dumps(to_dict(config)), runs=config.runs(),
+                                       run_name=run_name, tracking_uri=tracking_uri, artifact_store=artifact_store)
         except BaseException as err:
             signals.quiet()
             err.add_note(clean_up(config.benchmark, run_name, tracking_uri, artifact_store, f"{type(err).__name__}: {err}"))

@@ -30,6 +30,7 @@ from typing import Any, Callable
 from ptdistill.config import load_config, to_dict
 from ptdistill.experiments import ExperimentConfig, default_config
 from ptdistill.steps.common import new_run_name
+from ptdistill.hints import ptdistill_command
 from ptdistill.tracking import experiment_name
 
 HOST_ENV = "KFP_HOST"
@@ -342,7 +343,7 @@ def list_schedules(host: str | None = None, existing_token: str | None = None, n
 
 def _on_schedule(action: str, recurring_run_id: str, host, existing_token, namespace):
     if not recurring_run_id:
-        raise RemoteError(f"schedule {action}: expected a recurring run id (see `ptdistill schedule list`)")
+        raise RemoteError(f"schedule {action}: expected a recurring run id (see `{ptdistill_command('schedule', 'list')}`)")
     host = resolve_host(host)
     kfp_client = client(host, existing_token, namespace)
     method = {"pause": kfp_client.disable_recurring_run, "resume": kfp_client.enable_recurring_run,

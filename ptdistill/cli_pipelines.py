@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ptdistill.config import load_config
 from ptdistill.experiments import BENCHMARKS, ExperimentConfig, config_class, default_config
+from ptdistill.hints import ptdistill_command
 
 
 def _config(args: argparse.Namespace) -> ExperimentConfig:
@@ -48,7 +49,7 @@ def _run(args: argparse.Namespace) -> int:
           f"({', '.join(m.name for m in config.methods)} x seeds {config.seeds}) via kfp.local", flush=True)
     try:
         result = run_local(config, pipeline_root=args.pipeline_root, artifact_store=args.artifact_store,
-                           tracking_uri=tracking_uri, run_name=args.run_name)
+                           tracking_uri=tracking_uri, run_name=args.run_name, verbose=args.verbose)
     except RunInterrupted as err:  # SIGINT / SIGTERM: tasks ended, then cleaned up like a failure
         print(f"ptdistill run {config.benchmark}: {err}; {_clean_up_note(err)}", file=sys.stderr)
         return err.exit_code
@@ -61,7 +62,7 @@ def _run(args: argparse.Namespace) -> int:
     experiment = Tracker(tracking_uri).experiment_id(config.benchmark)
     print(f"finished {result.run_name} in {result.seconds:.0f} s")
     print(f"MLflow: experiment {experiment_name(config.benchmark)!r} (id {experiment}) in {tracking_uri}; "
-          f"run `ptdistill ui` and open /#/experiments/{experiment}/runs")
+          f"run `{ptdistill_command('ui', tracking_uri=args.tracking_uri)}` and open /#/experiments/{experiment}/runs")
     return 0
 
 
@@ -94,7 +95,8 @@ def _compare(args: argparse.Namespace) -> int:
     config_class(args.benchmark)
     frame = Tracker(args.tracking_uri or default_tracking_uri()).latest_students(args.benchmark, n_parents=args.last)
     if frame.empty:
-        print(f"no finished {args.benchmark} runs in MLflow yet: run `ptdistill run {args.benchmark}` first")
+        print(f"no finished {args.benchmark} runs in MLflow yet: run "
+              f"`{ptdistill_command('run', args.benchmark, tracking_uri=args.tracking_uri)}` first")
         return 1
     keep = ["parent_run_name", "method", "seed", "test_accuracy", "test_nll", "test_ece", "test_task",
             "test_l2_to_pstar", "val_task"]
@@ -127,6 +129,7 @@ def _report(args: argparse.Namespace) -> int:
 
 def _ui(args: argparse.Namespace) -> int:
     from pipelines.local import default_tracking_uri
+    from ptdistill.servers import run_server
 
     uri = args.tracking_uri or default_tracking_uri()
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", "127.0.0.1",
@@ -135,8 +138,8 @@ def _ui(args: argparse.Namespace) -> int:
         cmd += ["--artifacts-destination", args.artifacts_destination]
     print(f"MLflow UI at http://127.0.0.1:{args.port} (experiments at /#/experiments/<id>/runs); Ctrl-C stops it",
           flush=True)
-    # Become the server, so a signal to this process (Ctrl-C, SIGTERM) reaches it directly.
-    os.execve(sys.executable, cmd, {**os.environ, "MLFLOW_TRACKING_URI": uri})
+    # Ctrl-C or SIGTERM stops the server's whole process tree (workers, job runner); exit 130 / 143.
+    return run_server(cmd, {**os.environ, "MLFLOW_TRACKING_URI": uri})
 
 
 _SCHEDULE_ACTIONS = ("list", "pause", "resume", "delete")
@@ -272,6 +275,8 @@ def add_pipeline_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     p.add_argument("--run-name", help="name of the run in MLflow and the artifact store (default <benchmark>-<time>-<random>),"
                    " e.g. to select it later with `ptdistill report --run`")
+    p.add_argument("-v", "--verbose", action="store_true", help="stream every task's full log (kfp.local's executor "
+                   "input and output too) instead of a line per task; the logs are in <pipeline-root>/logs either way")
     p.set_defaults(run=_run)
 
     p = sub.add_parser("compile", help="compile a benchmark's pipeline to KFP IR YAML")
@@ -299,7 +304,8 @@ def add_pipeline_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tracking-uri")
     p.set_defaults(run=_report)
 
-    p = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1")
+    p = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 (Ctrl-C or SIGTERM stops the server and all its "
+                       "processes; exit code 130 or 143)")
     p.add_argument("--port", type=int, default=5000)
     p.add_argument("--tracking-uri")
     p.add_argument("--artifacts-destination", help="artifact root for runs created through the server")

@@ -23,6 +23,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from scipy import stats  # noqa: E402
 
+from ptdistill.hints import ptdistill_command  # noqa: E402
+
 __all__ = ["benchmark_report", "linear_fit", "markdown_table", "mean_std", "method_table", "pair_differences",
            "paired_differences", "plot_methods", "plot_paired", "plot_scatter", "plot_teacher_quality", "runs_table"]
 
@@ -233,7 +235,7 @@ def benchmark_report(tracker, benchmark: str, out_dir: Path, run_names: list[str
     if frame.empty:
         wanted = f"runs {run_names}" if run_names else "finished runs"
         raise ValueError(f"{benchmark}: no {wanted} with students in MLflow ({tracker.tracking_uri}); run "
-                         f"`ptdistill run {benchmark}` first")
+                         f"`{ptdistill_command('run', benchmark)}` first")
     runs = list(dict.fromkeys(frame["parent_run_name"]))
     parents = {run: tracker.client.get_run(parent_id).data.metrics
                for parent_id, run in zip(dict.fromkeys(frame["parent_run_id"]), runs)}

@@ -220,6 +220,15 @@ def _validate(
     return correct / len(features), nll / len(features)
 
 
+def progress_postfix(loss: float | None, val_acc: float | None) -> dict[str, float]:
+    """A progress bar's postfix: only the values measured so far.
+
+    ``None`` (no loss window or validation yet) is left out rather than shown as ``nan``, which
+    reads as a diverged run. Returns ``{}`` when nothing is measured yet.
+    """
+    return {name: value for name, value in (("loss", loss), ("val_acc", val_acc)) if value is not None}
+
+
 def _fit(
     model: nn.Module,
     features: torch.Tensor,
@@ -259,8 +268,8 @@ def _fit(
         window_sum, window_steps = torch.zeros((), device=device), 0
 
     start = time.perf_counter()
-    bar = tqdm(range(1, config.epochs + 1), desc=desc, unit="epoch", disable=not progress)
-    for epoch in bar:
+    bar = tqdm(total=config.epochs, desc=desc, unit="epoch", disable=not progress)
+    for epoch in range(1, config.epochs + 1):
         model.train()
         order = torch.randperm(n, generator=generator).to(device)
         x_epoch, t_epoch = features[order], targets[order]
@@ -292,15 +301,17 @@ def _fit(
             else:
                 evals_without_gain += 1
         if progress:
-            bar.set_postfix(
-                loss=history.train_loss[-1][1] if history.train_loss else float("nan"),
-                val_acc=history.val_accuracy[-1] if history.val_accuracy else float("nan"),
-            )
+            current = float(window_sum) / window_steps if window_steps else None
+            bar.set_postfix(progress_postfix(history.train_loss[-1][1] if history.train_loss else current,
+                                             history.val_accuracy[-1] if history.val_accuracy else None),
+                            refresh=False)
+        bar.update(1)  # after the postfix, so the count and the values shown belong to the same epoch
         if on_epoch is not None:
             on_epoch(epoch, history)
         if config.patience is not None and evals_without_gain >= config.patience:
             history.stopped_early = True
             break
+    bar.close()
     if window_steps:
         log_window()
     if best_state is not None:

@@ -246,6 +246,6 @@ def test_gcs_second_run_hits_the_cache_in_the_bucket(gcs_pipeline, gcs_pipeline_
     assert first.data.tags["teacher_cache"] == ALL_MISS
     assert second.data.tags["teacher_cache"] == ALL_HIT
     store = gcs_pipeline_emulator.store(gcs_pipeline.artifact_store)
-    log = gcs_pipeline.log.read_text(errors="replace")
+    log = (gcs_pipeline.pipeline_root / "logs" / "gcs-2" / "teacher-inference.log").read_text(errors="replace")
     for key in store.list("cache/teacher/"):
         assert f"cache hit ({store.uri(key)})" in log, key  # read back from the bucket

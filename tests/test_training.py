@@ -18,6 +18,7 @@ from ptdistill.training import (
     TrainConfig,
     distill,
     predict_probs,
+    progress_postfix,
     resolve_device,
     seed_everything,
     train_classifier,
@@ -255,3 +256,32 @@ def test_history_defaults_are_independent():
     a, b = History(), History()
     a.train_loss.append((1, 0.5))
     assert b.train_loss == []
+
+
+def test_progress_postfix_leaves_out_what_is_not_measured_yet():
+    assert progress_postfix(None, None) == {}
+    assert progress_postfix(0.25, None) == {"loss": 0.25}
+    assert progress_postfix(None, 0.5) == {"val_acc": 0.5}
+    assert progress_postfix(0.25, 0.5) == {"loss": 0.25, "val_acc": 0.5}
+
+
+def test_progress_bar_shows_no_nan_and_counts_the_epoch_it_describes(separable, capsys, monkeypatch):
+    """A loss window longer than an epoch (10 steps here) and validation every other epoch: the
+    first epoch's line has the running loss and no val_acc, never ``nan``; each line's count is
+    the epoch its values belong to."""
+    import functools
+
+    import ptdistill.training as training
+
+    # Every update drawn (not every 0.1 s), so each epoch's line is there to check.
+    monkeypatch.setattr(training, "tqdm", functools.partial(training.tqdm, mininterval=0, miniters=1))
+    config = TrainConfig(epochs=3, batch_size=32, log_every_steps=25, eval_every_epochs=2, **CPU)
+    train_classifier(new_model(5), separable["teacher_train"], config, validation=separable["validation"],
+                     progress=True)
+    lines = [line for line in capsys.readouterr().err.replace("\r", "\n").splitlines()
+             if line.startswith("teacher:")]
+    assert lines and not any("nan" in line for line in lines), lines
+    first = next(line for line in lines if " 1/3 " in line)
+    assert "loss=" in first and "val_acc" not in first
+    assert "val_acc=" in next(line for line in lines if " 2/3 " in line)
+    assert all("0/3" not in line or "loss" not in line for line in lines)

@@ -59,7 +59,7 @@ from ptdistill.checks import check_probs
 from ptdistill.storage import content_key, open_store
 from ptdistill.text.batching import classification_logits, collate, encode
 from ptdistill.text.split import TextSplit
-from ptdistill.training import History, resolve_device, seed_everything
+from ptdistill.training import History, progress_postfix, resolve_device, seed_everything
 
 __all__ = ["CHECKPOINT_FORMAT", "PRECISIONS", "Checkpointer", "TextTrainConfig", "fit_text"]
 
@@ -744,10 +744,9 @@ def _train(model: nn.Module, tokenizer, sequences: list, target_tensor: torch.Te
                     history.stopped_early = True
             done = history.stopped_early or epoch + 1 == config.epochs
             if progress:
-                bar.set_postfix(
-                    loss=history.train_loss[-1][1] if history.train_loss else float(window_sum) / max(1, window_steps),
-                    val_acc=history.val_accuracy[-1] if history.val_accuracy else float("nan"),
-                )
+                current = float(window_sum) / window_steps if window_steps else None
+                bar.set_postfix(progress_postfix(history.train_loss[-1][1] if history.train_loss else current,
+                                                 history.val_accuracy[-1] if history.val_accuracy else None))
             if checkpoints is not None:
                 save_checkpoint(epoch + 1, 0)
         if window_steps:
