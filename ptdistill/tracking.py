@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import re
@@ -312,10 +313,15 @@ def _build_schema(db: Path) -> None:
     for stray in db.parent.glob(f".{db.name}.*.creating"):
         stray.unlink(missing_ok=True)
     tmp = db.parent / f".{db.name}.{os.getpid()}.creating"
+    # MLflow logs "Creating initial MLflow database tables..." at INFO: noise on a run's console.
+    migration_log = logging.getLogger("mlflow.store.db.utils")
+    level = migration_log.level
+    migration_log.setLevel(logging.WARNING)
     try:
         MlflowClient(_with_sqlite_timeout(f"sqlite:///{tmp.resolve()}"))
         os.replace(tmp, db)
     finally:
+        migration_log.setLevel(level)
         tmp.unlink(missing_ok=True)
 
 
