@@ -23,8 +23,14 @@ from ptdistill.tracking import FAILURE_TAG, Tracker
 
 REPO = Path(__file__).resolve().parent.parent
 BENCHMARK = "synthetic"
-#: A line the task process itself prints once distill_student's executor has started.
+#: A line the task process itself prints (to its log file) once distill_student's executor has started.
 STUDENT_RUNNING = "Looking for component `distill_student`"
+
+
+def _student_started(logs: Path) -> bool:
+    """Whether a distill_student task has started: its line in the task's log file (the console
+    shows a task's line only when it ends)."""
+    return any(STUDENT_RUNNING in log.read_text(errors="replace") for log in logs.glob("distill-student-*.log"))
 
 
 def _parents(tracking_uri: str, run_name: str) -> list:
@@ -83,7 +89,7 @@ def test_signal_during_distill_student_ends_tasks_and_cleans_up(tmp_path, sig):
                                cwd=cwd, env=env, stdout=stdout, stderr=stderr, start_new_session=True)
     try:
         deadline = time.monotonic() + 900
-        while STUDENT_RUNNING not in out.read_text(errors="replace"):
+        while not _student_started(root / "logs" / run_name):
             assert cli.poll() is None, f"the run ended before distill_student:\n{err.read_text()[-3000:]}"
             assert time.monotonic() < deadline, "distill_student never started"
             time.sleep(0.5)
