@@ -52,7 +52,7 @@ def run_local(
 ) -> RunResult:
     """Run the pipeline through ``kfp.local`` (``SubprocessRunner(use_venv=False)``).
 
-    On failure, and on SIGINT or SIGTERM (:class:`pipelines.signals.RunInterrupted`, after every
+    On failure, and on SIGINT, SIGTERM or SIGHUP (:class:`pipelines.signals.RunInterrupted`, after every
     task process is ended), the MLflow parent run is marked FAILED and the run's objects except
     its resume checkpoints are removed from the artifact store (the teacher cache keeps only
     complete entries), best effort and in bounded time (:func:`pipelines.cleanup.clean_up`), then

@@ -1,4 +1,4 @@
-"""Stop a local run cleanly on SIGINT or SIGTERM: end every task process, then let the runner clean up.
+"""Stop a local run cleanly on SIGINT, SIGTERM or SIGHUP: end every task process, then let the runner clean up.
 
 kfp.local starts each task with ``subprocess.Popen`` (``sh -ec '... python -m kfp.dsl.executor_main'``)
 in this process's own process group, from the main thread or, for ParallelFor items, from a thread
@@ -20,8 +20,8 @@ from types import FrameType, TracebackType
 
 import psutil
 
-#: Signals a local run stops on, like on a failed task.
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+#: Signals a local run stops on, like on a failed task (SIGHUP: the terminal or SSH session closed).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 #: Seconds a task process gets between SIGTERM and SIGKILL.
 GRACE_SECONDS = 5.0
 
@@ -36,7 +36,7 @@ class RunInterrupted(BaseException):
 
     @property
     def exit_code(self) -> int:
-        """The shell's code for death by this signal: 130 for SIGINT, 143 for SIGTERM."""
+        """The shell's code for death by this signal: 130 for SIGINT, 143 for SIGTERM, 129 for SIGHUP."""
         return 128 + self.signum
 
 
@@ -77,7 +77,7 @@ def _kfp_reports(record: logging.LogRecord) -> bool:
 
 
 class StopOnSignals:
-    """Context manager: inside it, the first SIGINT or SIGTERM ends every task process and raises
+    """Context manager: inside it, the first SIGINT, SIGTERM or SIGHUP ends every task process and raises
     :class:`RunInterrupted` in the main thread; later signals are ignored until the context exits,
     so the (time-bounded) clean-up that follows always finishes. ``quiet()`` ignores signals from
     then on too (a failed run's clean-up). Outside the main thread it does nothing (Python only

@@ -50,7 +50,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         result = run_local(config, pipeline_root=args.pipeline_root, artifact_store=args.artifact_store,
                            tracking_uri=tracking_uri, run_name=args.run_name, verbose=args.verbose)
-    except RunInterrupted as err:  # SIGINT / SIGTERM: tasks ended, then cleaned up like a failure
+    except RunInterrupted as err:  # SIGINT / SIGTERM / SIGHUP: tasks ended, then cleaned up like a failure
         print(f"ptdistill run {config.benchmark}: {err}; {_clean_up_note(err)}", file=sys.stderr)
         return err.exit_code
     except RuntimeError as err:  # kfp.local: a task failed; its log is printed above
@@ -130,15 +130,19 @@ def _report(args: argparse.Namespace) -> int:
 def _ui(args: argparse.Namespace) -> int:
     from pipelines.local import default_tracking_uri
     from ptdistill.servers import run_server
+    from ptdistill.tracking import Tracker
 
     uri = args.tracking_uri or default_tracking_uri()
+    # mlflow server creates a sqlite schema itself, without ptdistill's store lock: build (or check)
+    # it here first, under the lock, so a run starting at the same moment cannot race it.
+    Tracker(uri)
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", "127.0.0.1",
            "--port", str(args.port), "--workers", str(args.workers)]
     if args.artifacts_destination:
         cmd += ["--artifacts-destination", args.artifacts_destination]
     print(f"MLflow UI at http://127.0.0.1:{args.port} (experiments at /#/experiments/<id>/runs); Ctrl-C stops it",
           flush=True)
-    # Ctrl-C or SIGTERM stops the server's whole process tree (workers, job runner); exit 130 / 143.
+    # Ctrl-C, SIGTERM or SIGHUP stops the server's whole process tree (workers, job runner); exit 130 / 143 / 129.
     return run_server(cmd, {**os.environ, "MLFLOW_TRACKING_URI": uri})
 
 

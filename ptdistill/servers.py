@@ -26,17 +26,18 @@ class _Stop(Exception):
 
 
 def run_server(cmd: Sequence[str], env: dict[str, str], grace_seconds: float = GRACE_SECONDS) -> int:
-    """Run ``cmd`` until it exits, or until this process gets SIGINT (Ctrl-C) or SIGTERM.
+    """Run ``cmd`` until it exits, or until this process gets SIGINT (Ctrl-C), SIGTERM or SIGHUP
+    (the terminal closed).
 
     The server runs in a session (and process group) of its own, so only this process receives
     the terminal's Ctrl-C. On either signal the tree is stopped by :func:`stop_tree`. Returns the
     server's exit code, or ``128 + signal`` when a signal stopped it: 130 for SIGINT, 143 for
-    SIGTERM, as a shell reports.
+    SIGTERM, 129 for SIGHUP, as a shell reports.
     """
     def stop(signum: int, _frame) -> None:
         raise _Stop(signum)
 
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     server = None
     try:
         server = subprocess.Popen(list(cmd), env=env, start_new_session=True)

@@ -121,7 +121,7 @@ def test_signal_during_distill_student_ends_tasks_and_cleans_up(tmp_path, sig):
 #: kfp.local's way of running tasks, in small: each in a subprocess (here with a grandchild) started
 #: from a thread pool whose shutdown waits for running and queued items.
 POOL_OF_TASKS = """
-import concurrent.futures, json, os, signal, subprocess, time
+import concurrent.futures, json, os, signal, subprocess, sys, time
 from pipelines.signals import RunInterrupted, StopOnSignals
 
 procs = []
@@ -136,19 +136,20 @@ try:
             futures = [pool.submit(task) for _ in range(5)]
             while len(procs) < 2:
                 time.sleep(0.05)
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), getattr(signal, sys.argv[1]))
             time.sleep(300)
 except RunInterrupted as err:
     print(json.dumps([err.exit_code, [p.returncode for p in procs]]))
 """
 
 
-def test_a_signal_ends_running_and_queued_tasks():
-    runner = subprocess.Popen([sys.executable, "-c", POOL_OF_TASKS], cwd=REPO, stdout=subprocess.PIPE,
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_a_signal_ends_running_and_queued_tasks(sig):
+    runner = subprocess.Popen([sys.executable, "-c", POOL_OF_TASKS, sig.name], cwd=REPO, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, start_new_session=True)
     out, err = runner.communicate(timeout=300)
     code, returncodes = json.loads(out)
-    assert code == 143, err
+    assert code == 128 + sig, err
     assert len(returncodes) == 5 and all(rc < 0 for rc in returncodes), returncodes  # each ended by a signal
     assert _session_processes(runner.pid) == []
 

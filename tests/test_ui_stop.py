@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,15 +21,11 @@ from pathlib import Path
 
 import psutil
 import pytest
+from conftest import free_port
 
 SERVER_START_TIMEOUT = 300  # MLflow migrates a fresh SQLite file and imports a lot, on a busy 2-core box
 STOP_TIMEOUT = 120  # the stop's own bound is servers.GRACE_SECONDS, then SIGKILL
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _healthy(url: str) -> bool:
@@ -53,7 +48,7 @@ def _session_members(sid: int) -> list[psutil.Process]:
 
 
 def test_ui_stops_its_whole_process_tree_on_sigint(tmp_path: Path):
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     log = tmp_path / "ui.log"
@@ -99,7 +94,7 @@ time.sleep(600)
 """
 
 
-@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGHUP, 129)])
 def test_run_server_stops_a_stubborn_tree(tmp_path: Path, sig: int, code: int):
     ready = tmp_path / "ready"
     runner = (f"import sys; from ptdistill.servers import run_server; "
@@ -122,3 +117,24 @@ def test_run_server_stops_a_stubborn_tree(tmp_path: Path, sig: int, code: int):
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+
+
+def test_ui_builds_the_sqlite_schema_under_the_store_lock_before_the_server_starts(tmp_path, monkeypatch):
+    """mlflow server creates a schema without ptdistill's lock; a run opening the same fresh file at
+    that moment raced it and left a broken file. ``ui`` builds it first, under the lock."""
+    import sqlite3
+
+    from ptdistill import cli
+
+    db = tmp_path / "fresh.db"
+    seen = {}
+
+    def fake_server(cmd, env):
+        with sqlite3.connect(db) as conn:
+            seen["tables"] = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        return 0
+
+    monkeypatch.setattr("ptdistill.servers.run_server", fake_server)
+    assert cli.main(["ui", "--tracking-uri", f"sqlite:///{db}"]) == 0
+    assert {"experiments", "runs", "alembic_version"} <= seen["tables"]
+    assert not any(name.startswith("_alembic_tmp_") for name in seen["tables"])
