@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from unittest.mock import patch
 
+from filelock import FileLock, Timeout
 from kfp import local
 
 from pipelines.cleanup import clean_up
@@ -22,9 +23,9 @@ from pipelines.signals import StopOnSignals
 from ptdistill.config import to_dict
 from ptdistill.experiments import ExperimentConfig
 from ptdistill.preflight import preflight
-from ptdistill.steps.common import SOLO_THREADS, new_run_name
+from ptdistill.steps.common import SOLO_THREADS, check_run_name, new_run_name
 from ptdistill.storage import open_store
-from ptdistill.tracking import RUNNER_PID_ENV, Tracker
+from ptdistill.tracking import RUNNER_PID_ENV, RunNameInUseError, Tracker
 
 
 @dataclass
@@ -63,12 +64,43 @@ def run_local(
     pipeline_root = Path(pipeline_root).resolve()
     artifact_store = artifact_store or str(pipeline_root)
     tracking_uri = tracking_uri or default_tracking_uri()
+    run_name = check_run_name(run_name) if run_name is not None else new_run_name(config.benchmark)
     preflight(artifact_store, tracking_uri)
-    run_name = run_name or new_run_name(config.benchmark)
-    # A RUNNING parent of this name whose runner is gone is marked FAILED; one whose runner lives
-    # is refused (RunNameInUseError) before anything is written. Outside the clean-up below, so a
-    # refused run never cleans up the objects of the run that holds the name.
-    Tracker(tracking_uri).supersede_stale_runs(config.benchmark, run_name)
+    with _hold_run_name(pipeline_root, config.benchmark, run_name):
+        # A RUNNING parent of this name whose runner is gone is marked FAILED; one whose runner
+        # lives is refused (RunNameInUseError) before anything is written. Outside the clean-up of
+        # _run_pipeline, so a refused run never cleans up the objects of the run that holds the name.
+        Tracker(tracking_uri).supersede_stale_runs(config.benchmark, run_name)
+        return _run_pipeline(config, pipeline_root, artifact_store, tracking_uri, run_name, verbose)
+
+
+@contextlib.contextmanager
+def _hold_run_name(pipeline_root: Path, benchmark: str, run_name: str) -> Iterator[None]:
+    """Hold ``<pipeline_root>/locks/<benchmark>--<run_name>.lock`` for the whole run, or raise
+    RunNameInUseError at once if another run of that name holds it.
+
+    The MLflow check (supersede_stale_runs) only sees a run once its parent exists, seconds after
+    it starts: two runs of one name started together both passed it, shared a store prefix and a
+    log folder, and a Ctrl-C on one failed the other's parent. The lock closes that gap for runs
+    sharing a pipeline root (the same working directory, by default).
+    """
+    path = pipeline_root / "locks" / f"{benchmark}--{run_name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise RunNameInUseError(f"run {run_name!r} of {benchmark} is already running from this pipeline root "
+                                f"(it holds {path}): choose another --run-name, or wait for it to end") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _run_pipeline(config: ExperimentConfig, pipeline_root: Path, artifact_store: str, tracking_uri: str,
+                  run_name: str, verbose: bool) -> RunResult:
+    """The run itself, once its inputs, stores and name are checked (see run_local)."""
     # Two students train at once locally (kfp.local runs ParallelFor two at a time): one thread each.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     # ...while the teacher steps, which run alone, may use every core (see steps.common.solo_threads).

@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 from ptdistill.config import load_config, to_dict
 from ptdistill.experiments import ExperimentConfig, default_config
-from ptdistill.steps.common import new_run_name
+from ptdistill.steps.common import check_run_name, new_run_name
 from ptdistill.hints import ptdistill_command
 from ptdistill.tracking import experiment_name
 
@@ -228,7 +228,7 @@ def submit(
     """
     config = resolve_config(config, overrides)
     host = resolve_host(host)
-    run_name = run_name or new_run_name(config.benchmark)
+    run_name = check_run_name(run_name) if run_name is not None else new_run_name(config.benchmark)
     arguments = run_arguments(config, tracking_uri, artifact_store, pipeline_root, run_name)
     kfp_client = client(host, existing_token, namespace)
     with _compiled(config) as package, _api_errors(host, "submit"), _quiet():
@@ -427,7 +427,7 @@ def vertex_job(
     config = resolve_config(config, overrides)
     project, region, pipeline_root = _vertex_target(project, region, pipeline_root)
     aiplatform = _aiplatform()
-    run_name = None if scheduled else (run_name or new_run_name(config.benchmark))
+    run_name = None if scheduled else (check_run_name(run_name) if run_name is not None else new_run_name(config.benchmark))
     arguments = run_arguments(config, tracking_uri, artifact_store, pipeline_root, run_name)
     with _compiled(config) as package:
         return aiplatform.PipelineJob(

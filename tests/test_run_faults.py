@@ -13,13 +13,14 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import free_port
+from conftest import free_port, tiny_synthetic
 
 from pipelines.cleanup import clean_up
+from pipelines.local import run_local
 from pipelines.signals import RunInterrupted
-from ptdistill.steps.common import new_run_name
+from ptdistill.steps.common import check_run_name, new_run_name
 from ptdistill.storage import LocalStore, open_store
-from ptdistill.tracking import FAILURE_TAG, Tracker
+from ptdistill.tracking import FAILURE_TAG, RunNameInUseError, Tracker
 
 REPO = Path(__file__).resolve().parent.parent
 BENCHMARK = "synthetic"
@@ -304,3 +305,44 @@ def test_run_prints_the_clean_up_line_and_exits_with_the_signal_code(tmp_path, m
         assert stderr == [f"ptdistill run {BENCHMARK}: interrupted by {signal.Signals(error.signum).name}; {note}"]
     else:
         assert stderr == [f"ptdistill run {BENCHMARK}: failed: {error}", note]
+
+
+# --------------------------------------------------------------------------- run names
+
+
+@pytest.mark.parametrize("name, problem", [
+    ("a/b", "it contains a path separator"), ("..", "it starts with '.'"), (".hidden", "it starts with '.'"),
+    ("x" * 101, "it has 101 characters"), ("two\nlines", "it contains a control character"), (" ", "it is empty"),
+])
+def test_a_run_name_that_cannot_name_a_run_is_refused_before_any_work(tmp_path, name, problem):
+    with pytest.raises(ValueError) as info:
+        run_local(tiny_synthetic(), pipeline_root=tmp_path / "runs", tracking_uri=f"sqlite:///{tmp_path}/m.db",
+                  run_name=name)
+    assert str(info.value) == (f"--run-name {name!r}: {problem}; expected at most 100 printable characters, "
+                               "no '/' or '\\', not starting with '.'")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_names_with_quotes_spaces_and_unicode_are_kept_as_written():
+    for name in ("bob's run", 'say "hi"', "run 🚀 ü", "x" * 100):
+        assert check_run_name(name) == name
+
+
+def test_a_second_run_of_a_name_still_running_is_refused_at_once(tmp_path):
+    """The MLflow check sees a run only once its parent exists; the pipeline root's lock sees it from its start."""
+    lock = tmp_path / "runs" / "locks" / f"{BENCHMARK}--bob's run.lock"
+    lock.parent.mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from filelock import FileLock; "
+                               "lock = FileLock(sys.argv[1]); lock.acquire(); print('held', flush=True); time.sleep(300)",
+                               str(lock)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunNameInUseError) as info:
+            run_local(tiny_synthetic(), pipeline_root=tmp_path / "runs", tracking_uri=f"sqlite:///{tmp_path}/m.db",
+                      run_name="bob's run")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert str(info.value) == (f"run \"bob's run\" of {BENCHMARK} is already running from this pipeline root (it "
+                               f"holds {lock}): choose another --run-name, or wait for it to end")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]  # no tracking store opened, nothing written

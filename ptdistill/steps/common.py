@@ -68,6 +68,37 @@ def new_run_name(benchmark: str) -> str:
     return f"{benchmark}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
 
 
+#: Longest run name accepted: it names a folder of task logs and an MLflow run (file names stop at 255 bytes).
+MAX_RUN_NAME = 100
+
+
+def check_run_name(name: str) -> str:
+    """Return ``name`` if it can name a run, else raise ``ValueError`` saying what is expected.
+
+    The run name is a single segment of the artifact-store prefix ``<benchmark>/<run name>/``, a
+    folder of task logs and an MLflow run name, so it may hold spaces, quotes and any printable
+    character except ``/`` and ``\\``; it must not be ``.``/``..`` or start with ``.`` (a hidden
+    folder), nor hold control characters (newlines would break log lines and one-line errors),
+    and has at most MAX_RUN_NAME characters. A name like ``a/b`` would sit inside run ``a``'s
+    prefix, and a failed run ``a`` would delete it.
+    """
+    problem = None
+    if not name or not name.strip():
+        problem = "it is empty"
+    elif len(name) > MAX_RUN_NAME:
+        problem = f"it has {len(name)} characters"
+    elif "/" in name or "\\" in name:
+        problem = "it contains a path separator"
+    elif name.startswith("."):
+        problem = "it starts with '.'"
+    elif any(not ch.isprintable() for ch in name):
+        problem = "it contains a control character"
+    if problem:
+        raise ValueError(f"--run-name {name!r}: {problem}; expected at most {MAX_RUN_NAME} printable characters, "
+                         "no '/' or '\\', not starting with '.'")
+    return name
+
+
 def checkpoint_prefix(info: RunInfo, name: str) -> tuple[str, str]:
     """(store URI, key prefix) of a step's resume checkpoints: the same on a restart of the run."""
     return info.artifact_store, f"{info.prefix}/{CHECKPOINTS}/{name}"
