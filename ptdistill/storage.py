@@ -175,6 +175,14 @@ class DeleteResult:
         return self.error is None
 
 
+def _status(code: int | None) -> str:
+    """An HTTP status as ``"501 Not Implemented"`` (just the number when it is not a standard one)."""
+    try:
+        return f"{code} {HTTPStatus(code).phrase}"
+    except ValueError:
+        return str(code)
+
+
 def _check_key(key: str) -> str:
     """Return ``key`` if it is a valid relative object key, else raise ``ValueError``."""
     if not isinstance(key, str) or not key:
@@ -592,6 +600,9 @@ class GCSStore(Store):
             raise GenerationMismatchError(
                 errno.EAGAIN, f"Object changed: generation is not {if_generation_match}", uri
             ) from exc
+        except self._gexc.GoogleAPICallError as exc:  # any other answer (400, 501 from a server that is not GCS, ...)
+            raise OSError(errno.EIO, f"{self.endpoint} answered {_status(exc.code)}: {_server_message(exc)}",
+                          uri) from exc
 
     def _unavailable(self, exc: BaseException) -> str:
         """Why the last attempt of a request failed, naming the endpoint, as one line."""
@@ -599,7 +610,7 @@ class GCSStore(Store):
         if isinstance(exc, self._timeouts):
             return f"cannot reach {self.endpoint}: no answer within {self.retry.timeout:g} s ({attempts})"
         if isinstance(exc, self._gexc.GoogleAPICallError):
-            return f"{self.endpoint} answered {exc.code} {HTTPStatus(exc.code).phrase} ({attempts})"
+            return f"{self.endpoint} answered {_status(exc.code)} ({attempts})"
         return f"cannot reach {self.endpoint}: {_root_cause(exc)} ({attempts})"
 
     def write_bytes(self, key: str, data: bytes, *, if_generation_match: int | None = None) -> None:

@@ -388,7 +388,9 @@ def check_tracking_uri(tracking_uri: str, *, timeout_s: int = 5) -> None:
     ``http(s)://``: the server answers an experiments search within ``timeout_s`` seconds, with
     no retries (MLflow's credentials from the environment apply). ``sqlite:///``: the file's
     folder (or the nearest existing one above it) is writable, and an existing file is writable
-    and not half-migrated. Nothing is created. Other stores are left to MLflow.
+    and not half-migrated; nothing is created. Any other store (a database URI such as
+    ``postgresql://``, a folder) is opened once, as the run would open it, so a missing database
+    driver or a database that is down is one line here rather than a traceback later.
     """
     if tracking_uri.startswith(("http://", "https://")):
         try:
@@ -400,6 +402,12 @@ def check_tracking_uri(tracking_uri: str, *, timeout_s: int = 5) -> None:
         return
     db = _sqlite_file(tracking_uri)
     if db is None:
+        try:
+            _open_client(tracking_uri)
+        except Exception as err:  # ImportError of a driver, SQLAlchemy's OperationalError, MlflowException
+            reason = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+            raise TrackingStoreError(f"tracking store {tracking_uri} cannot be opened ({reason}): install its "
+                                     "database driver, start the database or check the URI") from None
         return
     if db.is_dir():
         raise TrackingStoreError(f"tracking database {db} is a directory, not a file")

@@ -72,6 +72,17 @@ def test_permission_denied_is_named(gcs_env):
     assert _objects(gcs_env) == []
 
 
+@pytest.mark.parametrize("status, phrase", [(501, "501 Not Implemented"), (400, "400 Bad Request")])
+def test_an_endpoint_answering_what_gcs_never_does_is_named(gcs_env, status, phrase):
+    """A server that is not GCS (or a request GCS refuses) at STORAGE_EMULATOR_HOST: one line, not a traceback."""
+    gcs_env.faults[:] = [status]
+    with pytest.raises(PreflightError) as info:
+        check_store(f"gs://{BUCKET}/p")
+    assert re.fullmatch(rf"artifact store gs://{BUCKET}/p: {re.escape(gcs_env.endpoint)} answered {phrase}: "
+                        rf"injected fault: gs://{BUCKET}/p/{re.escape(PROBE_PREFIX)}[0-9a-f]{{16}}", str(info.value))
+    assert _objects(gcs_env) == []
+
+
 def test_missing_credentials_are_one_line(monkeypatch):
     pytest.importorskip("google.cloud.storage")
     import google.auth

@@ -309,3 +309,14 @@ def test_re_run_is_refused_while_the_runner_lives_or_cannot_be_checked(
             tracker.supersede_stale_runs(benchmark, "run-1")
         assert f".set_terminated('{run_id}', 'FAILED')" in str(err.value)
         assert tracker.client.get_run(run_id).info.status == "RUNNING"
+
+
+def test_check_tracking_uri_database_store_that_cannot_be_opened_is_one_line():
+    """A database URI whose driver is missing (or whose server is down) fails the pre-flight by name."""
+    uri = f"postgresql://user@127.0.0.1:{free_port()}/mlflow"
+    with pytest.raises(TrackingStoreError) as info:
+        check_tracking_uri(uri)
+    message = str(info.value)
+    assert message.startswith(f"tracking store {uri} cannot be opened (")
+    assert message.endswith("): install its database driver, start the database or check the URI")
+    assert "\n" not in message
