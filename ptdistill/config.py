@@ -9,6 +9,7 @@ travel to pipeline components as plain JSON dicts and come back with :func:`from
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
+
+from ptdistill.io import check_file, read_text
 
 T = TypeVar("T")
 
@@ -43,7 +46,22 @@ class _Loader(yaml.SafeLoader):
     ``1E3`` and ``1.5e5`` stay strings, so the README's own ``lr_grid=[2e-5,3e-5,5e-5]`` failed.
     Numbers keep the text they were written as, so a ``str``-typed key given ``2e-5`` (a prompt, a
     column name) gets that text back; :func:`_convert` turns them into plain int/float/str.
+    A key given twice in one mapping is an error (PyYAML keeps the last one silently).
     """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        """The mapping of ``node``; raises yaml.YAMLError naming a repeated key and both its lines (1-based)."""
+        lines: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node)
+            line = key_node.start_mark.line + 1
+            if key in lines:
+                raise yaml.YAMLError(f"duplicate key {key!r} at lines {lines[key]} and {line};"
+                                     " a key may appear once in a mapping")
+            lines[key] = line
+        return super().construct_mapping(node, deep=deep)
 
     def construct_yaml_int(self, node: yaml.ScalarNode) -> _Int:
         number = _Int(super().construct_yaml_int(node))
@@ -133,6 +151,8 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if not math.isfinite(value):  # no float setting means anything when infinite or NaN
+            raise ConfigError(f"{key}: expected a finite number, got {float(value)!r}")
         return float(value)
     if tp is int:
         if isinstance(value, float) and value.is_integer():
@@ -206,10 +226,12 @@ def load_config(
     data = to_dict(base if base is not None else cls())
     if yaml_path is not None:
         path = Path(yaml_path)
-        if not path.exists():
-            raise ConfigError(f"--config {path}: file not found")
+        try:  # an empty file is an empty config; anything else must be a readable UTF-8 file
+            text = "" if path.is_file() and path.stat().st_size == 0 else read_text(check_file(path))
+        except ValueError as err:
+            raise ConfigError(f"--config {err}") from None
         try:
-            loaded = _yaml(path.read_text()) or {}
+            loaded = _yaml(text) or {}
         except yaml.YAMLError as err:
             raise ConfigError(f"--config {path}: not valid YAML ({err})") from None
         if not isinstance(loaded, dict):

@@ -8,6 +8,7 @@ One config dataclass per benchmark family (``SyntheticConfig``, ``TabularConfig`
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field, replace
 from collections.abc import Callable
@@ -59,6 +60,12 @@ METHOD_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 SEED_MAX = 2**32 - 1
 
 
+def _check_seed(key: str, value: int) -> None:
+    """ValueError naming ``key`` unless ``value`` is a seed numpy and torch take: an integer in [0, SEED_MAX]."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= SEED_MAX:
+        raise ValueError(f"{key}: expected an integer in [0, {SEED_MAX}], got {value!r}")
+
+
 def _unique(key: str, what: str, values: list, same: Callable[[Any], Any], why: str) -> None:
     """ConfigError naming ``key`` and the values that ``same`` maps together, if any."""
     groups: dict[Any, list] = {}
@@ -91,6 +98,9 @@ class SearchSpec:
     #: Candidates whose proxy teacher overturns more than this fraction of the teacher's validation
     #: decisions (argmax) are not chosen; 1.0 turns the rule off (see ptdistill.proxy.search).
     max_flips: float = 0.5
+
+    def __post_init__(self) -> None:
+        _check_seed("seed", self.seed)
 
 
 @dataclass
@@ -127,6 +137,10 @@ class GaussianData:
     split_seed: int = 1
     sizes: dict[str, int] = field(default_factory=lambda: dict(SPEC_SIZES))
 
+    def __post_init__(self) -> None:
+        _check_seed("data_seed", self.data_seed)
+        _check_seed("split_seed", self.split_seed)
+
 
 @dataclass
 class TabularData:
@@ -139,6 +153,9 @@ class TabularData:
         default_factory=lambda: {"teacher_train": 0.2, "distill": 0.5, "validation": 0.1, "test": 0.2}
     )
     split_seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_seed("split_seed", self.split_seed)
 
 
 @dataclass
@@ -185,6 +202,7 @@ class ExperimentConfig:
     def validate(self, num_classes: int) -> None:
         """Check what only fails deep inside a pipeline step otherwise: losses, metric, search, seeds."""
         from ptdistill.evaluation import TASK_METRICS
+        from ptdistill.checks import check_eps
         from ptdistill.losses import build_loss
         from ptdistill.proxy import CRITERIA, STRATEGIES
 
@@ -197,9 +215,14 @@ class ExperimentConfig:
                 self._check_eps_choice(i, m)
                 params.setdefault("eps", [[0.0]] * num_classes)  # the search fills it in
             try:
-                build_loss(m.loss, **params)
+                loss = build_loss(m.loss, **params)
             except ValueError as err:
                 raise ConfigError(f"methods[{i}] ({m.name}): {err}") from None
+            if m.loss == "ptloss":  # PTLoss takes (C, M) for any C; this task has num_classes rows
+                try:
+                    check_eps(f"methods[{i}] ({m.name}).params.eps", loss.eps, num_classes)
+                except ValueError as err:
+                    raise ConfigError(str(err)) from None
         if self.inference_shards < 1:
             raise ConfigError(f"inference_shards: expected an integer >= 1, got {self.inference_shards}")
         for i, m in enumerate(self.methods):
@@ -223,8 +246,8 @@ class ExperimentConfig:
         for key in ("max_order", "trials"):
             if getattr(s, key) < 1:
                 raise ConfigError(f"search.{key}: expected an integer >= 1, got {getattr(s, key)}")
-        if not s.low < s.high:
-            raise ConfigError(f"search.low/high: expected low < high, got {s.low} and {s.high}")
+        if not (math.isfinite(s.low) and math.isfinite(s.high) and s.low < s.high):
+            raise ConfigError(f"search.low/high: expected finite numbers with low < high, got {s.low} and {s.high}")
         if not 0 <= s.max_flips <= 1:
             raise ConfigError(f"search.max_flips: expected a fraction in [0, 1], got {s.max_flips}")
 
@@ -248,13 +271,15 @@ class ExperimentConfig:
         if not self.seeds:
             raise ConfigError("seeds: expected at least one seed")
         for i, seed in enumerate(self.seeds):
-            if not 0 <= seed <= SEED_MAX:
-                raise ConfigError(f"seeds[{i}]: expected an integer in [0, {SEED_MAX}], got {seed}")
+            try:
+                _check_seed(f"seeds[{i}]", seed)
+            except ValueError as err:
+                raise ConfigError(str(err)) from None
         _unique("seeds", "seed", self.seeds, int, "two items would publish to the same"
                 " students/<method>-seed<seed> and overwrite each other")
-        for lr in self.lr_grid:
-            if not lr > 0:
-                raise ConfigError(f"lr_grid: expected learning rates > 0, got {lr}")
+        for i, lr in enumerate(self.lr_grid):  # each becomes a variant's train.lr
+            if not (math.isfinite(lr) and lr > 0):
+                raise ConfigError(f"lr_grid[{i}]: expected a finite learning rate > 0, got {lr}")
         _unique("lr_grid", "learning rate", self.lr_grid, lambda lr: f"{lr:g}",
                 "rates are told apart by their variant name <method>-lr<rate>, 6 significant digits")
 
@@ -340,6 +365,9 @@ class TextData:
         default_factory=lambda: {"teacher_train": 0.2, "distill": 0.5, "validation": 0.1, "test": 0.2}
     )
     split_seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_seed("split_seed", self.split_seed)
 
 
 @dataclass

@@ -434,7 +434,7 @@ def test_lr_grid_expands_methods_into_variants():
     with pytest.raises(ConfigError, match="no method named 'kl'; have \\['ptloss-lr2e-05'"):
         config.method("kl")  # with a grid, only the variants are trained
     config.validate(3)
-    with pytest.raises(ConfigError, match="lr_grid: expected learning rates > 0, got 0.0"):
+    with pytest.raises(ConfigError, match=re.escape("lr_grid[0]: expected a finite learning rate > 0, got 0.0")):
         dataclasses.replace(config, lr_grid=[0.0]).validate(3)
 
 
@@ -617,3 +617,110 @@ def test_search_max_flips_is_a_fraction():
     assert load_config(SyntheticConfig, None, ["search.max_flips=1"]).search.max_flips == 1.0
     with pytest.raises(ConfigError, match=re.escape("search.max_flips: expected a fraction in [0, 1], got 1.5")):
         load_config(SyntheticConfig, None, ["search.max_flips=1.5"]).validate(3)
+
+
+# --------------------------------------------------------------------------- issue 11: bad values caught at config time
+
+SEED_RANGE = "expected an integer in [0, 4294967295]"
+CONFIG_TIME_ERRORS = [
+    pytest.param("search.seed=-5", f"search.seed: {SEED_RANGE}, got -5", id="search-seed"),
+    pytest.param("data.data_seed=-5", f"data.data_seed: {SEED_RANGE}, got -5", id="data-seed"),
+    pytest.param("data.split_seed=-5", f"data.split_seed: {SEED_RANGE}, got -5", id="split-seed"),
+    pytest.param("data.split_seed=4294967296", f"data.split_seed: {SEED_RANGE}, got 4294967296", id="split-seed-big"),
+    pytest.param("search.high=.inf", "search.high: expected a finite number, got inf", id="search-high-inf"),
+    pytest.param("search.low=-.inf", "search.low: expected a finite number, got -inf", id="search-low-inf"),
+    pytest.param("search.max_flips=.nan", "search.max_flips: expected a finite number, got nan", id="max-flips-nan"),
+    pytest.param("data.sigma=.nan", "data.sigma: expected a finite number, got nan", id="sigma-nan"),
+    pytest.param("student.train.lr=.inf", "student.train.lr: expected a finite number, got inf", id="lr-inf"),
+    pytest.param("lr_grid=[1e-3, .inf]", "lr_grid[1]: expected a finite number, got inf", id="lr-grid-inf"),
+    pytest.param("lr_grid=[1e-3, -1e-3]", "lr_grid[1]: expected a finite learning rate > 0, got -0.001",
+                 id="lr-grid-negative"),
+    pytest.param("methods=[{name: pt, loss: ptloss, params: {eps: [[0.1], [0.2]]}}]",
+                 "methods[0] (pt).params.eps: expected 3 rows (one per class) in shape (C, M), got (2, 1)",
+                 id="eps-rows"),
+    pytest.param("methods=[{name: pt, loss: ptloss, params: {eps: [0.1, 0.2]}}]",
+                 "methods[0] (pt): eps: expected shape (C, M), got (2,)", id="eps-1d"),
+]
+
+
+@pytest.mark.parametrize(("override", "message"), CONFIG_TIME_ERRORS)
+def test_cli_rejects_bad_values_at_config_time(override, message, workdir, capsys, monkeypatch):
+    import pipelines.local
+
+    def pipeline_started(*args, **kwargs):
+        raise AssertionError("run_local was called: the pipeline started")
+
+    monkeypatch.setattr(pipelines.local, "run_local", pipeline_started)
+    assert main(["run", "synthetic", "--quick", "--set", override]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err == f"ptdistill run: error: {message}\n"
+    assert list(workdir.iterdir()) == []
+
+
+@pytest.mark.parametrize("cls", [TabularConfig, TextConfig])
+def test_split_seed_of_own_data_is_checked_with_its_key(cls):
+    with pytest.raises(ConfigError, match=re.escape(f"data.split_seed: {SEED_RANGE}, got -1")):
+        load_config(cls, None, ["data.split_seed=-1"])
+
+
+def test_python_api_search_range_and_lr_grid_are_finite():
+    config = SyntheticConfig()
+    config.search.high = float("inf")
+    with pytest.raises(ConfigError, match=re.escape("search.low/high: expected finite numbers with low < high,"
+                                                    " got -1.0 and inf")):
+        config.validate(3)
+    with pytest.raises(ConfigError, match=re.escape("lr_grid[0]: expected a finite learning rate > 0, got inf")):
+        SyntheticConfig(lr_grid=[float("inf")]).validate(3)
+
+
+def test_ptloss_eps_of_the_right_shape_passes():
+    SyntheticConfig(methods=[MethodSpec("pt", "ptloss", {"eps": [[0.1, 0.0]] * 3})]).validate(3)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("seeds: [0, 1]\nsearch:\n  trials: 3\nseeds: [2]\n", "duplicate key 'seeds' at lines 1 and 4"),
+    ("student:\n  hidden: [4]\nstudent:\n  hidden: [8]\n", "duplicate key 'student' at lines 1 and 3"),
+    ("student:\n  train:\n    epochs: 3\n    lr: 0.1\n    epochs: 4\n", "duplicate key 'epochs' at lines 3 and 5"),
+    ("methods:\n  - {name: kl, loss: kl, name: kl2}\n", "duplicate key 'name' at lines 2 and 2"),
+])
+def test_duplicate_yaml_keys_are_rejected(tmp_path, text, message):
+    path = tmp_path / "dup.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(SyntheticConfig, path)
+    assert str(err.value) == f"--config {path}: not valid YAML ({message}; a key may appear once in a mapping)"
+
+
+def test_duplicate_keys_in_a_set_value_are_rejected():
+    with pytest.raises(ConfigError, match=re.escape("duplicate key 'x' at lines 1 and 1")):
+        parse_override("data.sizes={x: 1, x: 2}")
+
+
+def test_yaml_merge_keys_still_work():
+    assert parse_override("a={<<: {b: 1}, c: 2}") == (["a"], {"b": 1, "c": 2})
+
+
+def test_config_that_is_a_directory_or_not_utf8_names_the_file(tmp_path, workdir, capsys):
+    folder = tmp_path / "adir.yaml"
+    folder.mkdir()
+    utf16 = tmp_path / "u16.yaml"
+    utf16.write_bytes("seeds: [0]\n".encode("utf-16"))
+    latin1 = tmp_path / "l1.yaml"
+    latin1.write_bytes("seeds: [0]  # café\n".encode("latin-1"))
+    expected = {
+        folder: f"{folder}: is a directory; expected a file",
+        utf16: f"{utf16}: not UTF-8 text: byte 0xff at offset 0 is not valid UTF-8 (it starts with a UTF-16"
+               " byte-order mark); re-save the file as UTF-8",
+        latin1: f"{latin1}: not UTF-8 text: byte 0xe9 at offset 17 is not valid UTF-8; re-save the file as UTF-8",
+    }
+    for path, message in expected.items():
+        assert main(["run", "synthetic", "--quick", "--config", str(path)]) == 2
+        out, err = capsys.readouterr()
+        assert out == "" and err == f"ptdistill run: error: --config {message}\n"
+    assert list(workdir.iterdir()) == []
+
+
+def test_config_with_a_byte_order_mark_loads(tmp_path):
+    path = tmp_path / "bom.yaml"
+    path.write_bytes(b"\xef\xbb\xbfseeds: [3]\n")
+    assert load_config(SyntheticConfig, path).seeds == [3]
