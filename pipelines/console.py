@@ -155,6 +155,7 @@ class TaskConsole:
         self._lock = threading.Lock()
         self._pipeline_log: TextIO | None = None
         self._saved: tuple[TextIO, TextIO, Callable] | None = None
+        self._closed = False
 
     # ------------------------------------------------------------------ entering and leaving
 
@@ -174,6 +175,7 @@ class TaskConsole:
 
         assert self._saved is not None and self._pipeline_log is not None
         sys.stdout, sys.stderr, task_executor.execute_single_task = self._saved
+        self._closed = True
         self._pipeline_log.close()
         if isinstance(error, RuntimeError) and self.failed:
             logs = ", ".join(shown_path(path) for path in self.failed)
@@ -209,6 +211,8 @@ class TaskConsole:
         return file
 
     def _finished(self, task: _Task, outputs: dict[str, Any], status: str) -> None:
+        if self._closed:  # a task the runner ended after a signal: the run's one line says what happened
+            return
         ok = status == "SUCCESS"
         if not ok:
             with self._lock:

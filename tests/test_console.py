@@ -158,6 +158,29 @@ def test_failed_task_line_names_its_log_and_shows_its_tail(console_run):
     assert str(error) == f"Pipeline finished with status FAILURE. Log: {logs / 'evaluate-1.log'}"
 
 
+def test_a_task_ending_after_the_console_closed_prints_nothing(tmp_path, monkeypatch):
+    """After a signal the runner ends the tasks still running and the console is gone: their FAILED
+    lines and log tails would bury the run's one-line message, so they are not printed."""
+    clock, out = FakeClock(), io.StringIO()
+    monkeypatch.setattr(task_executor, "execute_single_task", _fake_task(clock, {"distill-student"}))
+    monkeypatch.setattr(sys, "stdout", io.StringIO())
+    started, release = threading.Event(), threading.Event()
+    with TaskConsole(tmp_path / "logs", out=out, clock=clock):
+        wrapped = task_executor.execute_single_task
+
+        def straggler():
+            started.set()
+            release.wait()
+            wrapped(task_name="distill-student", pipeline_resource_name="p/for-loop-2-iteration-0")
+
+        thread = threading.Thread(target=straggler)
+        thread.start()
+        started.wait()
+    release.set()
+    thread.join()
+    assert out.getvalue() == ""
+
+
 def test_verbose_streams_everything_and_still_writes_the_logs(console_run):
     text, logs, _ = console_run([["distill-student"]], verbose=True)
     assert EXECUTOR_JSON in text and "Running pipeline" in text and "step of report says hello" in text
