@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import json
 import shlex
+import shutil
 import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from ptdistill.steps.common import CHECKPOINTS
 from ptdistill.storage import SHORT_RETRY, open_store
@@ -88,11 +90,15 @@ def _by_hand(function: str, *args: str) -> str:
 
 
 def clean_up(benchmark: str, run_name: str, tracking_uri: str, artifact_store: str, reason: str,
-             seconds: float = CLEAN_UP_SECONDS) -> str:
+             seconds: float = CLEAN_UP_SECONDS, local_outputs: Path | None = None) -> str:
     """Mark the run's MLflow parent FAILED and delete its objects except checkpoints, at most
     ``seconds`` in all; never raises. Returns one line, starting ``clean-up:``, saying what was
     done and, for a backend that failed or did not answer in time, what is left and the command
-    that finishes it by hand (it repeats what this function tried)."""
+    that finishes it by hand (it repeats what this function tried). ``local_outputs``, kfp.local's
+    scratch folder of the run (its copies of splits, teacher and students), is removed too; the
+    task logs beside it are kept."""
+    if local_outputs is not None:
+        shutil.rmtree(local_outputs, ignore_errors=True)
     results = _by_deadline({
         "tracking": lambda: fail_parents(tracking_uri, benchmark, run_name, reason),
         "store": lambda: delete_run_objects(artifact_store, benchmark, run_name),

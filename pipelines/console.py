@@ -156,6 +156,8 @@ class TaskConsole:
         self._pipeline_log: TextIO | None = None
         self._saved: tuple[TextIO, TextIO, Callable] | None = None
         self._closed = False
+        #: kfp.local's output folder of this run (``<pipeline_root>/<pipeline>-<time>``), once a task started.
+        self.outputs_dir: Path | None = None
 
     # ------------------------------------------------------------------ entering and leaving
 
@@ -189,6 +191,7 @@ class TaskConsole:
         @functools.wraps(execute)
         def execute_single_task(*args, **kwargs):
             bound = signature.bind(*args, **kwargs).arguments
+            self.outputs_dir = Path(bound["pipeline_root"]) / bound["pipeline_resource_name"].split("/")[0]
             name = bound["task_name"] + "".join(f"-{i}" for i in _ITERATION.findall(bound["pipeline_resource_name"]))
             path = self.log_dir / f"{name}.log"
             task = _Task(name, path, self._open(path, name), last_progress=self._clock())

@@ -115,14 +115,16 @@ def _run_pipeline(config: ExperimentConfig, pipeline_root: Path, artifact_store:
     # kfp.local indents task logs by swapping builtins.print per task; with two ParallelFor tasks in
     # threads the swaps interleave and an indented print can outlive the run: put ours back after.
     original_print = builtins.print
+    console = TaskConsole(pipeline_root / "logs" / run_name, verbose=verbose)
     with _task_environment(), StopOnSignals() as signals:
         try:
-            with TaskConsole(pipeline_root / "logs" / run_name, verbose=verbose):
+            with console:
                 build_pipeline(config)(config_json=json.dumps(to_dict(config)), runs=config.runs(),
                                        run_name=run_name, tracking_uri=tracking_uri, artifact_store=artifact_store)
         except BaseException as err:
             signals.quiet()
-            err.add_note(clean_up(config.benchmark, run_name, tracking_uri, artifact_store, f"{type(err).__name__}: {err}"))
+            err.add_note(clean_up(config.benchmark, run_name, tracking_uri, artifact_store,
+                                  f"{type(err).__name__}: {err}", local_outputs=console.outputs_dir))
             raise
         finally:
             builtins.print = original_print

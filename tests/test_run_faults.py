@@ -115,6 +115,7 @@ def test_signal_during_distill_student_ends_tasks_and_cleans_up(tmp_path, sig):
     assert client.search_runs([parent.info.experiment_id], "attributes.status = 'RUNNING'") == []
     store = open_store(str(root))
     assert store.list(f"{BENCHMARK}/") == []
+    assert list(root.glob("ptdistill-*")) == []  # kfp.local's scratch copies of the run
     assert store.list("cache/teacher/"), "the teacher cache was deleted"
     assert sorted(p.name for p in cwd.iterdir()) == []
 
@@ -214,8 +215,12 @@ def test_failed_run_clean_up_keeps_only_checkpoints_and_others(tmp_path):
     parent = _start_parent(tracking_uri, "r1")
     store = tmp_path / "store"
     checkpoints, others = _fill(str(store), "r1")
-    line = clean_up(BENCHMARK, "r1", tracking_uri, str(store), "failed")
+    scratch = tmp_path / "runs" / "ptdistill-synthetic-2026-11-29-23-40-00-000001"
+    (scratch / "train-teacher").mkdir(parents=True)
+    (scratch / "train-teacher" / "teacher").write_text("x")
+    line = clean_up(BENCHMARK, "r1", tracking_uri, str(store), "failed", local_outputs=scratch)
     assert set(LocalStore(store).list()) == checkpoints | others
+    assert list((tmp_path / "runs").iterdir()) == []  # kfp.local's copies of the failed run are gone too
     assert Tracker(tracking_uri).client.get_run(parent).info.status == "FAILED"
     assert line == (f"clean-up: MLflow parent marked FAILED; 3 run objects deleted from {store}/{BENCHMARK}/r1/; "
                     "3 checkpoint objects kept: a re-run with `--run-name r1` resumes")
