@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from ptdistill.checks import normalize_probs, row_sum_tolerance
+from ptdistill.checks import normalize_probs, user_tolerance
 
 log = logging.getLogger(__name__)
 
@@ -213,10 +213,10 @@ def load_teacher_probs(
     else a list-valued ``probs`` column (as ptdistill writes teacher outputs), else every
     numeric column other than the labels column and ``id``/``label``/``labels``.
 
-    Rows may sum to 1 only as closely as the file's precision allows: float16 / bfloat16 arrays
-    and columns, or CSV values rounded to a few decimals (see
-    :func:`ptdistill.checks.row_sum_tolerance`); such rows are renormalised in float64, and the
-    largest deviation is logged once. Rows further off, or negative values, are a ValueError.
+    Rows may sum to 1 as closely as a bfloat16 softmax does, whatever the stored dtype, or as CSV
+    values rounded to 2 or more decimals allow (see :func:`ptdistill.checks.user_tolerance`);
+    such rows are renormalised in float64, with one warning giving the largest deviation. Rows
+    further off, all-zero rows, values above 1 or negative values are a ValueError naming the row.
     """
     path = Path(path)
     data = _read(path)
@@ -231,7 +231,7 @@ def load_teacher_probs(
         if data.dtype not in (np.float16, np.float32, np.float64):  # torch has no long double
             data = data.astype(np.float64)
         probs = torch.from_numpy(data)
-        return normalize_probs(name, probs, tolerance=row_sum_tolerance(probs.shape[-1], dtype=probs.dtype)), None
+        return normalize_probs(name, probs), None
     labels = None
     if labels_column is not None:
         if labels_column not in data.columns:
@@ -244,12 +244,10 @@ def load_teacher_probs(
         columns = prob_columns
     elif "probs" in data.columns and not pd.api.types.is_numeric_dtype(data["probs"]):
         try:
-            rows = [np.asarray(v) for v in data["probs"]]
-            probs = torch.from_numpy(np.stack(rows).astype(np.float64))
+            probs = torch.from_numpy(np.stack([np.asarray(v) for v in data["probs"]]).astype(np.float64))
         except (TypeError, ValueError) as err:
             raise ValueError(f"{path}: column 'probs' must hold equal-length lists of numbers ({err})") from None
-        dtype = torch.from_numpy(np.zeros(0, rows[0].dtype)).dtype if rows[0].dtype.kind == "f" else torch.float64
-        return normalize_probs(name, probs, tolerance=row_sum_tolerance(probs.shape[-1], dtype=dtype)), labels
+        return normalize_probs(name, probs), labels
     else:
         columns = [c for c in data.columns if c != labels_column and str(c).lower() not in NON_PROB_COLUMNS]
     for column in columns:
@@ -257,17 +255,8 @@ def load_teacher_probs(
     if len(columns) < 2:
         raise ValueError(f"{path}: expected at least 2 probability columns, found {columns}")
     probs = torch.tensor(data[columns].to_numpy(dtype=np.float64))
-    if path.suffix.lower() == ".csv":
-        tolerance = row_sum_tolerance(len(columns), decimals=_decimals(path, columns))
-    else:
-        tolerance = max(row_sum_tolerance(len(columns), dtype=_torch_dtype(data[c].dtype)) for c in columns)
-    return normalize_probs(name, probs, tolerance=tolerance), labels
-
-
-def _torch_dtype(dtype: np.dtype) -> torch.dtype:
-    """The torch dtype of a numpy float dtype (float64 for anything else: integers are exact)."""
-    return {np.dtype(np.float16): torch.float16, np.dtype(np.float32): torch.float32}.get(np.dtype(dtype),
-                                                                                          torch.float64)
+    decimals = _decimals(path, columns) if path.suffix.lower() == ".csv" else None
+    return normalize_probs(name, probs, tolerance=user_tolerance(len(columns), decimals=decimals)), labels
 
 
 def _decimals(path: Path, columns: list[str]) -> int:
