@@ -144,14 +144,34 @@ def _read_jsonl(path: Path) -> pd.DataFrame:
         records.append(record)
     if not records:
         raise ValueError(f"{path}: has no JSON objects; expected one object per line")
-    return pd.DataFrame.from_records(records)
+    frame = pd.DataFrame.from_records(records)
+    _check_unique_columns(path, [str(name) for name in frame.columns])
+    return frame
 
 
 def _check_unique_columns(path: Path, names: Sequence[str]) -> None:
-    """Empty CSV header cells are left alone: pandas names them ``Unnamed: i``, which stay distinct."""
-    duplicated = [name for name, count in Counter(n for n in names if n != "").items() if count > 1]
+    """Raise ValueError for column names that pandas would keep apart but a reader would not.
+
+    Names equal after ``strip()`` and ``casefold()`` (``a,a``, ``a, a``, ``a,A``) are rejected,
+    naming them as written: with ``y,Y`` or ``y,y `` and label ``y`` the other one is a copy of
+    the label that the model would train on. An empty CSV header cell (pandas' ``Unnamed: i``,
+    usually the index that ``DataFrame.to_csv()`` writes without ``index=False``) is rejected too,
+    since it would be trained on as a feature.
+    """
+    for position, name in enumerate(names):
+        if name.strip() == "":
+            raise ValueError(f"{path}: column {position + 1} has an empty header (pandas names it 'Unnamed:"
+                             f" {position}'); this is usually the index written by DataFrame.to_csv() - write the"
+                             " file with index=False, or give the column a name")
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        groups.setdefault(name.strip().casefold(), []).append(name)
+    duplicated = [group for group in groups.values() if len(group) > 1]
     if duplicated:
-        raise ValueError(f"{path}: duplicate column name(s) {duplicated}; expected each column name once")
+        raise ValueError(f"{path}: duplicate column name(s) {', '.join(map(repr, duplicated[0]))}"
+                         + "".join(f"; {', '.join(map(repr, g))}" for g in duplicated[1:])
+                         + "; expected each column name once (names differing only in case or surrounding spaces"
+                         " count as the same)")
 
 
 def _read(path: str | Path) -> np.ndarray | pd.DataFrame:

@@ -66,9 +66,35 @@ def test_duplicate_column_names_are_rejected(tmp_path, reader, suffix):
     else:
         rows = _table(columns)
         path.write_text("".join('{"a": 1, "a": 2, "t": "%s", "y": %d}\n' % (row[2], row[3]) for row in rows))
-    with pytest.raises(ValueError, match=r"duplicate (column name|key)\(s\) \['a'\]") as info:
+    with pytest.raises(ValueError, match=r"duplicate (column name\(s\) 'a', 'a'|key\(s\) \['a'\])") as info:
         READERS[reader](path)
     assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("reader", READERS)
+@pytest.mark.parametrize("header", ["a, a", "a,a ", "a,A", "y,y ", "y,Y"])
+def test_column_names_equal_but_for_spaces_or_case_are_rejected(tmp_path, reader, header):
+    first, second = header.split(",")
+    columns = [first, second, "t", "y"] if first != "y" else ["t", first, second]
+    path = tmp_path / "near.csv"
+    rows = [["1", "2", "x", "0"], ["3", "4", "z", "1"]] if first != "y" else [["x", "0", "0"], ["z", "1", "1"]]
+    path.write_text("\n".join([",".join(columns)] + [",".join(row) for row in rows]) + "\n")
+    with pytest.raises(ValueError) as info:
+        READERS[reader](path)
+    assert str(info.value) == (f"{path}: duplicate column name(s) {first!r}, {second!r}; expected each column name once"
+                               " (names differing only in case or surrounding spaces count as the same)")
+
+
+@pytest.mark.parametrize("reader", READERS)
+def test_an_unnamed_index_column_from_to_csv_is_rejected(tmp_path, reader):
+    path = tmp_path / "indexed.csv"
+    pd.DataFrame({"a": [0.5, 0.25], "t": ["x", "z"], "y": [0, 1]}).to_csv(path)  # no index=False
+    assert pd.read_csv(path).columns[0] == "Unnamed: 0"
+    with pytest.raises(ValueError) as info:
+        READERS[reader](path)
+    assert str(info.value) == (f"{path}: column 1 has an empty header (pandas names it 'Unnamed: 0'); this is"
+                               " usually the index written by DataFrame.to_csv() - write the file with index=False,"
+                               " or give the column a name")
 
 
 @pytest.mark.parametrize(("reader", "suffix"), [(r, s) for r in (*READERS, "split") for s in (".csv", ".parquet")]
