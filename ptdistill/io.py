@@ -63,7 +63,9 @@ def read_text(path: str | Path) -> str:
     """The text of a UTF-8 file, without a leading byte-order mark (as Excel writes it).
 
     Any other encoding is a ValueError naming the file and the offset of the first byte that is
-    not UTF-8, so that a latin-1 or UTF-16 export fails at once instead of as garbled columns.
+    not UTF-8, so that a latin-1 or UTF-16 export fails at once instead of as garbled columns. A
+    NUL byte, though valid UTF-8, is rejected the same way: it is how UTF-16 without a byte-order
+    mark (or a binary file) shows.
     """
     path = Path(path)
     try:
@@ -72,12 +74,18 @@ def read_text(path: str | Path) -> str:
         raise ValueError(f"{path}: cannot be read ({err.strerror or err})") from None
     start = len(UTF8_BOM) if data.startswith(UTF8_BOM) else 0
     try:
-        return data[start:].decode("utf-8")
+        text = data[start:].decode("utf-8")
     except UnicodeDecodeError as err:
         offset = start + err.start
         utf16 = " (it starts with a UTF-16 byte-order mark)" if data[:2] in _UTF16_BOMS else ""
         raise ValueError(f"{path}: not UTF-8 text: byte 0x{data[offset]:02x} at offset {offset} is not valid"
                          f" UTF-8{utf16}; re-save the file as UTF-8") from None
+    nul = data.find(b"\x00", start)
+    if nul >= 0:  # valid UTF-8, but no text file has it: UTF-16 without a byte-order mark has one every other byte
+        head = data[:1000]
+        kind = "it looks like UTF-16" if head.count(0) >= len(head) // 4 else "is it a binary file?"
+        raise ValueError(f"{path}: not UTF-8 text: a NUL byte at offset {nul} ({kind}); re-save the file as UTF-8")
+    return text
 
 
 def read_table(path: str | Path, suffixes: Sequence[str], csv_options: dict | None = None) -> pd.DataFrame:

@@ -151,6 +151,28 @@ def test_other_encodings_are_rejected_with_the_byte_offset(tmp_path):
         load_text_file(utf16, ["text"])
 
 
+@pytest.mark.parametrize(("encoding", "offset"), [("utf-16-le", 1), ("utf-16-be", 0)])
+@pytest.mark.parametrize("reader", READERS)
+def test_utf16_without_a_byte_order_mark_is_rejected(tmp_path, reader, encoding, offset):
+    """UTF-16 without a BOM decodes as "valid" UTF-8 with a NUL every other byte (columns 'a\\x00', ...)."""
+    path = tmp_path / "wide.csv"
+    path.write_bytes("".join(f"{row}\n" for row in ["a,t,y", *(f"{i / 10},x{i},{i % 2}" for i in range(N))])
+                     .encode(encoding))
+    assert not path.read_bytes().startswith((b"\xff\xfe", b"\xfe\xff"))
+    with pytest.raises(ValueError) as info:
+        READERS[reader](path)
+    assert str(info.value) == (f"{path}: not UTF-8 text: a NUL byte at offset {offset} (it looks like UTF-16);"
+                               " re-save the file as UTF-8")
+
+
+def test_a_nul_byte_in_a_utf8_file_is_rejected(tmp_path):
+    path = tmp_path / "nul.csv"
+    path.write_bytes(b"a,y\n0.5,0\n0.\x005,1\n" + b"0.25,1\n" * 100)
+    with pytest.raises(ValueError) as info:
+        read_text(path)
+    assert str(info.value) == f"{path}: not UTF-8 text: a NUL byte at offset 12 (is it a binary file?); re-save the file as UTF-8"
+
+
 # --------------------------------------------------------------------------- probabilities in reduced precision
 
 
