@@ -72,7 +72,8 @@ def check_probs(name: str, probs: torch.Tensor, *, ndim: int | None = 2, toleran
 
     Rows must sum to 1 within ``tolerance`` (default: :func:`row_sum_tolerance` of the tensor's
     dtype: 1e-4 for float32 / float64, wider for float16 / bfloat16). The "did you pass logits?"
-    hint is given for negative values, values above 1 and rows more than 0.5 from 1.
+    hint is given for negative values, values above 1 and rows more than 0.5 from 1 (not for an
+    all-zero row, which no softmax gives).
     """
     if not isinstance(probs, torch.Tensor):
         raise ValueError(f"{name}: expected a torch.Tensor, got {type(probs).__name__}")
@@ -100,7 +101,7 @@ def check_probs(name: str, probs: torch.Tensor, *, ndim: int | None = 2, toleran
     off = (sums - 1).abs() > tolerance
     if off.any():
         row = int(off.nonzero()[0])
-        far = bool((p > 1).any()) or float((sums - 1).abs().max()) > _FAR_FROM_ONE
+        far = (bool((p > 1).any()) or float((sums - 1).abs().max()) > _FAR_FROM_ONE) and float(sums[row]) != 0
         raise ValueError(
             f"{name}: rows must sum to 1 (within {tolerance:.2g}), row {row} sums to {float(sums[row]):.6g}"
             + (_LOGITS_HINT if far else "")

@@ -274,16 +274,16 @@ def test_bf16_softmax_saved_as_float32_is_accepted(tmp_path, source, caplog):
 
 
 @pytest.mark.parametrize(("rows", "message"), [
-    ("2,0,0\n", "rows must sum to 1 (within 0.0078), row 0 sums to 2 - did you pass logits?"),
-    ("0.5,0.5,0\n1,1,0\n", "rows must sum to 1 (within 0.0078), row 1 sums to 2 - did you pass logits?"),
-    ("0.5,0.5,0\n0,0,0\n", "rows must sum to 1 (within 0.0078), row 1 sums to 0 - did you pass logits?"),
+    ("2,0,0\n", "rows must sum to 1 (within 0.0078), row 0 sums to 2 - did you pass logits? apply softmax first"),
+    ("0.5,0.5,0\n1,1,0\n", "rows must sum to 1 (within 0.0078), row 1 sums to 2 - did you pass logits? apply softmax first"),
+    ("0.5,0.5,0\n0,0,0\n", "rows must sum to 1 (within 0.0078), row 1 sums to 0"),
 ])
 def test_integer_csv_rows_are_exact_not_rounded(tmp_path, rows, message):
     path = tmp_path / "probs.csv"
     path.write_text("p0,p1,p2\n" + rows)
     with pytest.raises(ValueError) as caught:
         load_teacher_probs(path)
-    assert str(caught.value).startswith(f"{path}: {message}")
+    assert str(caught.value) == f"{path}: {message}"
     with pytest.raises(ValueError, match="rows must sum to 1"):  # float32 keeps the strict check
         check_probs("p", torch.tensor([[0.5, 0.5005]], dtype=torch.float32))
 
