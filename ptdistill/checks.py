@@ -14,6 +14,9 @@ log = logging.getLogger(__name__)
 
 #: How far a float32 / float64 probability row may sum from 1 before it is rejected.
 ROW_SUM_TOL = 1e-4
+#: The most a row of probabilities rounded to a few decimals in a text file may sum from 1; wider
+#: would let integer rows such as ``1,1,0`` through as "rounded" probabilities.
+MAX_TEXT_TOL = 0.05
 #: Rows further than this from 1 (or with a value above 1) look like scores, not probabilities.
 _FAR_FROM_ONE = 0.5
 _LOGITS_HINT = " - did you pass logits? apply softmax first"
@@ -32,7 +35,10 @@ def row_sum_tolerance(num_classes: int, *, dtype: torch.dtype | None = None, dec
     ``decimals`` (values written as text with that many digits after the point): each value is
     off by at most half a unit in the last place, so
 
-        tol = C * 0.5 * 10**-decimals        (3 decimals, 3 classes: 1.5e-3; 100 classes: 0.05)
+        tol = min(C * 0.5 * 10**-decimals, MAX_TEXT_TOL)   (3 decimals, 3 classes: 1.5e-3)
+
+    Values written with fewer than 2 decimals (``1,0,0``) are taken as exact: half a unit of the
+    first decimal per class would let rows such as ``1,1,0`` through as rounding.
 
     Never below ``ROW_SUM_TOL``, so float32 and float64 rows keep the strict check.
     """
@@ -40,8 +46,24 @@ def row_sum_tolerance(num_classes: int, *, dtype: torch.dtype | None = None, dec
     if dtype is not None and dtype.is_floating_point:
         info = torch.finfo(dtype)
         tolerance = max(tolerance, info.eps + num_classes * info.smallest_normal * info.eps / 2)
+    if decimals is not None and decimals >= 2:
+        tolerance = max(tolerance, min(num_classes * 0.5 * 10.0 ** -decimals, MAX_TEXT_TOL))
+    return tolerance
+
+
+def user_tolerance(num_classes: int, *, decimals: int | None = None) -> float:
+    """The row-sum tolerance for teacher probabilities a user hands in (``search()``, the CLI's files).
+
+    The rule: whatever the dtype, rows may sum from 1 by as much as a bfloat16 softmax does
+    (7.8e-3, :func:`row_sum_tolerance` of ``torch.bfloat16``), since fp16 / bf16 outputs usually
+    arrive as float32 (``.float().numpy()``), float64 lists or CSV text and the dtype no longer
+    says where they came from; wider still for CSV values rounded to ``decimals`` (capped at
+    ``MAX_TEXT_TOL``). That is far too tight for logits or scores to pass (they are also caught by
+    negative values and values above 1). The losses keep the strict check of :func:`check_probs`.
+    """
+    tolerance = row_sum_tolerance(num_classes, dtype=torch.bfloat16)
     if decimals is not None:
-        tolerance = max(tolerance, num_classes * 0.5 * 10.0 ** -max(decimals, 0))
+        tolerance = max(tolerance, row_sum_tolerance(num_classes, decimals=decimals))
     return tolerance
 
 
@@ -50,7 +72,8 @@ def check_probs(name: str, probs: torch.Tensor, *, ndim: int | None = 2, toleran
 
     Rows must sum to 1 within ``tolerance`` (default: :func:`row_sum_tolerance` of the tensor's
     dtype: 1e-4 for float32 / float64, wider for float16 / bfloat16). The "did you pass logits?"
-    hint is given for negative values, values above 1 and rows more than 0.5 from 1.
+    hint is given for negative values, values above 1 and rows more than 0.5 from 1 (not for an
+    all-zero row, which no softmax gives).
     """
     if not isinstance(probs, torch.Tensor):
         raise ValueError(f"{name}: expected a torch.Tensor, got {type(probs).__name__}")
@@ -78,26 +101,31 @@ def check_probs(name: str, probs: torch.Tensor, *, ndim: int | None = 2, toleran
     off = (sums - 1).abs() > tolerance
     if off.any():
         row = int(off.nonzero()[0])
-        far = bool((p > 1).any()) or float((sums - 1).abs().max()) > _FAR_FROM_ONE
+        far = (bool((p > 1).any()) or float((sums - 1).abs().max()) > _FAR_FROM_ONE) and float(sums[row]) != 0
         raise ValueError(
             f"{name}: rows must sum to 1 (within {tolerance:.2g}), row {row} sums to {float(sums[row]):.6g}"
             + (_LOGITS_HINT if far else "")
         )
 
 
-def normalize_probs(name: str, probs: torch.Tensor, *, tolerance: float) -> torch.Tensor:
-    """``probs`` checked with :func:`check_probs` at ``tolerance``, as float64 rows divided by their sums.
+def normalize_probs(name: str, probs: torch.Tensor, *, tolerance: float | None = None) -> torch.Tensor:
+    """User-supplied teacher probabilities (N, C) as float64 rows divided by their sums.
 
-    For inputs stored in reduced precision (see :func:`row_sum_tolerance`); the largest deviation
-    from 1 is logged once when it is above float64 round-off.
+    ``tolerance`` defaults to :func:`user_tolerance` (rows within a bfloat16 softmax's 7.8e-3 of
+    1, whatever the dtype). Raises ValueError naming the row for everything :func:`check_probs`
+    rejects at ``tolerance``, before dividing: as every tolerance stays below 0.05, an all-zero row
+    or a value above 1 is such a row, never a NaN. When a row was off by more than ``ROW_SUM_TOL``
+    (the strict float32 check), one warning on the ``ptdistill.checks`` logger gives the largest deviation.
     """
+    if tolerance is None and isinstance(probs, torch.Tensor) and probs.ndim >= 1:
+        tolerance = user_tolerance(probs.shape[-1])
     check_probs(name, probs, tolerance=tolerance)
     p = probs.detach().to(torch.float64)
     sums = p.sum(-1, keepdim=True)
     deviation = float((sums - 1).abs().max())
-    if deviation > 1e-12:
-        log.info("%s: rows renormalised to sum to 1 in float64 (largest deviation %.3g, within the %.2g that the"
-                 " input's precision allows)", name, deviation, tolerance)
+    if deviation > ROW_SUM_TOL:
+        log.warning("%s: rows renormalised to sum to 1 in float64 (largest deviation %.3g, within the %.2g allowed"
+                    " for reduced-precision or rounded input)", name, deviation, tolerance)
     return p / sums
 
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import math
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -27,6 +30,29 @@ def _synthetic_size(text: str) -> tuple[int, int]:
     return n, c
 
 
+def _finite(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def _check_out(out: Path) -> None:
+    """Raise ValueError unless the result JSON and its plot (``out`` with ``.png``) can be written,
+    so that a bad ``--out`` fails before the search runs and leaves nothing behind."""
+    for path in (out, out.with_suffix(".png")):
+        if path.is_dir():
+            raise ValueError(f"--out {path}: is a directory; expected a file path such as {path / 'search.json'}")
+    parent = out.parent.absolute()
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {out}: cannot be written ({parent} is not a writable directory)")
+
+
 def _add_search(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "search",
@@ -44,8 +70,8 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prob-columns", help="comma-separated probability columns of a CSV/parquet teacher file")
     p.add_argument("--max-order", type=int, default=5)
     p.add_argument("--trials", type=int, default=100)
-    p.add_argument("--low", type=float, default=-1.0)
-    p.add_argument("--high", type=float, default=10.0)
+    p.add_argument("--low", type=_finite, default=-1.0, help="lowest coefficient drawn (finite, below --high)")
+    p.add_argument("--high", type=_finite, default=10.0, help="highest coefficient drawn (finite)")
     p.add_argument("--strategy", choices=sorted(STRATEGIES), default="random")
     p.add_argument("--criterion", choices=sorted(CRITERIA), default="q")
     p.add_argument("--seed", type=int, default=0)
@@ -57,6 +83,23 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_search(args: argparse.Namespace) -> int:
+    """Run the search; the input checks' notes (such as rows renormalised) go to stderr as one line each."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("ptdistill search: note: %(message)s"))
+    checks_log = logging.getLogger("ptdistill.checks")
+    checks_log.addHandler(handler)
+    propagate, checks_log.propagate = checks_log.propagate, False
+    try:
+        return _search(args)
+    finally:
+        checks_log.removeHandler(handler)
+        checks_log.propagate = propagate
+
+
+def _search(args: argparse.Namespace) -> int:
+    if not args.low < args.high:
+        raise ValueError(f"--low/--high: expected --low below --high, got {args.low} and {args.high}")
+    _check_out(args.out)
     if args.synthetic:
         teacher, labels = noisy_teacher(*args.synthetic, seed=args.seed)
     else:

@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from ptdistill.checks import normalize_probs, row_sum_tolerance
+from ptdistill.checks import normalize_probs, user_tolerance
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,9 @@ def read_text(path: str | Path) -> str:
     """The text of a UTF-8 file, without a leading byte-order mark (as Excel writes it).
 
     Any other encoding is a ValueError naming the file and the offset of the first byte that is
-    not UTF-8, so that a latin-1 or UTF-16 export fails at once instead of as garbled columns.
+    not UTF-8, so that a latin-1 or UTF-16 export fails at once instead of as garbled columns. A
+    NUL byte, though valid UTF-8, is rejected the same way: it is how UTF-16 without a byte-order
+    mark (or a binary file) shows.
     """
     path = Path(path)
     try:
@@ -72,12 +74,18 @@ def read_text(path: str | Path) -> str:
         raise ValueError(f"{path}: cannot be read ({err.strerror or err})") from None
     start = len(UTF8_BOM) if data.startswith(UTF8_BOM) else 0
     try:
-        return data[start:].decode("utf-8")
+        text = data[start:].decode("utf-8")
     except UnicodeDecodeError as err:
         offset = start + err.start
         utf16 = " (it starts with a UTF-16 byte-order mark)" if data[:2] in _UTF16_BOMS else ""
         raise ValueError(f"{path}: not UTF-8 text: byte 0x{data[offset]:02x} at offset {offset} is not valid"
                          f" UTF-8{utf16}; re-save the file as UTF-8") from None
+    nul = data.find(b"\x00", start)
+    if nul >= 0:  # valid UTF-8, but no text file has it: UTF-16 without a byte-order mark has one every other byte
+        head = data[:1000]
+        kind = "it looks like UTF-16" if head.count(0) >= len(head) // 4 else "is it a binary file?"
+        raise ValueError(f"{path}: not UTF-8 text: a NUL byte at offset {nul} ({kind}); re-save the file as UTF-8")
+    return text
 
 
 def read_table(path: str | Path, suffixes: Sequence[str], csv_options: dict | None = None) -> pd.DataFrame:
@@ -144,14 +152,34 @@ def _read_jsonl(path: Path) -> pd.DataFrame:
         records.append(record)
     if not records:
         raise ValueError(f"{path}: has no JSON objects; expected one object per line")
-    return pd.DataFrame.from_records(records)
+    frame = pd.DataFrame.from_records(records)
+    _check_unique_columns(path, [str(name) for name in frame.columns])
+    return frame
 
 
 def _check_unique_columns(path: Path, names: Sequence[str]) -> None:
-    """Empty CSV header cells are left alone: pandas names them ``Unnamed: i``, which stay distinct."""
-    duplicated = [name for name, count in Counter(n for n in names if n != "").items() if count > 1]
+    """Raise ValueError for column names that pandas would keep apart but a reader would not.
+
+    Names equal after ``strip()`` and ``casefold()`` (``a,a``, ``a, a``, ``a,A``) are rejected,
+    naming them as written: with ``y,Y`` or ``y,y `` and label ``y`` the other one is a copy of
+    the label that the model would train on. An empty CSV header cell (pandas' ``Unnamed: i``,
+    usually the index that ``DataFrame.to_csv()`` writes without ``index=False``) is rejected too,
+    since it would be trained on as a feature.
+    """
+    for position, name in enumerate(names):
+        if name.strip() == "":
+            raise ValueError(f"{path}: column {position + 1} has an empty header (pandas names it 'Unnamed:"
+                             f" {position}'); this is usually the index written by DataFrame.to_csv() - write the"
+                             " file with index=False, or give the column a name")
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        groups.setdefault(name.strip().casefold(), []).append(name)
+    duplicated = [group for group in groups.values() if len(group) > 1]
     if duplicated:
-        raise ValueError(f"{path}: duplicate column name(s) {duplicated}; expected each column name once")
+        raise ValueError(f"{path}: duplicate column name(s) {', '.join(map(repr, duplicated[0]))}"
+                         + "".join(f"; {', '.join(map(repr, g))}" for g in duplicated[1:])
+                         + "; expected each column name once (names differing only in case or surrounding spaces"
+                         " count as the same)")
 
 
 def _read(path: str | Path) -> np.ndarray | pd.DataFrame:
@@ -213,10 +241,10 @@ def load_teacher_probs(
     else a list-valued ``probs`` column (as ptdistill writes teacher outputs), else every
     numeric column other than the labels column and ``id``/``label``/``labels``.
 
-    Rows may sum to 1 only as closely as the file's precision allows: float16 / bfloat16 arrays
-    and columns, or CSV values rounded to a few decimals (see
-    :func:`ptdistill.checks.row_sum_tolerance`); such rows are renormalised in float64, and the
-    largest deviation is logged once. Rows further off, or negative values, are a ValueError.
+    Rows may sum to 1 as closely as a bfloat16 softmax does, whatever the stored dtype, or as CSV
+    values rounded to 2 or more decimals allow (see :func:`ptdistill.checks.user_tolerance`);
+    such rows are renormalised in float64, with one warning giving the largest deviation. Rows
+    further off, all-zero rows, values above 1 or negative values are a ValueError naming the row.
     """
     path = Path(path)
     data = _read(path)
@@ -231,7 +259,7 @@ def load_teacher_probs(
         if data.dtype not in (np.float16, np.float32, np.float64):  # torch has no long double
             data = data.astype(np.float64)
         probs = torch.from_numpy(data)
-        return normalize_probs(name, probs, tolerance=row_sum_tolerance(probs.shape[-1], dtype=probs.dtype)), None
+        return normalize_probs(name, probs), None
     labels = None
     if labels_column is not None:
         if labels_column not in data.columns:
@@ -244,12 +272,10 @@ def load_teacher_probs(
         columns = prob_columns
     elif "probs" in data.columns and not pd.api.types.is_numeric_dtype(data["probs"]):
         try:
-            rows = [np.asarray(v) for v in data["probs"]]
-            probs = torch.from_numpy(np.stack(rows).astype(np.float64))
+            probs = torch.from_numpy(np.stack([np.asarray(v) for v in data["probs"]]).astype(np.float64))
         except (TypeError, ValueError) as err:
             raise ValueError(f"{path}: column 'probs' must hold equal-length lists of numbers ({err})") from None
-        dtype = torch.from_numpy(np.zeros(0, rows[0].dtype)).dtype if rows[0].dtype.kind == "f" else torch.float64
-        return normalize_probs(name, probs, tolerance=row_sum_tolerance(probs.shape[-1], dtype=dtype)), labels
+        return normalize_probs(name, probs), labels
     else:
         columns = [c for c in data.columns if c != labels_column and str(c).lower() not in NON_PROB_COLUMNS]
     for column in columns:
@@ -257,17 +283,8 @@ def load_teacher_probs(
     if len(columns) < 2:
         raise ValueError(f"{path}: expected at least 2 probability columns, found {columns}")
     probs = torch.tensor(data[columns].to_numpy(dtype=np.float64))
-    if path.suffix.lower() == ".csv":
-        tolerance = row_sum_tolerance(len(columns), decimals=_decimals(path, columns))
-    else:
-        tolerance = max(row_sum_tolerance(len(columns), dtype=_torch_dtype(data[c].dtype)) for c in columns)
-    return normalize_probs(name, probs, tolerance=tolerance), labels
-
-
-def _torch_dtype(dtype: np.dtype) -> torch.dtype:
-    """The torch dtype of a numpy float dtype (float64 for anything else: integers are exact)."""
-    return {np.dtype(np.float16): torch.float16, np.dtype(np.float32): torch.float32}.get(np.dtype(dtype),
-                                                                                          torch.float64)
+    decimals = _decimals(path, columns) if path.suffix.lower() == ".csv" else None
+    return normalize_probs(name, probs, tolerance=user_tolerance(len(columns), decimals=decimals)), labels
 
 
 def _decimals(path: Path, columns: list[str]) -> int:

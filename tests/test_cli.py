@@ -299,3 +299,53 @@ def test_bad_synthetic_size_is_a_usage_error(tmp_path, capsys):
     assert exc.value.code == 2
     assert "NxC" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_renormalised_half_precision_is_noted_once_on_stderr(tmp_path, teacher, capsys):
+    probs, labels = teacher
+    half = torch.softmax(torch.randn(N, C, generator=torch.Generator().manual_seed(0)) * 4, -1).half().numpy()
+    assert np.abs(half.astype(np.float64).sum(1) - 1).max() > 1e-4
+    np.save(tmp_path / "probs.npy", half)
+    np.save(tmp_path / "labels.npy", labels)
+    out = tmp_path / "result.json"
+    assert main(_search_args(out, "--teacher-probs", str(tmp_path / "probs.npy"), "--labels",
+                             str(tmp_path / "labels.npy"))) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if "renormalised" in line]
+    assert len(notes) == 1
+    assert notes[0].startswith(f"ptdistill search: note: {tmp_path / 'probs.npy'}: rows renormalised to sum to 1 in"
+                               " float64 (largest deviation")
+    _check_result(out)
+
+
+def test_out_that_is_a_directory_fails_before_the_search(tmp_path, capsys):
+    out = tmp_path / "results"
+    out.mkdir()
+    assert main(_search_args(out, "--synthetic", "40x3")) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"ptdistill search: error: --out {out}: is a directory; expected a file path such as"
+                   f" {out / 'search.json'}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results"] and not list(out.iterdir())
+
+
+def test_out_under_a_file_fails_before_the_search(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("x")
+    out = tmp_path / "notes.txt" / "sub" / "result.json"
+    assert main(_search_args(out, "--synthetic", "40x3")) == 2
+    assert capsys.readouterr().err.strip() == (f"ptdistill search: error: --out {out}: cannot be written"
+                                               f" ({tmp_path / 'notes.txt'} is not a writable directory)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+@pytest.mark.parametrize(("bound", "value"), [("--high", "inf"), ("--low", "-inf"), ("--high", "nan")])
+def test_non_finite_bounds_are_usage_errors(tmp_path, capsys, bound, value):
+    with pytest.raises(SystemExit) as exc:
+        main(_search_args(tmp_path / "r.json", "--synthetic", "40x3", f"{bound}={value}"))
+    assert exc.value.code == 2
+    assert f"argument {bound}: expected a finite number, got {value!r}" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+def test_low_not_below_high_fails_before_the_search(tmp_path, capsys):
+    out = tmp_path / "r.json"
+    _expect_error(capsys, out, _search_args(out, "--synthetic", "40x3", "--low", "5", "--high", "1"),
+                  "--low/--high: expected --low below --high, got 5.0 and 1.0")

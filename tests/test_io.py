@@ -10,10 +10,11 @@ import stat
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 
-from ptdistill.checks import ROW_SUM_TOL, check_probs, normalize_probs, row_sum_tolerance
+from ptdistill.checks import MAX_TEXT_TOL, ROW_SUM_TOL, check_probs, normalize_probs, row_sum_tolerance, user_tolerance
 from ptdistill.datasets import FeatureSplit
 from ptdistill.io import load_labels, load_teacher_probs, read_text, write_json_atomic, write_parquet_atomic
 from ptdistill.models import MLP, MLPConfig
@@ -65,9 +66,35 @@ def test_duplicate_column_names_are_rejected(tmp_path, reader, suffix):
     else:
         rows = _table(columns)
         path.write_text("".join('{"a": 1, "a": 2, "t": "%s", "y": %d}\n' % (row[2], row[3]) for row in rows))
-    with pytest.raises(ValueError, match=r"duplicate (column name|key)\(s\) \['a'\]") as info:
+    with pytest.raises(ValueError, match=r"duplicate (column name\(s\) 'a', 'a'|key\(s\) \['a'\])") as info:
         READERS[reader](path)
     assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("reader", READERS)
+@pytest.mark.parametrize("header", ["a, a", "a,a ", "a,A", "y,y ", "y,Y"])
+def test_column_names_equal_but_for_spaces_or_case_are_rejected(tmp_path, reader, header):
+    first, second = header.split(",")
+    columns = [first, second, "t", "y"] if first != "y" else ["t", first, second]
+    path = tmp_path / "near.csv"
+    rows = [["1", "2", "x", "0"], ["3", "4", "z", "1"]] if first != "y" else [["x", "0", "0"], ["z", "1", "1"]]
+    path.write_text("\n".join([",".join(columns)] + [",".join(row) for row in rows]) + "\n")
+    with pytest.raises(ValueError) as info:
+        READERS[reader](path)
+    assert str(info.value) == (f"{path}: duplicate column name(s) {first!r}, {second!r}; expected each column name once"
+                               " (names differing only in case or surrounding spaces count as the same)")
+
+
+@pytest.mark.parametrize("reader", READERS)
+def test_an_unnamed_index_column_from_to_csv_is_rejected(tmp_path, reader):
+    path = tmp_path / "indexed.csv"
+    pd.DataFrame({"a": [0.5, 0.25], "t": ["x", "z"], "y": [0, 1]}).to_csv(path)  # no index=False
+    assert pd.read_csv(path).columns[0] == "Unnamed: 0"
+    with pytest.raises(ValueError) as info:
+        READERS[reader](path)
+    assert str(info.value) == (f"{path}: column 1 has an empty header (pandas names it 'Unnamed: 0'); this is"
+                               " usually the index written by DataFrame.to_csv() - write the file with index=False,"
+                               " or give the column a name")
 
 
 @pytest.mark.parametrize(("reader", "suffix"), [(r, s) for r in (*READERS, "split") for s in (".csv", ".parquet")]
@@ -122,6 +149,28 @@ def test_other_encodings_are_rejected_with_the_byte_offset(tmp_path):
     utf16.write_bytes('{"text": "a", "label": 0}\n'.encode("utf-16"))
     with pytest.raises(ValueError, match=r"utf16\.jsonl: not UTF-8 text: byte 0xff at offset 0 .*UTF-16 byte-order"):
         load_text_file(utf16, ["text"])
+
+
+@pytest.mark.parametrize(("encoding", "offset"), [("utf-16-le", 1), ("utf-16-be", 0)])
+@pytest.mark.parametrize("reader", READERS)
+def test_utf16_without_a_byte_order_mark_is_rejected(tmp_path, reader, encoding, offset):
+    """UTF-16 without a BOM decodes as "valid" UTF-8 with a NUL every other byte (columns 'a\\x00', ...)."""
+    path = tmp_path / "wide.csv"
+    path.write_bytes("".join(f"{row}\n" for row in ["a,t,y", *(f"{i / 10},x{i},{i % 2}" for i in range(N))])
+                     .encode(encoding))
+    assert not path.read_bytes().startswith((b"\xff\xfe", b"\xfe\xff"))
+    with pytest.raises(ValueError) as info:
+        READERS[reader](path)
+    assert str(info.value) == (f"{path}: not UTF-8 text: a NUL byte at offset {offset} (it looks like UTF-16);"
+                               " re-save the file as UTF-8")
+
+
+def test_a_nul_byte_in_a_utf8_file_is_rejected(tmp_path):
+    path = tmp_path / "nul.csv"
+    path.write_bytes(b"a,y\n0.5,0\n0.\x005,1\n" + b"0.25,1\n" * 100)
+    with pytest.raises(ValueError) as info:
+        read_text(path)
+    assert str(info.value) == f"{path}: not UTF-8 text: a NUL byte at offset 12 (is it a binary file?); re-save the file as UTF-8"
 
 
 # --------------------------------------------------------------------------- probabilities in reduced precision
@@ -179,7 +228,7 @@ def test_probabilities_rounded_in_a_csv_are_accepted(tmp_path, c, decimals):
 def test_a_row_far_from_one_is_rejected_and_logits_get_the_hint(tmp_path):
     path = tmp_path / "probs.csv"
     path.write_text("p0,p1,p2\n0.200,0.300,0.500\n0.300,0.300,0.300\n")  # row 1 sums to 0.9: not rounding
-    with pytest.raises(ValueError, match=r"probs\.csv: rows must sum to 1 \(within 0\.0015\), row 1 sums to 0\.9$"):
+    with pytest.raises(ValueError, match=r"probs\.csv: rows must sum to 1 \(within 0\.0078\), row 1 sums to 0\.9$"):
         load_teacher_probs(path)
     logits = tmp_path / "logits.npy"
     np.save(logits, np.log(_softmax_rows(3, torch.float32).numpy()))
@@ -198,6 +247,43 @@ def test_row_sum_tolerance_follows_the_precision():
     assert row_sum_tolerance(3, decimals=3) == pytest.approx(1.5e-3)
     assert row_sum_tolerance(100, decimals=4) == pytest.approx(5e-3)
     assert row_sum_tolerance(3, decimals=8) == ROW_SUM_TOL
+    assert row_sum_tolerance(3, decimals=0) == row_sum_tolerance(3, decimals=1) == ROW_SUM_TOL  # taken as exact
+    assert row_sum_tolerance(1000, decimals=2) == MAX_TEXT_TOL  # capped
+    assert user_tolerance(3) == pytest.approx(2 * 2**-8, rel=1e-6)
+
+
+@pytest.mark.parametrize("source", ["float32 npy", "list<float32> parquet", "csv"])
+def test_bf16_softmax_saved_as_float32_is_accepted(tmp_path, source, caplog):
+    """What ``.float().numpy()`` of a bf16 softmax gives: float32 values that sum to 1 only to 3e-3."""
+    bf16 = _softmax_rows(5, torch.bfloat16).float().numpy()
+    assert bf16.dtype == np.float32 and np.abs(bf16.astype(np.float64).sum(1) - 1).max() > 1e-3
+    if source == "float32 npy":
+        path = tmp_path / "probs.npy"
+        np.save(path, bf16)
+    elif source == "csv":
+        path = tmp_path / "probs.csv"
+        pd.DataFrame(bf16, columns=[f"p{k}" for k in range(5)]).to_csv(path, index=False)  # exact bf16 values
+    else:
+        path = tmp_path / "probs.parquet"
+        pq.write_table(pa.table({"probs": pa.array(list(bf16), pa.list_(pa.float32()))}), path)
+    with caplog.at_level("WARNING", logger="ptdistill.checks"):
+        probs, _ = load_teacher_probs(path)
+    assert (probs.sum(-1) - 1).abs().max() < 1e-12
+    np.testing.assert_allclose(probs.numpy(), bf16 / bf16.astype(np.float64).sum(1, keepdims=True), rtol=1e-6)
+    assert len([r for r in caplog.records if "renormalised" in r.getMessage()]) == 1
+
+
+@pytest.mark.parametrize(("rows", "message"), [
+    ("2,0,0\n", "rows must sum to 1 (within 0.0078), row 0 sums to 2 - did you pass logits? apply softmax first"),
+    ("0.5,0.5,0\n1,1,0\n", "rows must sum to 1 (within 0.0078), row 1 sums to 2 - did you pass logits? apply softmax first"),
+    ("0.5,0.5,0\n0,0,0\n", "rows must sum to 1 (within 0.0078), row 1 sums to 0"),
+])
+def test_integer_csv_rows_are_exact_not_rounded(tmp_path, rows, message):
+    path = tmp_path / "probs.csv"
+    path.write_text("p0,p1,p2\n" + rows)
+    with pytest.raises(ValueError) as caught:
+        load_teacher_probs(path)
+    assert str(caught.value) == f"{path}: {message}"
     with pytest.raises(ValueError, match="rows must sum to 1"):  # float32 keeps the strict check
         check_probs("p", torch.tensor([[0.5, 0.5005]], dtype=torch.float32))
 

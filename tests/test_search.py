@@ -417,3 +417,35 @@ def test_search_command_prints_flips_and_one_line_per_warning(tmp_path, capsys):
         " class 2: 20); want at least 30 per class, else a few rows decide which coefficients win"]
     saved = json.loads((tmp_path / "r.json").read_text())
     assert saved["flips"] == 0.0 and saved["settings"]["max_flips"] == 0.5 and len(saved["warnings"]) == 1
+
+
+def _half_teacher(dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    teacher, labels = noisy_teacher(300, 4, seed=1)
+    return teacher.to(dtype), labels
+
+
+@pytest.mark.parametrize("form", ["fp16 numpy", "bf16 torch", "fp16 list", "bf16 as float32 numpy"])
+def test_readme_snippet_accepts_reduced_precision_teachers(form, caplog):
+    """``search(teacher_probs_val, labels_val, ...)`` as in the README, with a half-precision teacher."""
+    dtype = torch.bfloat16 if "bf16" in form else torch.float16
+    teacher_probs_val, labels_val = _half_teacher(dtype)
+    assert (teacher_probs_val.double().sum(-1) - 1).abs().max() > 1e-4  # the strict check would reject it
+    exact = teacher_probs_val.double() / teacher_probs_val.double().sum(-1, keepdim=True)
+    if form == "fp16 numpy":
+        teacher_probs_val = teacher_probs_val.numpy()
+    elif form == "fp16 list":
+        teacher_probs_val = teacher_probs_val.tolist()
+    elif form == "bf16 as float32 numpy":
+        teacher_probs_val = teacher_probs_val.float().numpy()
+    with caplog.at_level("WARNING", logger="ptdistill.checks"):
+        result = search(teacher_probs_val, labels_val, max_order=2, trials=5)
+    assert np.isfinite(result.eps).all() and np.isfinite(result.score)
+    assert result.score == search(exact, labels_val, max_order=2, trials=5).score  # renormalised in float64
+    assert [r.getMessage().split(":")[0] for r in caplog.records if "renormalised" in r.getMessage()] == \
+        ["teacher_probs"]
+
+
+def test_search_still_rejects_rows_beyond_bf16_precision():
+    teacher, labels = noisy_teacher(50, 3, seed=0)
+    with pytest.raises(ValueError, match=r"teacher_probs: rows must sum to 1 \(within 0\.0078\), row 0 sums to 1\.01"):
+        search(teacher * torch.tensor([1.01]).where(torch.arange(50)[:, None] == 0, torch.tensor([1.0])), labels)

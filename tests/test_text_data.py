@@ -336,7 +336,7 @@ def test_load_text_file_errors(tmp_path):
         load_text_file(write("nolabel.csv", label=(7, None)), ["premise"])
     with pytest.raises(ValueError, match=r"at row 2 \(0-based\) is 'neutral'; expected one of the class names"):
         load_text_file(path, ["premise"], class_names=["neg", "pos"])
-    pd.DataFrame({"text": [f"t{i}" for i in range(9)], "label": [0, 1, 1] * 3}).to_csv(tmp_path / "few.csv")
+    pd.DataFrame({"text": [f"t{i}" for i in range(9)], "label": [0, 1, 1] * 3}).to_csv(tmp_path / "few.csv", index=False)
     with pytest.raises(ValueError, match="has 9 rows; expected at least 10"):
         load_text_file(tmp_path / "few.csv", ["text"])
     pd.DataFrame({"text": [f"t{i}" for i in range(10)], "label": ["a"] * 10}).to_parquet(tmp_path / "one.parquet")
@@ -412,3 +412,13 @@ def test_rotten_tomatoes_splits(rotten):
     assert all(splits[k].fingerprint() == again[k].fingerprint() != other[k].fingerprint() for k in sizes)
     with pytest.raises(ValueError, match="more than the 12752 Rotten Tomatoes snippets"):
         rotten_tomatoes_splits({**sizes, "distill": 12000}, seed=0)
+
+
+@pytest.mark.parametrize(("text_columns", "label_column"), [(["text", "text"], "label"), (["text", "label"], "label")])
+def test_repeated_text_columns_or_the_label_as_text_are_rejected_before_reading(tmp_path, text_columns, label_column):
+    path = tmp_path / "never-read.csv"  # the columns are checked first: the file need not exist
+    with pytest.raises(ValueError) as info:
+        load_text_file(path, text_columns, label_column)
+    assert str(info.value) == (f"text_columns: expected distinct columns other than the label column 'label', got"
+                               f" {text_columns} (a repeated column gives the model the same text twice; the label as"
+                               " text gives it the answer)")

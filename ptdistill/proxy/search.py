@@ -38,7 +38,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ptdistill.arrays import ArrayLike, as_tensor
-from ptdistill.checks import check_labels, check_probs
+from ptdistill.checks import check_labels, normalize_probs
 from ptdistill.proxy.criteria import CRITERIA, get_criterion
 from ptdistill.proxy.solver import proxy_teacher_differentiable, solve_proxy
 
@@ -220,7 +220,8 @@ def search(
     """Search PTLoss coefficients on labeled validation data.
 
     teacher_probs (N, C) teacher probabilities on D_v, labels (N,) class indices: tensors, numpy
-    arrays or lists.  ``starts``, ``steps`` and ``lr`` configure the ``implicit`` strategy;
+    arrays or lists, in any float dtype; rows within a bfloat16 softmax's 7.8e-3 of 1 are
+    renormalised in float64 (:func:`ptdistill.checks.normalize_probs`).  ``starts``, ``steps`` and ``lr`` configure the ``implicit`` strategy;
     ``class_names`` (one per class) name the classes in warnings.
     Returns the best eligible candidate (``flips <= max_flips``; first on ties) by ``criterion``,
     as a :class:`SearchResult` whose ``eps`` is a numpy float64 array (C, order), ready for
@@ -228,7 +229,7 @@ def search(
     """
     teacher_probs = as_tensor("teacher_probs", teacher_probs)
     labels = as_tensor("labels", labels, teacher_probs.device)
-    check_probs("teacher_probs", teacher_probs)
+    teacher_probs = normalize_probs("teacher_probs", teacher_probs)  # fp16/bf16-rounded rows accepted
     check_labels("labels", labels, *teacher_probs.shape)
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy: unknown {strategy!r}; expected one of {sorted(STRATEGIES)}")

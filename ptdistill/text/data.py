@@ -404,12 +404,16 @@ def load_text_file(
     missing (a text "NA" stays a text).
     """
     path = Path(path)
-    frame = _read_frame(path)
-    columns = [str(c) for c in frame.columns]
-    frame.columns = columns
     text_columns = list(text_columns)
     if len(text_columns) not in (1, 2):
         raise ValueError(f"text_columns: expected one or two column names, got {text_columns}")
+    if len(set(text_columns)) != len(text_columns) or label_column in text_columns:
+        raise ValueError(f"text_columns: expected distinct columns other than the label column {label_column!r},"
+                         f" got {text_columns} (a repeated column gives the model the same text twice; the label"
+                         " as text gives it the answer)")
+    frame = _read_frame(path)
+    columns = [str(c) for c in frame.columns]
+    frame.columns = columns
     for column in (*text_columns, label_column):
         if column not in columns:
             role = "label" if column == label_column else "text"
