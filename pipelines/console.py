@@ -191,7 +191,8 @@ class TaskConsole:
         @functools.wraps(execute)
         def execute_single_task(*args, **kwargs):
             bound = signature.bind(*args, **kwargs).arguments
-            self.outputs_dir = Path(bound["pipeline_root"]) / bound["pipeline_resource_name"].split("/")[0]
+            if bound.get("pipeline_root"):  # kfp.local always passes it
+                self.outputs_dir = Path(bound["pipeline_root"]) / bound["pipeline_resource_name"].split("/")[0]
             name = bound["task_name"] + "".join(f"-{i}" for i in _ITERATION.findall(bound["pipeline_resource_name"]))
             path = self.log_dir / f"{name}.log"
             task = _Task(name, path, self._open(path, name), last_progress=self._clock())

@@ -322,7 +322,7 @@ def add_pipeline_commands(sub: argparse._SubParsersAction) -> None:
     _add_remote_args(p)
     _add_run_args(p)
     _add_vertex_args(p)
-    p.add_argument("--run-name", help="run name in KFP and MLflow (default BENCHMARK-YYYYmmdd-HHMMSS-<6 hex digits>)")
+    p.add_argument("--run-name", help="run name in KFP and MLflow (default BENCHMARK-YYYYmmdd-HHMMSS-<8 hex digits>)")
     p.add_argument("--wait", action="store_true", help="follow the run until it ends (exit 1 unless it succeeds)")
     p.add_argument("--poll-seconds", type=float, default=10.0, help=argparse.SUPPRESS)
     p.set_defaults(run=_submit)

@@ -58,14 +58,15 @@ class RunInfo:
 
 
 def new_run_name(benchmark: str) -> str:
-    """A generated run name, ``<benchmark>-YYYYmmdd-HHMMSS-<6 hex digits>``.
+    """A generated run name, ``<benchmark>-YYYYmmdd-HHMMSS-<8 hex digits>``.
 
     The run name is the run's prefix in the artifact store and its name in MLflow, so two runs
-    must never share one: 24 random bits make two runs started in the same second collide once
-    in 16 million (no store or server is asked, so it works offline and before either answers).
+    must never share one: 32 random bits make two runs started in the same second collide once
+    in 4 billion, and 100 such runs about once in a million (no store or server is asked, so it
+    works offline and before either answers).
     Names sort by start time to the second; within one second their order is arbitrary.
     """
-    return f"{benchmark}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+    return f"{benchmark}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(4)}"
 
 
 #: Longest run name accepted: it names a folder of task logs and an MLflow run (file names stop at 255 bytes).
