@@ -75,6 +75,9 @@ def _fake_task(clock: FakeClock, fail: set[str]):
                             components=None, executors=None, io_store=None, pipeline_root=None, runner=None,
                             unique_pipeline_id=None, fail_stack=None):
         handler = logging.StreamHandler(sys.stdout)  # kfp.local's logger context makes one per task
+        # Only this thread's records: two tasks in parallel each add a handler to the root logger,
+        # and a record would otherwise reach both (a task's log would show it twice when they overlap).
+        handler.addFilter(lambda record, ident=threading.get_ident(): record.thread == ident)
         logging.getLogger().addHandler(handler)
         try:
             logging.getLogger().warning("Executing task %r", task_name)
