@@ -577,3 +577,17 @@ def faulty_gcs():
         yield emu
     finally:
         emu.server.close()
+
+
+@pytest.fixture
+def no_gcp_credentials(monkeypatch):
+    """A machine with no Google Cloud credentials and no emulator: google.auth.default() fails."""
+    pytest.importorskip("google.cloud.storage")
+    import google.auth
+    from google.auth.exceptions import DefaultCredentialsError
+
+    def no_credentials(*args, **kwargs):
+        raise DefaultCredentialsError("Your default credentials were not found.")
+
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
+    monkeypatch.setattr(google.auth, "default", no_credentials)

@@ -83,16 +83,7 @@ def test_an_endpoint_answering_what_gcs_never_does_is_named(gcs_env, status, phr
     assert _objects(gcs_env) == []
 
 
-def test_missing_credentials_are_one_line(monkeypatch):
-    pytest.importorskip("google.cloud.storage")
-    import google.auth
-    from google.auth.exceptions import DefaultCredentialsError
-
-    def no_credentials(*args, **kwargs):
-        raise DefaultCredentialsError("Your default credentials were not found.")
-
-    monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
-    monkeypatch.setattr(google.auth, "default", no_credentials)
+def test_missing_credentials_are_one_line(no_gcp_credentials):
     with pytest.raises(PreflightError, match=r"^artifact store gs://b-1/x: no Google Cloud credentials found: run "
                        r"`gcloud auth application-default login`.*: gs://b-1/x$"):
         check_store("gs://b-1/x")

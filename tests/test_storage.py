@@ -512,16 +512,7 @@ def test_gcs_delete_prefix_on_an_unreachable_endpoint_returns_the_prefix():
                             f"gs://{BUCKET}/p/bench/run/")
 
 
-def test_gcs_missing_credentials_name_the_uri(monkeypatch):
-    pytest.importorskip("google.cloud.storage")
-    import google.auth
-    from google.auth.exceptions import DefaultCredentialsError
-
-    def no_credentials(*args, **kwargs):
-        raise DefaultCredentialsError("Your default credentials were not found.")
-
-    monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
-    monkeypatch.setattr(google.auth, "default", no_credentials)
+def test_gcs_missing_credentials_name_the_uri(no_gcp_credentials):
     with pytest.raises(PermissionError) as info:
         open_store("gs://some-bucket/x")
     assert info.value.filename == "gs://some-bucket/x"
