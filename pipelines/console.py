@@ -28,6 +28,7 @@ from __future__ import annotations
 import functools
 import inspect
 import io
+import logging
 import re
 import sys
 import threading
@@ -155,6 +156,7 @@ class TaskConsole:
         self._lock = threading.Lock()
         self._pipeline_log: TextIO | None = None
         self._saved: tuple[TextIO, TextIO, Callable] | None = None
+        self._root_logging: tuple[int, list[logging.Handler]] | None = None
         self._closed = False
         #: kfp.local's output folder of this run (``<pipeline_root>/<pipeline>-<time>``), once a task started.
         self.outputs_dir: Path | None = None
@@ -167,6 +169,8 @@ class TaskConsole:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self._pipeline_log = self._open(self.log_dir / PIPELINE_LOG, "pipeline")
         self._saved = (sys.stdout, sys.stderr, task_executor.execute_single_task)
+        root = logging.getLogger()
+        self._root_logging = (root.level, root.handlers[:])
         self._out = self._out or sys.stdout
         sys.stdout, sys.stderr = _Router(self, sys.stdout), _Router(self, sys.stderr)
         task_executor.execute_single_task = self._wrap(task_executor.execute_single_task)
@@ -177,11 +181,25 @@ class TaskConsole:
 
         assert self._saved is not None and self._pipeline_log is not None
         sys.stdout, sys.stderr, task_executor.execute_single_task = self._saved
+        self._restore_root_logger()
         self._closed = True
         self._pipeline_log.close()
         if isinstance(error, RuntimeError) and self.failed:
             logs = ", ".join(shown_path(path) for path in self.failed)
             raise RuntimeError(f"{error} Log: {logs}") from error
+
+    def _restore_root_logger(self) -> None:
+        """Put the root logger's level and handlers back as they were when the console was entered.
+
+        kfp.local swaps the root logger's handlers around each task (``local_logger_context``) and
+        restores what it saw on entry; two tasks that overlap restore each other's handler, so one
+        ``StreamHandler`` on this console's stdout stand-in, at level INFO, outlived the run and
+        wrote every later INFO record of the process into a closed log.
+        """
+        assert self._root_logging is not None
+        root = logging.getLogger()
+        root.setLevel(self._root_logging[0])
+        root.handlers[:] = self._root_logging[1]
 
     # ------------------------------------------------------------------ tasks
 

@@ -247,3 +247,28 @@ def test_run_passes_verbose_to_run_local(flag, verbose, monkeypatch, tmp_path, c
                  f"sqlite:///{tmp_path / 'mlflow.db'}", *flag])
     assert code != 0 and "stopped here" in capsys.readouterr().err
     assert seen["verbose"] is verbose
+
+
+def test_the_root_logger_is_as_before_after_overlapping_tasks_swap_its_handlers(tmp_path, monkeypatch):
+    """kfp.local's per-task logger context, overlapped as two parallel tasks can, leaks a handler.
+
+    Task A saves the root's handlers, B saves A's handler, A restores, B restores A's handler and
+    level INFO: without the console putting the root back, that handler on the console's stdout
+    stand-in outlived the run and wrote every later INFO record of the process into a closed log.
+    """
+    from kfp.local.logging_utils import local_logger_context
+
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [logging.NullHandler()])
+    monkeypatch.setattr(root, "level", logging.WARNING)
+    before = root.handlers[:]
+    monkeypatch.setattr(sys, "stdout", io.StringIO())
+    with TaskConsole(tmp_path / "logs", out=io.StringIO()):
+        task_a, task_b = local_logger_context(), local_logger_context()
+        task_a.__enter__()
+        task_b.__enter__()
+        task_a.__exit__(None, None, None)
+        task_b.__exit__(None, None, None)
+        assert root.level == logging.INFO and len(root.handlers) == 1 and root.handlers != before  # the leak
+    assert root.handlers == before and root.level == logging.WARNING
+    logging.getLogger("kfp.client").info("after the run")  # no '--- Logging error ---', nothing written
