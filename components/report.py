@@ -27,7 +27,8 @@ def report(
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     rows = [json.loads(s) if isinstance(s, str) else s for s in summaries]
-    teacher = json.loads(Path(teacher_report.path).read_text())["splits"]["test"].get("metrics", {})
+    teacher_json = json.loads(Path(teacher_report.path).read_text())
+    teacher = {**teacher_json["splits"]["test"].get("metrics", {}), "source": teacher_json.get("source")}
     search_result = json.loads((Path(search.path) / "result.json").read_text())
     step(config_from_dict(json.loads(config)), RunInfo.load(run_info.path), rows, search_result, teacher,
          Path(markdown.path), Path(page.path), Path(markdown.path).parent / "report")

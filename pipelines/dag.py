@@ -5,6 +5,10 @@ With ``inference_shards = k > 1`` (a compile-time choice) teacher_inference beco
 ParallelFor(shard in [0, k)){teacher_inference_shard} -> merge_teacher_shards (the shards'
 parts through ``dsl.Collected``), and the merge's outputs feed everything downstream.
 
+With ``teacher.outputs`` set (teacher outputs scored elsewhere, also a compile-time choice) there
+is no train_teacher and no teacher inference at all: import_teacher_outputs reads the file and
+writes the same three probability tables and teacher report, which feed everything downstream.
+
 Inside a fan-out only pipeline parameters, constants, the loop item and artifacts are used:
 kfp.local 2.17 replaces any upstream *parameter* output passed into a ParallelFor body with the
 loop item, so facts such as the parent run id travel in the ``run_info`` artifact.
@@ -18,6 +22,7 @@ from kfp import compiler, dsl, kubernetes
 
 from components.distill_student import distill_student
 from components.evaluate import evaluate
+from components.import_teacher_outputs import import_teacher_outputs
 from components.merge_teacher_shards import merge_teacher_shards
 from components.prepare_data import prepare_data
 from components.proxy_search import proxy_search
@@ -44,6 +49,23 @@ def _on_accelerator(task: dsl.PipelineTask, config: ExperimentConfig, kind, coun
     return task
 
 
+def _teacher_inference(config: ExperimentConfig, config_json, info, data: dsl.PipelineTask, splits: dict,
+                       gpu: tuple) -> dsl.PipelineTask:
+    """train_teacher, then teacher_inference (or its shards and their merge): the task whose outputs
+    are the teacher's probabilities and report."""
+    teacher = _on_accelerator(train_teacher(config=config_json, run_info=info, teacher_train=data.outputs["teacher_train"],
+                                            validation=data.outputs["validation"]), *gpu)
+    if config.inference_shards > 1:
+        with dsl.ParallelFor(list(range(config.inference_shards))) as shard:
+            part = _on_accelerator(teacher_inference_shard(
+                config=config_json, run_info=info, teacher=teacher.outputs["teacher"], shard=shard,
+                num_shards=config.inference_shards, **splits), *gpu)
+        return merge_teacher_shards(config=config_json, run_info=info, parts=dsl.Collected(part.outputs["part"]),
+                                    **splits)
+    return _on_accelerator(teacher_inference(config=config_json, run_info=info, teacher=teacher.outputs["teacher"],
+                                             **splits), *gpu)
+
+
 def build_pipeline(config: ExperimentConfig):
     """The pipeline function of ``config.benchmark``, with the config as its default parameters."""
 
@@ -66,20 +88,12 @@ def build_pipeline(config: ExperimentConfig):
         data = prepare_data(config=config_json, run_name=run_name, tracking_uri=tracking_uri,
                             artifact_store=artifact_store)
         info = data.outputs["run_info"]
-        teacher = _on_accelerator(train_teacher(config=config_json, run_info=info,
-                                                teacher_train=data.outputs["teacher_train"],
-                                                validation=data.outputs["validation"]), *gpu)
         splits = {name: data.outputs[name] for name in ("distill", "validation", "test")}
-        if config.inference_shards > 1:
-            with dsl.ParallelFor(list(range(config.inference_shards))) as shard:
-                part = _on_accelerator(teacher_inference_shard(
-                    config=config_json, run_info=info, teacher=teacher.outputs["teacher"], shard=shard,
-                    num_shards=config.inference_shards, **splits), *gpu)
-            inference = merge_teacher_shards(config=config_json, run_info=info,
-                                             parts=dsl.Collected(part.outputs["part"]), **splits)
+        if config.teacher.outputs:
+            inference = import_teacher_outputs(config=config_json, run_info=info,
+                                               teacher_train=data.outputs["teacher_train"], **splits)
         else:
-            inference = _on_accelerator(teacher_inference(config=config_json, run_info=info,
-                                                          teacher=teacher.outputs["teacher"], **splits), *gpu)
+            inference = _teacher_inference(config, config_json, info, data, splits, gpu)
         searched = proxy_search(config=config_json, run_info=info, validation=data.outputs["validation"],
                                 validation_probs=inference.outputs["validation_probs"])
         with dsl.ParallelFor(runs) as run:

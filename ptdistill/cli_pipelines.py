@@ -26,9 +26,11 @@ def _config(args: argparse.Namespace) -> ExperimentConfig:
 def _check_inputs(config: ExperimentConfig) -> None:
     """Fail on bad data before a pipeline starts (and before anything is written)."""
     from ptdistill.steps.data import build_splits
+    from ptdistill.teacher_outputs import check_before_run
 
-    _, class_names = build_splits(config)
+    splits, class_names = build_splits(config)
     config.validate(len(class_names))
+    check_before_run(config.teacher, class_names, {name: split.ids for name, split in splits.items()})
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:

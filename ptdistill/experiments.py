@@ -112,6 +112,20 @@ class ModelSpec:
 
 
 @dataclass
+class TeacherSpec(ModelSpec):
+    """The MLP teacher, trained in the run; or, with ``outputs``, its outputs scored elsewhere.
+
+    ``outputs``: a local path or ``gs://`` URI of a parquet, CSV or ``.npy`` file of the teacher's
+    probabilities, log-probabilities or logits on every example (``outputs_kind``: ``auto``
+    detects which); the pipeline then trains and runs no teacher. See
+    :mod:`ptdistill.teacher_outputs` for what the file holds.
+    """
+
+    outputs: str = ""
+    outputs_kind: str = "auto"
+
+
+@dataclass
 class Accelerator:
     """GPU request of the training and inference steps on a cluster (ignored by kfp.local).
 
@@ -164,7 +178,7 @@ class ExperimentConfig:
 
     family: ClassVar[str] = "mlp"
     benchmark: str = ""
-    teacher: ModelSpec = field(default_factory=ModelSpec)
+    teacher: TeacherSpec = field(default_factory=TeacherSpec)
     student: ModelSpec = field(default_factory=ModelSpec)
     search: SearchSpec = field(default_factory=SearchSpec)
     methods: list[MethodSpec] = field(default_factory=default_methods)
@@ -223,6 +237,7 @@ class ExperimentConfig:
                     check_eps(f"methods[{i}] ({m.name}).params.eps", loss.eps, num_classes)
                 except ValueError as err:
                     raise ConfigError(str(err)) from None
+        self._check_teacher_outputs()
         if self.inference_shards < 1:
             raise ConfigError(f"inference_shards: expected an integer >= 1, got {self.inference_shards}")
         for i, m in enumerate(self.methods):
@@ -250,6 +265,15 @@ class ExperimentConfig:
             raise ConfigError(f"search.low/high: expected finite numbers with low < high, got {s.low} and {s.high}")
         if not 0 <= s.max_flips <= 1:
             raise ConfigError(f"search.max_flips: expected a fraction in [0, 1], got {s.max_flips}")
+
+    def _check_teacher_outputs(self) -> None:
+        """``teacher.outputs`` / ``outputs_kind`` as values (file type, URI syntax, kind), reading nothing."""
+        from ptdistill.teacher_outputs import check_spec
+
+        try:
+            check_spec(self.teacher.outputs, self.teacher.outputs_kind)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
 
     def _check_fan_out(self) -> None:
         """Every (method, seed) item of :meth:`runs` names its own student.
@@ -383,6 +407,9 @@ class TextTeacher:
     prompt: str | None = None
     label_words: list[str] | None = None
     train: TextTrainConfig = field(default_factory=TextTrainConfig)
+    #: Teacher outputs scored elsewhere, in place of this model (as :class:`TeacherSpec`).
+    outputs: str = ""
+    outputs_kind: str = "auto"
 
 
 @dataclass

@@ -48,7 +48,8 @@ class Backend(ABC):
         cached (a pretrained teacher is re-pinned every run)."""
         from ptdistill.config import to_dict
 
-        return {"family": config.family, "teacher": to_dict(config.teacher)}
+        teacher = {k: v for k, v in to_dict(config.teacher).items() if k not in ("outputs", "outputs_kind")}
+        return {"family": config.family, "teacher": teacher}  # as before those keys existed: caches stay valid
 
     @abstractmethod
     def teacher_identity(self, config: ExperimentConfig, teacher_dir: Path) -> tuple[str, str]:

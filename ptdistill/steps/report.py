@@ -115,7 +115,7 @@ def format_table(table: pd.DataFrame, teacher: dict, search: dict,
     lines += [
         "",
         f"Teacher on test: accuracy {teacher.get('accuracy', float('nan')):.4f}, NLL {teacher.get('nll', float('nan')):.4f}, "
-        f"ECE {teacher.get('ece', float('nan')):.4f}.",
+        f"ECE {teacher.get('ece', float('nan')):.4f}{_source(teacher.get('source'))}.",
         f"Validation TVD to labels: teacher {search['teacher_tvd']:.4f}, proxy teacher {search['proxy_tvd']:.4f} "
         f"(search: {search['strategy']}, criterion {search['criterion']}, order {search['order']}); the proxy "
         f"teacher overturns {search['proxy_flips']:.4f} of the teacher's {search['validation_rows']} validation "
@@ -125,6 +125,14 @@ def format_table(table: pd.DataFrame, teacher: dict, search: dict,
         lines.append(f"Validation L2 to the true posterior: teacher {search['teacher_l2_to_pstar']:.4f}, "
                      f"proxy teacher {search['proxy_l2_to_pstar']:.4f}.")
     return lines
+
+
+def _source(source: dict | None) -> str:
+    """Where given teacher outputs came from (``teacher.outputs``), for the report's teacher line."""
+    if not source:
+        return ""
+    kind = f"{source['kind'].replace('_', '-')}{', detected' if source['detected'] else ''}"
+    return f" (from the given teacher outputs {source['uri']}, sha256 {source['sha256'][:12]}, {kind}; no teacher run)"
 
 
 def lr_choices(config: ExperimentConfig, summaries: list[dict], table: pd.DataFrame) -> list[str]:

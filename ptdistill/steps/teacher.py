@@ -140,14 +140,16 @@ class _Teacher:
     info: RunInfo
     teacher_id: str
     weights: str
+    #: What besides teacher and data changes the outputs (cache key); default: the backend's inference settings.
+    settings: dict | None = None
     backend: Backend = field(init=False)
     store: Store = field(init=False)
-    settings: dict = field(init=False)
 
     def __post_init__(self) -> None:
         self.backend = backend_for(self.config)
         self.store = open_store(self.info.artifact_store)
-        self.settings = {**self.backend.inference_settings(self.config), "version": CACHE_VERSION}
+        if self.settings is None:
+            self.settings = {**self.backend.inference_settings(self.config), "version": CACHE_VERSION}
 
     @classmethod
     def of(cls, config: ExperimentConfig, info: RunInfo, teacher_dir: Path) -> _Teacher:
@@ -294,6 +296,44 @@ def _merged_split(teacher: _Teacher, parts: list[Path], summaries: list[dict], n
     order = pd.Index(ids).get_indexer(split.ids)
     entry = {**throughput([s["splits"][name] for _, s in ran]), "shards": len(ran)}
     return outputs_frame(split.ids, logits[order], teacher.teacher_id), entry
+
+
+def import_teacher_outputs(config: ExperimentConfig, info: RunInfo, splits: dict[str, Path],
+                           outputs: dict[str, Path]) -> dict:
+    """The teacher outputs of ``config.teacher.outputs`` (scored elsewhere) as teacher_inference's outputs.
+
+    ``splits`` holds all four splits (teacher-train only to tell its rows from rows of other data);
+    ``outputs`` the distill, validation and test files to write, the same ``outputs_frame`` tables
+    as inference writes. The file is checked and aligned before anything is written
+    (:mod:`ptdistill.teacher_outputs`; ValueError naming the file otherwise). Cached under a key
+    of the file's sha256, the declared kind, the class names and each split's fingerprint; the
+    report gives the test metrics of the given outputs and ``source`` (URI, sha256, kind).
+    """
+    from ptdistill.teacher_outputs import CACHE_VERSION as OUTPUTS_VERSION, NEEDED, teacher_outputs
+
+    solo_threads()
+    spec = config.teacher
+    if not spec.outputs:
+        raise ValueError("teacher.outputs: not set; import_teacher_outputs needs the URI of the teacher's outputs")
+    backend = backend_for(config)
+    loaded = {name: backend.load_split(path) for name, path in splits.items()}
+    given, rows = teacher_outputs(spec.outputs, spec.outputs_kind, info.class_names,
+                                  {name: split.ids for name, split in loaded.items()})
+    source = given.describe()
+    teacher = _Teacher(config, info, f"outputs:{given.sha256[:16]}", given.sha256,
+                       {"outputs_kind": spec.outputs_kind, "classes": info.class_names, "version": OUTPUTS_VERSION})
+    report: dict = {"teacher_id": teacher.teacher_id, "source": source, "splits": {}}
+    needed = {name: loaded[name] for name in NEEDED}
+    for name, split in needed.items():
+        frame = pd.DataFrame({"id": split.ids, "logits": list(given.logits[rows[name]]),
+                              "probs": list(given.probs[rows[name]]), "teacher_id": teacher.teacher_id})
+        report["splits"][name] = teacher.serve(name, split, outputs[name], lambda frame=frame: (frame, {}))
+    log.info("teacher outputs from %s (sha256 %s, %s%s): no teacher trained or run", given.uri, given.sha256[:12],
+             given.kind, " detected" if given.detected else "")
+    Tracker(info.tracking_uri).set_tags(info.parent_run_id, {
+        "teacher_id": teacher.teacher_id, "teacher_outputs": given.uri, "teacher_outputs_sha256": given.sha256,
+        "teacher_outputs_kind": given.kind})
+    return teacher.finish(report, needed, outputs, [])
 
 
 def check_coverage(name: str, expected: np.ndarray, got: np.ndarray, shards: str = "") -> None:
