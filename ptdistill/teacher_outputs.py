@@ -287,7 +287,7 @@ def _to_probs(values: np.ndarray, kind: str, tolerance: float, path: Path) -> tu
     raw = np.exp(values) if kind == "log_probs" else values
     name = f"{path} (read as {'exp of log-probabilities' if kind == 'log_probs' else 'probabilities'})"
     try:
-        probs = checks.normalize_probs(name, torch.from_numpy(raw), tolerance=tolerance).numpy()
+        probs = checks.normalize_probs(name, torch.tensor(raw), tolerance=tolerance).numpy()
     except ValueError as err:
         raise ValueError(str(err).replace(checks._LOGITS_HINT, " - logits? set teacher.outputs_kind=logits"))
     with np.errstate(divide="ignore"):
