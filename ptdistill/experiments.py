@@ -461,8 +461,11 @@ class TextConfig(ExperimentConfig):
 
     def validate(self, num_classes: int) -> None:
         """Also: a generative teacher has one label word per class; fine-tuning is for classification and
-        seq2seq teachers (a causal LM's verbalizer scores text continuations that training cannot match)."""
+        seq2seq teachers (a causal LM's verbalizer scores text continuations that training cannot match).
+        With ``teacher.outputs`` no teacher model is used, so none of it is checked."""
         super().validate(num_classes)
+        if self.teacher.outputs:
+            return
         if self.teacher.fine_tune and self.teacher.model.kind == "causal":
             raise ConfigError("teacher.fine_tune: fine-tuning a causal LM teacher through its verbalizer is not"
                               " supported (only seq2seq, e.g. T5, and classification teachers); set"

@@ -159,7 +159,7 @@ def test_later_overrides_win_and_siblings_are_kept():
     ("override", "message"),
     [
         ("student.train.epochz=3", "unknown key student.train.epochz; valid keys here: batch_size, device, epochs"),
-        ("teacher.widht=3", "unknown key teacher.widht; valid keys here: hidden, train"),
+        ("teacher.widht=3", "unknown key teacher.widht; valid keys here: hidden, outputs, outputs_kind, train"),
         ("foo=1", "unknown key foo; valid keys here: accelerator, benchmark, cache_teacher, data"),
         ("foo.bar=1", "unknown key foo in --set 'foo.bar=1'"),
         ("data.pth=/x.csv", "unknown key data.pth; valid keys here: data_seed, dim, num_classes"),

@@ -390,7 +390,7 @@ def test_the_compiled_pipeline_has_no_teacher_tasks(tmp_path):
     tasks = _ir_tasks(config, tmp_path / "byo.yaml")
     assert "import-teacher-outputs" in tasks
     assert not {t for t in tasks if t.startswith(("train-teacher", "teacher-inference", "merge-teacher"))}
-    assert not any(t.startswith("for-loop") and t != "for-loop-2" for t in tasks)  # only the students' loop
+    assert len([t for t in tasks if t.startswith("for-loop")]) == 1  # the students' loop, no shards' loop
     usual = _ir_tasks(base, tmp_path / "usual.yaml")
     assert {"train-teacher", "teacher-inference"} <= usual and "import-teacher-outputs" not in usual
 
@@ -435,3 +435,37 @@ def test_ptdistill_run_trains_students_from_the_given_outputs_without_a_teacher(
     tvd = float(0.5 * np.abs(probs - np.eye(2)[split.labels]).sum(1).mean())
     assert search["teacher_tvd"] == pytest.approx(tvd, abs=1e-9)
     assert f"(from the given teacher outputs {given}, sha256 " in result.stdout
+
+
+def test_a_text_run_uses_the_outputs_and_never_the_teacher_model(tmp_path):
+    """Own text data with the default T5-large teacher (never loaded, nor its prompt needed): the step
+    writes the given probabilities for each split, aligned by the data file's row numbers."""
+    from text_fixtures import tiny_bert
+
+    from ptdistill.steps.data import prepare_data
+    from ptdistill.steps.teacher import import_teacher_outputs, load_teacher_probs
+    from ptdistill.text.split import TextSplit
+
+    n = 40
+    texts = pd.DataFrame({"text": [f"review number {i} {'good' if i % 2 else 'bad'}" for i in range(n)],
+                          "label": ["pos" if i % 2 else "neg" for i in range(n)]})
+    texts.to_csv(tmp_path / "texts.csv", index=False)
+    probs = softmax(np.stack([np.linspace(-1, 1, n), np.linspace(1, -1, n)], 1))
+    given = write(tmp_path / "teacher.csv", pd.DataFrame({"id": np.arange(n)[::-1], "neg": probs[::-1, 0],
+                                                          "pos": probs[::-1, 1]}))
+    base = default_config("text", quick=True)
+    config = load_config(type(base), None, [f"data.path={tmp_path / 'texts.csv'}", "data.text_columns=[text]",
+                                            f"student.model.name_or_path={tiny_bert(tmp_path / 'bert')}",
+                                            f"teacher.outputs={given}"], base=base)
+    config.validate(2)  # a generative teacher on own data would need a prompt: not with given outputs
+    names = ("teacher_train", "distill", "validation", "test")
+    splits = {name: tmp_path / "data" / name for name in names}
+    (tmp_path / "data").mkdir()
+    info = prepare_data(config, "text-byo", f"sqlite:///{tmp_path / 'mlflow.db'}", str(tmp_path / "store"), splits,
+                        tmp_path / "run_info")
+    outputs = {name: tmp_path / f"{name}.parquet" for name in names[1:]}
+    report = import_teacher_outputs(config, info, splits, outputs)
+    assert report["source"]["kind"] == "probs" and info.class_names == ["neg", "pos"]
+    for name in names[1:]:
+        split = TextSplit.load(splits[name])
+        np.testing.assert_allclose(load_teacher_probs(outputs[name]), probs[split.ids], atol=1e-15)

@@ -46,7 +46,7 @@ def _check_text_models(config: ExperimentConfig) -> None:
     """Each model's max_length against its checkpoint's position limit (only its config is read)."""
     from ptdistill.text.models import check_max_length
 
-    for key in ("teacher", "student"):
+    for key in ("student",) if config.teacher.outputs else ("teacher", "student"):  # given outputs: no teacher
         check_max_length(getattr(config, key).model, f"{key}.model")
 
 
