@@ -92,6 +92,9 @@ def build_pipeline(config: ExperimentConfig):
         if config.teacher.outputs:
             inference = import_teacher_outputs(config=config_json, run_info=info,
                                                teacher_train=data.outputs["teacher_train"], **splits)
+            # KFP's cache keys on the URI, not the file: a file replaced in place must be read again
+            # (the step's own cache is keyed on the file's sha256)
+            inference.set_caching_options(False)
         else:
             inference = _teacher_inference(config, config_json, info, data, splits, gpu)
         searched = proxy_search(config=config_json, run_info=info, validation=data.outputs["validation"],

@@ -62,8 +62,8 @@ from ptdistill import checks
 from ptdistill.io import _decimals, _numeric, _read, check_file
 from ptdistill.storage import LocalStore, open_store
 
-__all__ = ["CACHE_VERSION", "ID_COLUMN", "KINDS", "SPLIT_COLUMN", "SUFFIXES", "TeacherOutputs", "align", "check_before_run", "check_spec",
-           "file_sha256", "fetch", "read_outputs", "teacher_outputs"]
+__all__ = ["CACHE_VERSION", "ID_COLUMN", "KINDS", "NEEDED", "SPLIT_COLUMN", "SUFFIXES", "TeacherOutputs", "align",
+           "check_before_run", "check_spec", "fetch", "file_sha256", "read_outputs", "teacher_outputs"]
 
 #: Bumped when reading or aligning a file changes meaning (part of the cache key of the imported outputs).
 CACHE_VERSION = 1
@@ -122,11 +122,15 @@ def check_spec(uri: str, kind: str) -> None:
 
 
 def _split_uri(uri: str) -> tuple[str, str]:
-    """(store root, key) of an object URI ``scheme://bucket/.../name``; raises ValueError for a bare bucket."""
+    """(store root, object name) of ``gs://bucket/.../name`` or ``file:///.../name``, by syntax only (no
+    client is made: compiling needs no credentials); raises ValueError for another scheme or no object."""
+    scheme = uri.partition("://")[0].lower()
+    if scheme not in ("gs", "file"):
+        raise ValueError(f"teacher.outputs: {uri}: unsupported scheme {scheme!r}; expected a local path, a file://"
+                         " or a gs:// URI")
     root, _, name = uri.rstrip("/").rpartition("/")
-    if root.endswith(":/") or not name:
+    if (scheme == "gs" and root.rstrip("/").endswith(":")) or not name:
         raise ValueError(f"teacher.outputs: {uri}: expected an object URI such as gs://bucket/outputs.parquet")
-    open_store(root)
     return root, name
 
 

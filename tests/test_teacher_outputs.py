@@ -250,6 +250,11 @@ def test_values_whose_kind_is_unclear_are_refused_naming_the_key(tmp_path):
     np.testing.assert_allclose(outputs.probs, PROBS, atol=1e-15)
 
 
+def test_a_gs_uri_is_checked_by_syntax_only_when_compiling(no_gcp_credentials):
+    base = default_config("tabular")
+    load_config(type(base), None, ["teacher.outputs=gs://bucket/teacher/outputs.parquet"], base=base).validate(3)
+
+
 def test_file_and_config_errors(tmp_path):
     with pytest.raises(ValueError, match=r"^nope.parquet: file not found$"):
         teacher_outputs("nope.parquet", "auto", CLASSES, SPLIT_IDS)
@@ -265,7 +270,9 @@ def test_file_and_config_errors(tmp_path):
              "teacher.outputs=gs:/b/o.csv": "malformed storage URI 'gs:/b/o.csv': expected gs:// (two slashes), e.g."
                                             " gs://bucket/prefix; supported: local path, file://, gs://",
              "teacher.outputs=gs://o.csv": "teacher.outputs: gs://o.csv: expected an object URI such as"
-                                           " gs://bucket/outputs.parquet"}
+                                           " gs://bucket/outputs.parquet",
+             "teacher.outputs=s3://b/o.csv": "teacher.outputs: s3://b/o.csv: unsupported scheme 's3'; expected a"
+                                             " local path, a file:// or a gs:// URI"}
     for override, message in cases.items():
         config = load_config(type(base), None, [override], base=base)
         with pytest.raises(ConfigError) as err:
@@ -391,6 +398,8 @@ def test_the_compiled_pipeline_has_no_teacher_tasks(tmp_path):
     assert "import-teacher-outputs" in tasks
     assert not {t for t in tasks if t.startswith(("train-teacher", "teacher-inference", "merge-teacher"))}
     assert len([t for t in tasks if t.startswith("for-loop")]) == 1  # the students' loop, no shards' loop
+    spec = yaml.safe_load((tmp_path / "byo.yaml").read_text())
+    assert spec["root"]["dag"]["tasks"]["import-teacher-outputs"]["cachingOptions"] == {}  # KFP cache off
     usual = _ir_tasks(base, tmp_path / "usual.yaml")
     assert {"train-teacher", "teacher-inference"} <= usual and "import-teacher-outputs" not in usual
 
