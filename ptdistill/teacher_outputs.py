@@ -324,16 +324,14 @@ def align(outputs: TeacherOutputs, split_ids: Mapping[str, np.ndarray]) -> dict[
                   for name, rows in positions.items()}
         for name in NEEDED:
             _check_rows(outputs.uri, f"split {name!r}", groups[name], split_ids[name], how)
-    rows = {}
-    for name in NEEDED:
-        found = pd.Index(groups[name]).get_indexer(split_ids[name])
-        missing = split_ids[name][found < 0]
-        if len(missing):
-            raise ValueError(f"{outputs.uri}: split {name!r} is missing {len(missing)} of its {len(found)} examples:"
-                             f" id(s) {_some(missing)}; expected a row for every distill, validation and test"
-                             f" example (rows are matched {how})")
-        rows[name] = positions[name][found]
-    return rows
+    found = {name: pd.Index(groups[name]).get_indexer(split_ids[name]) for name in NEEDED}
+    missing = {name: split_ids[name][rows < 0] for name, rows in found.items() if (rows < 0).any()}
+    if missing:
+        total = sum(len(ids) for ids in missing.values())
+        listed = ", ".join(f"{name} {len(ids)} of {len(found[name])} (id(s) {_some(ids)})" for name, ids in missing.items())
+        raise ValueError(f"{outputs.uri}: {total} of the {sum(len(r) for r in found.values())} distill, validation and"
+                         f" test examples have no row: {listed}; expected a row for every one (rows are matched {how})")
+    return {name: positions[name][rows] for name, rows in found.items()}
 
 
 def _check_unique_ids(uri: str, split_ids: Mapping[str, np.ndarray]) -> None:

@@ -163,12 +163,17 @@ def _error(tmp_path, name: str, data, kind: str = "auto", classes=CLASSES, split
 def test_missing_examples_are_counted_and_named(tmp_path):
     frame = table("probs", id=np.arange(N)).drop(index=[3, 5])
     assert _error(tmp_path, "o.csv", frame) == (
-        "T/o.csv: split 'test' is missing 2 of its 2 examples: id(s) [3, 5]; expected a row for every distill,"
-        " validation and test example (rows are matched by the 'id' column)")
+        "T/o.csv: 2 of the 5 distill, validation and test examples have no row: test 2 of 2 (id(s) [3, 5]);"
+        " expected a row for every one (rows are matched by the 'id' column)")
+    frame = table("probs", id=np.arange(N)).drop(index=[0, 2, 3])
+    assert _error(tmp_path, "o.parquet", frame) == (
+        "T/o.parquet: 3 of the 5 distill, validation and test examples have no row: distill 1 of 2 (id(s) [0]),"
+        " validation 1 of 1 (id(s) [2]), test 1 of 2 (id(s) [3]); expected a row for every one (rows are matched by"
+        " the 'id' column)")
     assert _error(tmp_path, "o.npy", PROBS[:4]) == (
-        "T/o.npy: split 'distill' is missing 1 of its 2 examples: id(s) [4]; expected a row for every distill,"
-        " validation and test example (rows are matched by row order (no 'id' column: row i is the example with"
-        " id i))")
+        "T/o.npy: 2 of the 5 distill, validation and test examples have no row: distill 1 of 2 (id(s) [4]), test 1"
+        " of 2 (id(s) [5]); expected a row for every one (rows are matched by row order (no 'id' column: row i is the"
+        " example with id i))")
 
 
 def test_duplicate_and_foreign_rows_are_refused(tmp_path):
@@ -371,8 +376,8 @@ def test_the_component_writes_what_teacher_inference_would_and_caches_it(tmp_pat
     given.iloc[:3].to_parquet(uri, index=False)
     with pytest.raises(ValueError) as err:
         imported("bad", json.dumps(to_dict(config)))
-    assert str(err.value).startswith(f"{uri}: split ")
-    assert "is missing" in str(err.value)
+    assert str(err.value).startswith(f"{uri}: ")
+    assert " distill, validation and test examples have no row: " in str(err.value)
     assert not any((tmp_path / "bad").glob("*_probs"))
 
 
@@ -410,8 +415,8 @@ def test_ptdistill_run_refuses_bad_outputs_before_starting(tmp_path):
     result = _cli(tmp_path, data, bad)
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().splitlines()[-1] == (
-        f"ptdistill run: error: {bad}: split 'test' is missing 1 of its 12 examples: id(s) [59]; expected a row for"
-        " every distill, validation and test example (rows are matched by row order (no 'id' column: row i is the"
+        f"ptdistill run: error: {bad}: 1 of the 48 distill, validation and test examples have no row: test 1 of 12"
+        " (id(s) [59]); expected a row for every one (rows are matched by row order (no 'id' column: row i is the"
         " example with id i))")
     assert not (tmp_path / "runs").exists()
 
