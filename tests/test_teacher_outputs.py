@@ -366,19 +366,29 @@ def test_the_component_writes_what_teacher_inference_would_and_caches_it(tmp_pat
     parent = Tracker(tracking).client.get_run(json.loads(Path(run_info.path).read_text())["parent_run_id"])
     assert parent.data.tags["teacher_outputs"] == uri
     assert parent.data.metrics["teacher_test_accuracy"] == pytest.approx(accuracy, abs=1e-12)
-    assert {"train_teacher", "teacher_inference"}.isdisjoint({m.split("_")[0] for m in parent.data.metrics})
 
     second = imported("second", json.dumps(to_dict(config)))  # same file, same data: served from the cache
     assert second["test_probs"].metadata["cache"] == "hit"
     assert Path(second["test_probs"].path).read_bytes() == Path(first["test_probs"].path).read_bytes()
 
-    # a changed file is a new cache entry; a bad one fails before anything is written
+    cache = tmp_path / "store" / "cache" / "teacher"
+    assert len(list(cache.glob("*.parquet"))) == 3  # one entry per split
+
+    # a changed file (the same teacher at temperature 2) is a new cache entry
+    given.assign(no=given["no"] / 2, yes=given["yes"] / 2).to_parquet(uri, index=False)
+    changed = imported("changed", json.dumps(to_dict(config)))
+    assert changed["test_probs"].metadata["cache"] == "miss" and len(list(cache.glob("*.parquet"))) == 6
+    np.testing.assert_allclose(load_teacher_probs(changed["test_probs"].path), softmax(logits[test.ids] / 2),
+                               atol=1e-15)
+
+    # a bad one fails before anything is written: no output, no cache entry
     given.iloc[:3].to_parquet(uri, index=False)
     with pytest.raises(ValueError) as err:
         imported("bad", json.dumps(to_dict(config)))
     assert str(err.value).startswith(f"{uri}: ")
     assert " distill, validation and test examples have no row: " in str(err.value)
-    assert not any((tmp_path / "bad").glob("*_probs"))
+    assert not [p for p in (tmp_path / "bad").iterdir() if p.exists() and p.stat().st_size]
+    assert len(list(cache.glob("*.parquet"))) == 6
 
 
 # --------------------------------------------------------------------------- the DAG and a local run
