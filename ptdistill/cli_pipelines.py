@@ -29,12 +29,12 @@ def _check_inputs(config: ExperimentConfig, read_data: bool) -> None:
 
     compile, submit and schedule (``read_data`` false) check the config alone and read no data:
     the data may be huge, in a bucket or on the cluster only; prepare_data checks it there, with
-    the same errors. ``ptdistill run`` also reads the data up front when all of it is local (a
-    ``gs://`` location is read by its tasks, which share this machine's cache).
+    the same errors. ``ptdistill run`` also reads the data up front when it is local (``gs://``
+    data is read by prepare_data, which runs on this machine too).
     """
-    from ptdistill.steps.data import build_splits, check_config, remote_locations
+    from ptdistill.steps.data import build_splits, check_config, remote_data
 
-    if read_data and not remote_locations(config):
+    if read_data and not remote_data(config):
         build_splits(config)
     else:
         check_config(config)

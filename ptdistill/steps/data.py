@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ptdistill.datasets import FeatureSplit
-from ptdistill.experiments import ExperimentConfig, GaussianData, TabularData, TextConfig, TextData
+from ptdistill.experiments import ExperimentConfig, GaussianData, TabularData, TextData
 from ptdistill.gaussians import GaussianTask, make_splits
 from ptdistill.steps.common import RunInfo, log
 from ptdistill.storage import check_location, content_key, is_remote
@@ -79,13 +79,9 @@ def _known_num_classes(config: ExperimentConfig) -> int | None:
     return None
 
 
-def remote_locations(config: ExperimentConfig) -> list[str]:
-    """The config's ``gs://`` data and checkpoint locations (read by the tasks, not by the CLI)."""
-    data = config.data
-    locations = [getattr(data, "path", ""), getattr(data, "source", None) or ""]
-    if isinstance(config, TextConfig):
-        locations += [config.teacher.model.name_or_path, config.student.model.name_or_path]
-    return [location for location in locations if is_remote(location)]
+def remote_data(config: ExperimentConfig) -> bool:
+    """Whether the config's data (``data.path`` or ``data.source``) is in object storage."""
+    return any(is_remote(getattr(config.data, key, None) or "") for key in ("path", "source"))
 
 
 def build_splits(config: ExperimentConfig) -> tuple[dict[str, FeatureSplit], list[str]]:
