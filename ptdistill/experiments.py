@@ -144,7 +144,8 @@ class GaussianData:
 
 @dataclass
 class TabularData:
-    """Your own numeric table: feature columns and a label column, split four ways."""
+    """Your own numeric table (``path``: a local CSV/parquet file or a ``gs://`` object): feature columns
+    and a label column, split four ways."""
 
     path: str = ""
     label_column: str = "label"
@@ -352,9 +353,9 @@ class TextData:
 
     Paper tasks follow SPEC's protocol: the official train split re-split into teacher-train,
     distillation (labels dropped) and validation, the official validation split as test;
-    ``sizes`` default to the paper's (Table 3). ``source`` is a local directory laid out like the
-    hub dataset (for mirrors and tests); ``None`` loads from the hub. Your own file (CSV,
-    parquet, JSONL) is split by ``fractions``.
+    ``sizes`` default to the paper's (Table 3). ``source`` is a local directory or ``gs://`` prefix
+    laid out like the hub dataset (for mirrors and tests); ``None`` loads from the hub. Your own
+    file (CSV, parquet, JSONL; local or ``gs://``) is split by ``fractions``.
     """
 
     task: str = ""

@@ -24,6 +24,12 @@ What the interface guarantees, because pipelines run steps concurrently and retr
 * **Best-effort clean-up.** :meth:`Store.delete_prefix` deletes a run's objects, keeping
   the keys a predicate names, and reports what it could not delete instead of raising.
 
+Inputs a task reads from a bucket (a config's ``data.path``, ``data.source``, a checkpoint
+folder) go through :func:`fetch` / :func:`local_copy`: a local copy in a cache keyed by each
+object's generation and md5, so the existing file readers and ``from_pretrained`` read it, and
+errors name the ``gs://`` object. :func:`check_location` checks such a location's syntax
+without touching it (what ``compile`` does).
+
 Keys are ``/``-separated paths relative to the store's root. Empty segments, ``.``, ``..``
 and a leading ``/`` are rejected, so a key can never point outside the root.
 
