@@ -50,6 +50,7 @@ import random
 import re
 import secrets
 import shutil
+import tempfile
 import time
 import urllib.request
 from abc import ABC, abstractmethod
@@ -800,9 +801,15 @@ def check_location(location: str, *, folder: bool = False, suffixes: Sequence[st
 
 def cache_root() -> Path:
     """Where objects read from object storage are kept: ``$PTDISTILL_CACHE/objects``, by default
-    ``~/.cache/ptdistill/objects``. Entries are named by the objects' identity, never reused for
+    ``~/.cache/ptdistill/objects``, or under the temp folder when the home folder is not writable
+    (a pod run as an arbitrary uid). Entries are named by the objects' identity, never reused for
     another version."""
-    return Path(os.environ.get("PTDISTILL_CACHE") or Path.home() / ".cache" / "ptdistill").expanduser() / "objects"
+    if os.environ.get("PTDISTILL_CACHE"):
+        return Path(os.environ["PTDISTILL_CACHE"]).expanduser() / "objects"
+    home = Path.home()
+    if os.access(home, os.W_OK):
+        return home / ".cache" / "ptdistill" / "objects"
+    return Path(tempfile.gettempdir()) / f"ptdistill-{os.getuid()}" / "objects"
 
 
 def fetch(location: str, *, folder: bool = False, include: Callable[[str], bool] | None = None,
