@@ -147,6 +147,19 @@ def test_every_benchmark_compiles_offline_with_no_data(tmp_path):
         assert config.data.path == sets[0].split("=", 1)[1]
 
 
+def test_run_of_a_paper_task_without_hub_access_fails_in_one_line(tmp_path):
+    """``ptdistill run`` reads the data up front: with no hub and nothing cached, one line says what to do."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "MLFLOW_"))}
+    env |= {"HOME": str(tmp_path), "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+            "PYTHONPATH": os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-m", "ptdistill", "run", "cola", "--quick"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stdout == ""
+    assert proc.stderr.startswith("ptdistill run: error: hub dataset 'nyu-mll/glue' config 'cola': cannot be loaded (")
+    assert proc.stderr.count("\n") == 1 and "point data.source at a copy in the hub's layout" in proc.stderr
+
+
 def _compiled_config(path: Path):
     spec = next(yaml.safe_load_all(path.read_text()))
     return config_from_dict(json.loads(spec["root"]["inputDefinitions"]["parameters"]["config_json"]["defaultValue"]))

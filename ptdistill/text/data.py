@@ -222,7 +222,14 @@ def load_task(
     splits = ("train", info.test_split)
     if source is None:
         origin = {split: f"hub dataset {info.dataset!r} config {info.subset!r} split {split!r}" for split in splits}
-        loaded = datasets.load_dataset(info.dataset, info.subset, revision=revision)
+        try:
+            loaded = datasets.load_dataset(info.dataset, info.subset, revision=revision)
+        except ConnectionError as err:  # no hub access and nothing cached: say what to do instead
+            raise ValueError(
+                f"hub dataset {info.dataset!r} config {info.subset!r}: cannot be loaded ({err}); without hub access"
+                f" point data.source at a copy in the hub's layout (a folder or gs://bucket/prefix holding"
+                f" {info.subset}/<split>-*.parquet)"
+            ) from None
         missing = [split for split in splits if split not in loaded]
         if missing:
             raise ValueError(
