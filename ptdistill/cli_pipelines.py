@@ -16,21 +16,30 @@ from ptdistill.experiments import BENCHMARKS, ExperimentConfig, config_class, de
 from ptdistill.hints import ptdistill_command
 
 
-def _config(args: argparse.Namespace) -> ExperimentConfig:
+def _config(args: argparse.Namespace, read_data: bool = False) -> ExperimentConfig:
+    """The benchmark's config with ``--config`` and ``--set`` applied, checked (:func:`_check_inputs`)."""
     base = default_config(args.benchmark, quick=getattr(args, "quick", False))
     config = load_config(type(base), args.config, args.set or [], base=base)
-    _check_inputs(config)
+    _check_inputs(config, read_data)
     return config
 
 
-def _check_inputs(config: ExperimentConfig) -> None:
-    """Fail on bad data before a pipeline starts (and before anything is written)."""
-    from ptdistill.steps.data import build_splits
+def _check_inputs(config: ExperimentConfig, read_data: bool) -> None:
+    """Fail on a bad config before a pipeline starts (and before anything is written).
+
+    compile, submit and schedule (``read_data`` false) check the config alone and read no data:
+    the data may be huge, in a bucket or on the cluster only; prepare_data checks it there, with
+    the same errors. ``ptdistill run`` also reads the data up front when it is local (``gs://``
+    data is read by prepare_data, which runs on this machine too).
+    """
+    from ptdistill.steps.data import build_splits, check_config, remote_data
     from ptdistill.teacher_outputs import check_before_run
 
-    splits, class_names = build_splits(config)
-    config.validate(len(class_names))
-    check_before_run(config.teacher, class_names, {name: split.ids for name, split in splits.items()})
+    if read_data and not remote_data(config):
+        splits, class_names = build_splits(config)
+        check_before_run(config.teacher, class_names, {name: split.ids for name, split in splits.items()})
+    else:
+        check_config(config)
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -41,7 +50,7 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    config = _config(args)
+    config = _config(args, read_data=True)
     from pipelines.local import default_tracking_uri, run_local
     from pipelines.signals import RunInterrupted
     from ptdistill.tracking import Tracker, experiment_name

@@ -158,7 +158,8 @@ class GaussianData:
 
 @dataclass
 class TabularData:
-    """Your own numeric table: feature columns and a label column, split four ways."""
+    """Your own numeric table (``path``: a local CSV/parquet file or a ``gs://`` object): feature columns
+    and a label column, split four ways."""
 
     path: str = ""
     label_column: str = "label"
@@ -213,8 +214,12 @@ class ExperimentConfig:
         self.methods = [m for m in default_methods() if m.name in ("ptloss", "kl")]
         self.seeds = [0]
 
-    def validate(self, num_classes: int) -> None:
-        """Check what only fails deep inside a pipeline step otherwise: losses, metric, search, seeds."""
+    def validate(self, num_classes: int | None) -> None:
+        """Check what only fails deep inside a pipeline step otherwise: losses, metric, search, seeds.
+
+        ``num_classes`` None (the data alone tells it, and compile reads no data): the checks that
+        need it (a ptloss ``eps`` of one row per class, one label word per class) are left to
+        prepare_data, which calls this again with the count."""
         from ptdistill.evaluation import TASK_METRICS
         from ptdistill.checks import check_eps
         from ptdistill.losses import build_loss
@@ -227,12 +232,12 @@ class ExperimentConfig:
             params = {k: v for k, v in m.params.items() if k not in EPS_CHOICE}
             if m.loss == "ptloss":
                 self._check_eps_choice(i, m)
-                params.setdefault("eps", [[0.0]] * num_classes)  # the search fills it in
+                params.setdefault("eps", [[0.0]] * (num_classes or 2))  # the search fills it in
             try:
                 loss = build_loss(m.loss, **params)
             except ValueError as err:
                 raise ConfigError(f"methods[{i}] ({m.name}): {err}") from None
-            if m.loss == "ptloss":  # PTLoss takes (C, M) for any C; this task has num_classes rows
+            if m.loss == "ptloss" and num_classes is not None:  # PTLoss takes (C, M): this task has C rows
                 try:
                     check_eps(f"methods[{i}] ({m.name}).params.eps", loss.eps, num_classes)
                 except ValueError as err:
@@ -372,9 +377,9 @@ class TextData:
 
     Paper tasks follow SPEC's protocol: the official train split re-split into teacher-train,
     distillation (labels dropped) and validation, the official validation split as test;
-    ``sizes`` default to the paper's (Table 3). ``source`` is a local directory laid out like the
-    hub dataset (for mirrors and tests); ``None`` loads from the hub. Your own file (CSV,
-    parquet, JSONL) is split by ``fractions``.
+    ``sizes`` default to the paper's (Table 3). ``source`` is a local directory or ``gs://`` prefix
+    laid out like the hub dataset (for mirrors and tests); ``None`` loads from the hub. Your own
+    file (CSV, parquet, JSONL; local or ``gs://``) is split by ``fractions``.
     """
 
     task: str = ""
@@ -459,7 +464,7 @@ class TextConfig(ExperimentConfig):
         except ValueError as err:
             raise ConfigError(f"teacher.prompt/label_words: {err}") from None
 
-    def validate(self, num_classes: int) -> None:
+    def validate(self, num_classes: int | None) -> None:
         """Also: a generative teacher has one label word per class; fine-tuning is for classification and
         seq2seq teachers (a causal LM's verbalizer scores text continuations that training cannot match).
         With ``teacher.outputs`` no teacher model is used, so none of it is checked."""
@@ -472,7 +477,7 @@ class TextConfig(ExperimentConfig):
                               " teacher.fine_tune=false to score it pretrained")
         if self.teacher.model.kind != "classification":
             words = self.verbalizer().label_words
-            if len(words) != num_classes:
+            if num_classes is not None and len(words) != num_classes:
                 raise ConfigError(f"teacher.label_words: expected {num_classes} words (one per class), got"
                                   f" {len(words)}: {list(words)}")
 

@@ -24,6 +24,12 @@ What the interface guarantees, because pipelines run steps concurrently and retr
 * **Best-effort clean-up.** :meth:`Store.delete_prefix` deletes a run's objects, keeping
   the keys a predicate names, and reports what it could not delete instead of raising.
 
+Inputs a task reads from a bucket (a config's ``data.path``, ``data.source``, a checkpoint
+folder) go through :func:`fetch` / :func:`local_copy`: a local copy in a cache keyed by each
+object's generation and md5, so the existing file readers and ``from_pretrained`` read it, and
+errors name the ``gs://`` object. :func:`check_location` checks such a location's syntax
+without touching it (what ``compile`` does).
+
 Keys are ``/``-separated paths relative to the store's root. Empty segments, ``.``, ``..``
 and a leading ``/`` are rejected, so a key can never point outside the root.
 
@@ -34,6 +40,7 @@ and a leading ``/`` are rejected, so a key can never point outside the root.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import errno
 import hashlib
 import json
@@ -43,13 +50,14 @@ import random
 import re
 import secrets
 import shutil
+import tempfile
 import time
 import urllib.request
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
@@ -518,17 +526,7 @@ class GCSStore(Store):
             import requests
         except ImportError as exc:
             raise ImportError(f"opening {uri!r} needs google-cloud-storage: pip install 'ptdistill[gcs]'") from exc
-        if uri[:5].lower() != "gs://":
-            raise ValueError(f"expected a gs://bucket[/prefix] URI, got {uri!r}")
-        bucket, _, prefix = uri[len("gs://") :].partition("/")
-        prefix = prefix.strip("/")
-        if not bucket:
-            raise ValueError(f"no bucket in {uri!r}; expected gs://bucket[/prefix]")
-        if not _valid_bucket_name(bucket):
-            raise ValueError(f"bucket name {bucket!r} in {uri!r} is not valid on GCS: 3-63 characters of lowercase "
-                             "letters, digits, '-', '_' and '.', starting and ending with a letter or digit")
-        if prefix:
-            _check_key(prefix)
+        bucket, prefix = parse_gs_uri(uri)
         self.bucket_name = bucket
         self.prefix = prefix
         self.retry = retry or RetryPolicy()
@@ -660,16 +658,29 @@ class GCSStore(Store):
         return self._call(self.uri(key), lambda: blob.exists(retry=None, timeout=self.retry.timeout))
 
     def list(self, prefix: str = "") -> list[str]:
+        return sorted(self.versions(prefix))
+
+    def versions(self, prefix: str = "") -> dict[str, str]:
+        """Key -> ``"<generation>:<md5>"`` of every object whose key starts with ``prefix`` (as
+        :meth:`list`): what identifies an object's content without reading it."""
         full = self._name(_check_prefix(prefix))
         strip = len(self.prefix) + 1 if self.prefix else 0
 
-        def names() -> list[str]:
-            blobs = self._client.list_blobs(self._bucket, prefix=full, retry=None, timeout=self.retry.timeout)
-            return [b.name for b in blobs]
+        def blobs() -> dict[str, str]:
+            found = self._client.list_blobs(self._bucket, prefix=full, retry=None, timeout=self.retry.timeout)
+            return {b.name: _blob_version(b) for b in found}
 
-        found = self._call(f"gs://{self.bucket_name}/{full}", names, bucket_level=True)
+        found = self._call(f"gs://{self.bucket_name}/{full}", blobs, bucket_level=True)
         # Names ending in '/' are console "folder" placeholders, not objects.
-        return sorted(name[strip:] for name in found if not name.endswith("/"))
+        return {name[strip:]: version for name, version in found.items() if not name.endswith("/")}
+
+    def version(self, key: str) -> str:
+        """``"<generation>:<md5>"`` of ``key`` (one metadata request); ``FileNotFoundError`` if it does not exist."""
+        name = self._name(_check_key(key))
+        blob = self._call(self.uri(key), lambda: self._bucket.get_blob(name, retry=None, timeout=self.retry.timeout))
+        if blob is None:
+            raise _not_found(self.uri(key))
+        return _blob_version(blob)
 
     def delete(self, key: str) -> None:
         blob = self._bucket.blob(self._name(_check_key(key)))
@@ -704,10 +715,7 @@ def open_store(uri: str, *, client: Client | None = None, retry: RetryPolicy | N
     scheme, sep, rest = uri.partition("://")
     scheme = scheme.lower()
     if not sep:
-        head, colon, _ = uri.partition(":")
-        if colon and head.lower() in _URI_SCHEMES:
-            raise ValueError(f"malformed storage URI {uri!r}: expected {head.lower()}:// (two slashes), "
-                             f"e.g. {head.lower()}://bucket/prefix; supported: {', '.join(SUPPORTED_SCHEMES)}")
+        _check_not_mistyped(uri, SUPPORTED_SCHEMES)
         return LocalStore(uri)
     if scheme == "gs":
         return GCSStore(uri, client=client, retry=retry)
@@ -717,3 +725,172 @@ def open_store(uri: str, *, client: Client | None = None, retry: RetryPolicy | N
             raise ValueError(f"file URI {uri!r} must be absolute, like file:///abs/path")
         return LocalStore(urllib.request.url2pathname("/" + path))
     raise ValueError(f"unsupported storage URI {uri!r}: scheme {scheme!r}; supported: {', '.join(SUPPORTED_SCHEMES)}")
+
+
+def parse_gs_uri(uri: str) -> tuple[str, str]:
+    """``(bucket, name)`` of ``gs://bucket[/name]`` (``name`` without surrounding ``/``, maybe empty).
+
+    Checks syntax only, with no request: a ValueError names the URI and what is wrong (no bucket,
+    a bucket name GCS refuses, empty, ``.`` or ``..`` segments in the name).
+    """
+    if not isinstance(uri, str) or uri[:5].lower() != "gs://":
+        raise ValueError(f"expected a gs://bucket[/prefix] URI, got {uri!r}")
+    bucket, _, name = uri[len("gs://") :].partition("/")
+    name = name.strip("/")
+    if not bucket:
+        raise ValueError(f"no bucket in {uri!r}; expected gs://bucket[/prefix]")
+    if not _valid_bucket_name(bucket):
+        raise ValueError(f"bucket name {bucket!r} in {uri!r} is not valid on GCS: 3-63 characters of lowercase "
+                         "letters, digits, '-', '_' and '.', starting and ending with a letter or digit")
+    if name:
+        try:
+            _check_key(name)
+        except ValueError:
+            raise ValueError(f"object name {name!r} in {uri!r} has empty, '.' or '..' segments") from None
+    return bucket, name
+
+
+def _check_not_mistyped(location: str, supported: Sequence[str]) -> None:
+    """ValueError for ``gs:/bucket/x`` or ``file:x``: a URI missing its ``//``, which ``Path`` would
+    silently turn into a local folder named ``gs:``."""
+    head, colon, _ = location.partition(":")
+    if colon and head.lower() in _URI_SCHEMES:
+        raise ValueError(f"malformed storage URI {location!r}: expected {head.lower()}:// (two slashes), "
+                         f"e.g. {head.lower()}://bucket/prefix; supported: {', '.join(supported)}")
+
+
+def _blob_version(blob: Any) -> str:
+    """What identifies a GCS object's content: its generation (new on every write) and md5."""
+    return f"{blob.generation}:{blob.md5_hash or blob.crc32c}"
+
+
+#: What a data file or checkpoint folder of a config may be (``data.path``, ``*.model.name_or_path``).
+LOCATION_SCHEMES = ("local path", "gs://")
+
+
+def is_remote(location: str) -> bool:
+    """Whether ``location`` is an object-storage URI (``gs://``), not a local path or a hub id."""
+    return isinstance(location, str) and location[:5].lower() == "gs://"
+
+
+def check_location(location: str, *, folder: bool = False, suffixes: Sequence[str] | None = None) -> None:
+    """Check the syntax of a data file or folder location without touching it (no request, no file access).
+
+    A local path (or, for a folder, anything else that is not a URI: a hub id, ``package:x``)
+    passes; it is checked where it is read. A ``gs://`` URI needs a valid bucket and, for a
+    file (``folder=False``), an object name not ending in ``/``. ``suffixes``: a file's allowed
+    suffixes (lowercase, with the dot). A URI missing its ``//`` (``gs:/b/x``) or of another
+    scheme is a ValueError saying what was expected.
+    """
+    if is_remote(location):
+        _, name = parse_gs_uri(location)
+        if not folder and (not name or location.endswith("/")):
+            raise ValueError(f"{location!r} names no object; expected gs://bucket/path/to/file")
+        path = PurePosixPath(name)
+    else:
+        scheme, sep, _ = location.partition("://")
+        if sep and re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*", scheme):
+            raise ValueError(f"unsupported URI {location!r}: scheme {scheme.lower()!r}; expected a local path or "
+                             f"gs://bucket/{'prefix' if folder else 'object'}")
+        _check_not_mistyped(location, LOCATION_SCHEMES)
+        path = PurePosixPath(location)
+    if suffixes is not None and not folder and path.suffix.lower() not in suffixes:
+        raise ValueError(f"{location}: unsupported file type {path.suffix.lower()!r}; expected one of "
+                         f"{', '.join(suffixes)}")
+
+
+def cache_root() -> Path:
+    """Where objects read from object storage are kept: ``$PTDISTILL_CACHE/objects``, by default
+    ``~/.cache/ptdistill/objects``, or under the temp folder when the home folder is not writable
+    (a pod run as an arbitrary uid). Entries are named by the objects' identity, never reused for
+    another version."""
+    if os.environ.get("PTDISTILL_CACHE"):
+        return Path(os.environ["PTDISTILL_CACHE"]).expanduser() / "objects"
+    home = Path.home()
+    if os.access(home, os.W_OK):
+        return home / ".cache" / "ptdistill" / "objects"
+    return Path(tempfile.gettempdir()) / f"ptdistill-{os.getuid()}" / "objects"
+
+
+def fetch(location: str, *, folder: bool = False, include: Callable[[str], bool] | None = None,
+          expected: str = "") -> Path:
+    """A local path to read ``location`` from: the path itself, or a cached copy of a ``gs://`` object
+    (``folder=False``) or of every object under a ``gs://`` prefix (``folder=True``; only the keys,
+    relative to the prefix, for which ``include`` is true).
+
+    The cache entry (under :func:`cache_root`) is named by a hash of the URI and each object's
+    generation and md5 (:meth:`GCSStore.version`), never by a local path: a new version of an
+    object is fetched again, an unchanged one once per machine. Entries appear whole (written
+    aside, then renamed), so tasks sharing a machine may fetch at once. Errors are ValueErrors
+    naming the URI, as a local file's name the file: ``gs://b/x.csv: object not found``,
+    ``gs://b/ckpt/: no objects under this prefix`` (then ``expected``), a missing bucket, a
+    refused request or a store that cannot be reached.
+    """
+    if not is_remote(location):
+        return Path(location).expanduser()
+    try:
+        return _fetch_dir(location, include) if folder else _fetch_file(location)
+    except FileNotFoundError as err:
+        if err.strerror != "No such object":  # the bucket
+            raise ValueError(f"{location}: {err.strerror}") from None
+        if folder:
+            raise ValueError(f"{err.filename}: no objects under this prefix{'; expected ' + expected if expected else ''}") \
+                from None
+        raise ValueError(f"{err.filename}: object not found") from None
+    except OSError as err:  # refused (403), unreachable, or an answer GCS never gives
+        raise ValueError(f"{location}: cannot be read ({err.strerror or _one_line(err)})") from None
+
+
+@contextlib.contextmanager
+def local_copy(location: str, *, folder: bool = False, include: Callable[[str], bool] | None = None,
+               expected: str = "") -> Iterator[Path]:
+    """:func:`fetch` ``location``; a ValueError raised inside the ``with`` block that names the local
+    copy is raised again naming ``location`` instead, so a reader's errors ("no label column",
+    "row 7 ...") name the object the user gave."""
+    local = fetch(location, folder=folder, include=include, expected=expected)
+    try:
+        yield local
+    except ValueError as err:
+        text = str(err)
+        if local == Path(location).expanduser() or str(local) not in text:
+            raise
+        raise ValueError(text.replace(str(local), location.rstrip("/"))) from None
+
+
+def _fetch_file(uri: str) -> Path:
+    """The object ``uri`` in the cache (fetched unless there), under its own file name."""
+    parent, _, name = uri.rstrip("/").rpartition("/")
+    store = open_store(parent)
+    assert isinstance(store, GCSStore)
+    entry = cache_root() / content_key(uri, store.version(name))[:32]
+    path = entry / name
+    if not path.is_file():
+        store.download_file(name, path)  # atomic: a temp file in entry/, then renamed
+    return path
+
+
+def _fetch_dir(uri: str, include: Callable[[str], bool] | None) -> Path:
+    """Every object under the prefix ``uri`` (those ``include`` keeps) in the cache, as a folder
+    named like the prefix's last segment."""
+    store = open_store(uri.rstrip("/"))
+    assert isinstance(store, GCSStore)
+    versions = {k: v for k, v in store.versions("").items() if include is None or include(k)}
+    if not versions:
+        raise _not_found(store.root_uri + "/")
+    entry = cache_root() / content_key(store.root_uri, sorted(versions.items()))[:32]
+    path = entry / (PurePosixPath(store.prefix).name or store.bucket_name)
+    if path.is_dir():
+        return path
+    entry.mkdir(parents=True, exist_ok=True)
+    staging = entry / f"{_TMP_PREFIX}{secrets.token_hex(8)}"
+    try:
+        for key in sorted(versions):
+            store.download_file(key, staging / _check_key(key))
+        try:
+            os.rename(staging, path)
+        except OSError:
+            if not path.is_dir():  # not another task that got there first
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return path

@@ -18,6 +18,7 @@ import pandas as pd
 
 from ptdistill.datasets import SPLITS, FeatureSplit
 from ptdistill.io import read_table
+from ptdistill.storage import local_copy
 
 __all__ = ["DEFAULT_FRACTIONS", "MIN_CLASS_ROWS", "MIN_ROWS", "SUFFIXES", "Standardizer", "load_tabular", "show_class",
            "split_tabular", "standardize"]
@@ -42,9 +43,17 @@ def load_tabular(
 
     Features are ``feature_columns`` (default: every column but the label), all numeric.
     Labels may be strings or integers; they are mapped to 0..C-1 in sorted order and
-    ``class_names[k]`` is the original value of class k, as a string.
+    ``class_names[k]`` is the original value of class k, as a string. ``path`` may be a
+    ``gs://`` object (read through a cached copy, :func:`ptdistill.storage.local_copy`); errors
+    name it as they name a local file.
     """
-    path = Path(path)
+    with local_copy(str(path)) as local:
+        return _load_tabular(local, label_column, feature_columns)
+
+
+def _load_tabular(
+    path: Path, label_column: str, feature_columns: list[str] | None
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
     frame = read_table(path, SUFFIXES)
     columns = [str(c) for c in frame.columns]
     frame.columns = columns

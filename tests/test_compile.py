@@ -225,6 +225,18 @@ def test_cli_compile_tabular_checks_and_compiles(table, tmp_path, capsys):
     assert to_dict(config) == to_dict(_config("tabular", table))
 
 
+def test_cli_compile_reads_no_data(tmp_path, capsys):
+    """compile checks the config only: a table that is not on this machine (only on the cluster) is
+    passed on as given; prepare_data reads and checks it where the pipeline runs."""
+    out = tmp_path / "tabular.yaml"
+    missing = tmp_path / "on-the-cluster" / "table.csv"
+    assert main(["compile", "tabular", "--set", f"data.path={missing}", "-o", str(out)]) == 0
+    assert capsys.readouterr().out == f"wrote {out}\n"
+    assert config_from_dict(json.loads(Compiled(out).root_default("config_json"))).data.path == str(missing)
+    assert main(["compile", "tabular", "--set", f"data.path={missing.with_suffix('.xlsx')}", "-o", str(out)]) == 2
+    assert "unsupported file type '.xlsx'; expected one of .csv, .parquet, .pq" in capsys.readouterr().err
+
+
 # --------------------------------------------------------------------------- sharded teacher inference
 
 

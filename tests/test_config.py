@@ -353,8 +353,8 @@ def workdir(tmp_path, monkeypatch) -> Path:
     return folder
 
 
-BAD_INPUTS = [
-    pytest.param([], "data.path: the tabular benchmark needs a CSV or parquet file", id="missing-data-path"),
+#: Bad data: `run` reads local data up front; compile, submit and schedule read none (test_compile).
+BAD_DATA = [
     pytest.param(["--set", "data.path={data}/nope.csv"], "nope.csv: file not found", id="data-file-not-found"),
     pytest.param(["--set", "data.path={data}/no_label.csv"], "no label column 'label'", id="missing-label-column"),
     pytest.param(["--set", "data.path={data}/text_feature.csv"],
@@ -364,6 +364,11 @@ BAD_INPUTS = [
                  id="single-class"),
     pytest.param(["--set", "data.path={data}/good.csv", "--set", "data.feature_columns=[x1, x9]"],
                  "feature column(s) ['x9'] not found", id="missing-feature-column"),
+]
+BAD_CONFIG = [
+    pytest.param([], "data.path: the tabular benchmark needs a CSV or parquet file", id="missing-data-path"),
+    pytest.param(["--set", "data.path=gs:/bucket/table.csv"], "data.path: malformed storage URI 'gs:/bucket/table.csv'",
+                 id="malformed-uri"),
     pytest.param(["--set", "data.path={data}/good.csv", "--set", "student.train.epochs=abc"],
                  "student.train.epochs: expected an integer, got 'abc'", id="wrong-type"),
     pytest.param(["--set", "data.path={data}/good.csv", "--set", "student.train.epochz=3"],
@@ -378,8 +383,10 @@ BAD_INPUTS = [
 ]
 
 
-@pytest.mark.parametrize("command", ["run", "compile"])
-@pytest.mark.parametrize(("args", "message"), BAD_INPUTS)
+@pytest.mark.parametrize(("command", "args", "message"),
+                         [("run", *p.values) for p in BAD_DATA + BAD_CONFIG]
+                         + [("compile", *p.values) for p in BAD_CONFIG],
+                         ids=[f"run-{p.id}" for p in BAD_DATA + BAD_CONFIG] + [f"compile-{p.id}" for p in BAD_CONFIG])
 def test_cli_rejects_bad_config_or_data_before_any_pipeline(command, args, message, data_dir, workdir, capsys):
     argv = [command, "tabular", *(a.format(data=data_dir) for a in args)]
     if command == "compile":
@@ -482,7 +489,8 @@ def test_text_cli_rejects_bad_data_before_anything_starts(overrides, message, se
     import pipelines.local
 
     monkeypatch.setattr(pipelines.local, "run_local", lambda *a, **k: pytest.fail("the pipeline started"))
-    argv = ["run", "text", "--set", f"data.path={sentences_csv}"]
+    # The config is checked before the data: a classification teacher (no prompt needed) unless a case sets one.
+    argv = ["run", "text", "--set", f"data.path={sentences_csv}", "--set", "teacher.model.kind=classification"]
     for override in overrides:
         argv += ["--set", override]
     assert main(argv) == 2

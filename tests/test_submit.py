@@ -487,3 +487,15 @@ def test_vertex_without_the_extra_says_how_to_install(capsys):
     assert main(["submit", "synthetic", "--quick", "--vertex", "--project", "p", "--region", "r",
                  "--pipeline-root", "gs://b/r"]) == 2
     assert "pip install 'ptdistill[vertex]'" in capsys.readouterr().err
+
+
+def test_cli_submit_and_schedule_read_no_data(standin, tmp_path):
+    """Data the cluster reads (a gs:// object, a path only its pods have) is passed on unread and unchanged."""
+    locations = ["gs://bucket/data/table.csv", str(tmp_path / "cluster-only" / "table.csv")]
+    for location in locations:
+        assert main(["submit", "tabular", "--quick", "--host", standin.url, "--set", f"data.path={location}"]) == 0
+    assert main(["schedule", "tabular", "--quick", "--host", standin.url, "--cron", "0 0 3 * * *",
+                 "--set", f"data.path={locations[0]}"]) == 0
+    bodies = standin.bodies("POST", f"{API}/runs") + standin.bodies("POST", f"{API}/recurringruns")
+    sent = [json.loads(b["runtime_config"]["parameters"]["config_json"])["data"]["path"] for b in bodies]
+    assert sent == [*locations, locations[0]]

