@@ -49,7 +49,6 @@ works like a local path; it is hashed (sha256) for the content-addressed cache.
 from __future__ import annotations
 
 import hashlib
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,10 +59,10 @@ import torch
 
 from ptdistill import checks
 from ptdistill.io import _decimals, _numeric, _read, check_file
-from ptdistill.storage import LocalStore, open_store
+from ptdistill.storage import check_location, is_remote, local_copy
 
 __all__ = ["CACHE_VERSION", "ID_COLUMN", "KINDS", "NEEDED", "SPLIT_COLUMN", "SUFFIXES", "TeacherOutputs", "align",
-           "check_before_run", "check_spec", "fetch", "file_sha256", "read_outputs", "teacher_outputs"]
+           "check_before_run", "check_spec", "file_sha256", "read_outputs", "teacher_outputs"]
 
 #: Bumped when reading or aligning a file changes meaning (part of the cache key of the imported outputs).
 CACHE_VERSION = 1
@@ -107,48 +106,15 @@ class TeacherOutputs:
 
 
 def check_spec(uri: str, kind: str) -> None:
-    """``teacher.outputs`` / ``teacher.outputs_kind`` as config values, reading nothing: raises ValueError."""
+    """``teacher.outputs`` / ``teacher.outputs_kind`` as config values, reading nothing (no file access,
+    no request: compiling needs no credentials); raises ValueError."""
     if kind not in KINDS:
         raise ValueError(f"teacher.outputs_kind: expected one of {', '.join(KINDS)}, got {kind!r}")
-    if not uri:
-        return
-    if Path(uri.rstrip("/")).suffix.lower() not in SUFFIXES:
-        raise ValueError(f"teacher.outputs: {uri}: unsupported file type {Path(uri).suffix.lower()!r};"
-                         f" expected one of {', '.join(SUFFIXES)}")
-    if "://" in uri:
-        _split_uri(uri)
-    else:
-        open_store(uri)  # a mistyped scheme (gs:/b/x.csv) is an error, not a local folder "gs:"
-
-
-def _split_uri(uri: str) -> tuple[str, str]:
-    """(store root, object name) of ``gs://bucket/.../name`` or ``file:///.../name``, by syntax only (no
-    client is made: compiling needs no credentials); raises ValueError for another scheme or no object."""
-    scheme = uri.partition("://")[0].lower()
-    if scheme not in ("gs", "file"):
-        raise ValueError(f"teacher.outputs: {uri}: unsupported scheme {scheme!r}; expected a local path, a file://"
-                         " or a gs:// URI")
-    root, _, name = uri.rstrip("/").rpartition("/")
-    if (scheme == "gs" and root.rstrip("/").endswith(":")) or not name:
-        raise ValueError(f"teacher.outputs: {uri}: expected an object URI such as gs://bucket/outputs.parquet")
-    return root, name
-
-
-def fetch(uri: str, folder: str | Path) -> Path:
-    """The outputs file as a local path: ``uri`` itself if local (checked), else downloaded into ``folder``.
-
-    Raises ValueError naming the file (not found, a directory, empty) and ``FileNotFoundError``
-    / ``PermissionError`` / ``StoreUnavailableError`` naming the object for a remote one.
-    """
-    if "://" not in uri:
-        return check_file(Path(uri).expanduser(), SUFFIXES)
-    root, name = _split_uri(uri)
-    store = open_store(root)
-    if isinstance(store, LocalStore):
-        return check_file(store.root / name, SUFFIXES)
-    local = Path(folder) / name
-    store.download_file(name, local)
-    return local
+    if uri:
+        try:
+            check_location(uri, suffixes=SUFFIXES)
+        except ValueError as err:
+            raise ValueError(f"teacher.outputs: {err}") from None
 
 
 def file_sha256(path: str | Path) -> str:
@@ -368,8 +334,9 @@ def teacher_outputs(uri: str, kind: str, class_names: Sequence[str],
                     split_ids: Mapping[str, np.ndarray]) -> tuple[TeacherOutputs, dict[str, np.ndarray]]:
     """Fetch, read, check and align ``uri``: the outputs and the row positions of each needed split."""
     check_spec(uri, kind)
-    with tempfile.TemporaryDirectory(prefix="ptdistill-outputs-") as folder:
-        path = fetch(uri, folder)
+    if not is_remote(uri):
+        check_file(Path(uri).expanduser(), SUFFIXES)
+    with local_copy(uri) as path:  # a gs:// object: a copy cached by its generation and md5
         outputs = read_outputs(path, uri, kind, class_names)
     return outputs, align(outputs, split_ids)
 
@@ -377,5 +344,5 @@ def teacher_outputs(uri: str, kind: str, class_names: Sequence[str],
 def check_before_run(spec, class_names: Sequence[str], split_ids: Mapping[str, np.ndarray]) -> None:
     """``ptdistill run``'s up-front check of a local ``spec.outputs`` (a teacher config), with the
     errors the pipeline's import_teacher_outputs step would give; a remote file is checked there."""
-    if spec.outputs and ("://" not in spec.outputs or spec.outputs.lower().startswith("file://")):
+    if spec.outputs and not is_remote(spec.outputs):
         teacher_outputs(spec.outputs, spec.outputs_kind, class_names, split_ids)

@@ -62,6 +62,20 @@ PIPELINE_FIXTURES = {"local_pipeline": "local", "failing_pipeline": "failing", "
                      "text_pipeline": "text", "sharded_pipeline": "sharded"}
 
 
+@pytest.fixture(autouse=True, scope="session")
+def object_cache(tmp_path_factory) -> Path:
+    """Copies of gs:// objects (``ptdistill.storage.fetch``) go to a folder of this session, not the
+    user's ``~/.cache/ptdistill``; set in the environment, so pipeline tasks inherit it."""
+    folder = tmp_path_factory.mktemp("ptdistill-cache")
+    saved = os.environ.get("PTDISTILL_CACHE")
+    os.environ["PTDISTILL_CACHE"] = str(folder)
+    yield folder
+    if saved is None:
+        os.environ.pop("PTDISTILL_CACHE", None)
+    else:
+        os.environ["PTDISTILL_CACHE"] = saved
+
+
 # --------------------------------------------------------------------------- tiny configs
 
 

@@ -144,8 +144,10 @@ def test_a_gs_uri_is_read_through_the_store(tmp_path, faulty_gcs, monkeypatch):
         with pytest.raises(ValueError) as err:  # errors name the object, not the local copy
             teacher_outputs(uri, "auto", ["a", "b"], SPLIT_IDS)
         assert str(err.value) == f"{uri}: has 3 class columns ['p0', 'p1', 'p2']; the data has 2 classes ['a', 'b']"
-        with pytest.raises(FileNotFoundError, match="teacher-outputs-test/missing.parquet"):
-            teacher_outputs(uri.replace("outputs.parquet", "missing.parquet"), "auto", CLASSES, SPLIT_IDS)
+        missing = uri.replace("outputs.parquet", "missing.parquet")
+        with pytest.raises(ValueError) as err:
+            teacher_outputs(missing, "auto", CLASSES, SPLIT_IDS)
+        assert str(err.value) == f"{missing}: object not found"
     finally:
         blob.delete()
 
@@ -272,12 +274,11 @@ def test_file_and_config_errors(tmp_path):
                                             " got 'softmax'",
              "teacher.outputs=out.json": "teacher.outputs: out.json: unsupported file type '.json'; expected one of"
                                          " .parquet, .pq, .csv, .npy",
-             "teacher.outputs=gs:/b/o.csv": "malformed storage URI 'gs:/b/o.csv': expected gs:// (two slashes), e.g."
-                                            " gs://bucket/prefix; supported: local path, file://, gs://",
-             "teacher.outputs=gs://o.csv": "teacher.outputs: gs://o.csv: expected an object URI such as"
-                                           " gs://bucket/outputs.parquet",
-             "teacher.outputs=s3://b/o.csv": "teacher.outputs: s3://b/o.csv: unsupported scheme 's3'; expected a"
-                                             " local path, a file:// or a gs:// URI"}
+             "teacher.outputs=gs:/b/o.csv": "teacher.outputs: malformed storage URI 'gs:/b/o.csv': expected gs:// (two"
+                                            " slashes), e.g. gs://bucket/prefix; supported: local path, gs://",
+             "teacher.outputs=gs://bkt/": "teacher.outputs: 'gs://bkt/' names no object; expected gs://bucket/path/to/file",
+             "teacher.outputs=s3://b/o.csv": "teacher.outputs: unsupported URI 's3://b/o.csv': scheme 's3'; expected a"
+                                             " local path or gs://bucket/object"}
     for override, message in cases.items():
         config = load_config(type(base), None, [override], base=base)
         with pytest.raises(ConfigError) as err:
