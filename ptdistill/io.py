@@ -182,7 +182,9 @@ def _check_unique_columns(path: Path, names: Sequence[str]) -> None:
                          " count as the same)")
 
 
-def _read(path: str | Path) -> np.ndarray | pd.DataFrame:
+def read_array_or_table(path: str | Path) -> np.ndarray | pd.DataFrame:
+    """A ``.npy`` file as its array (no pickles), a CSV/parquet file as a DataFrame
+    (:func:`read_table`); raises ValueError naming the file."""
     path = check_file(path, SUFFIXES)
     if path.suffix.lower() != ".npy":
         return read_table(path, SUFFIXES)
@@ -192,7 +194,8 @@ def _read(path: str | Path) -> np.ndarray | pd.DataFrame:
         raise ValueError(f"{path}: not a readable .npy file ({err})") from None
 
 
-def _numeric(frame: pd.DataFrame, column: str, path: Path) -> np.ndarray:
+def numeric_column(frame: pd.DataFrame, column: str, path: Path) -> np.ndarray:
+    """``frame[column]`` as an array; a ValueError naming ``path`` and the column if it is not numeric."""
     values = frame[column]
     if not pd.api.types.is_numeric_dtype(values):
         raise ValueError(f"{path}: column {column!r} has dtype {values.dtype}; expected numbers")
@@ -202,7 +205,7 @@ def _numeric(frame: pd.DataFrame, column: str, path: Path) -> np.ndarray:
 def load_labels(path: str | Path, column: str | None = None) -> torch.Tensor:
     """Integer labels (N,) from a 1-D .npy array or a table column (default: ``label``, or the only column)."""
     path = Path(path)
-    data = _read(path)
+    data = read_array_or_table(path)
     if isinstance(data, np.ndarray):
         if data.ndim != 1:
             raise ValueError(f"{path}: expected a 1-D array of labels, got shape {data.shape}")
@@ -215,7 +218,7 @@ def load_labels(path: str | Path, column: str | None = None) -> torch.Tensor:
                 f"{path}: no labels column {column or 'label'!r}; columns are {list(data.columns)}"
                 " (name one with --labels-column)"
             )
-        values = _numeric(data, column, path)
+        values = numeric_column(data, column, path)
     return _as_labels(values, path, column)
 
 
@@ -247,7 +250,7 @@ def load_teacher_probs(
     further off, all-zero rows, values above 1 or negative values are a ValueError naming the row.
     """
     path = Path(path)
-    data = _read(path)
+    data = read_array_or_table(path)
     name = str(path)
     if isinstance(data, np.ndarray):
         if labels_column:
@@ -264,7 +267,7 @@ def load_teacher_probs(
     if labels_column is not None:
         if labels_column not in data.columns:
             raise ValueError(f"{path}: no labels column {labels_column!r}; columns are {list(data.columns)}")
-        labels = _as_labels(_numeric(data, labels_column, path), path, labels_column)
+        labels = _as_labels(numeric_column(data, labels_column, path), path, labels_column)
     if prob_columns:
         missing = [c for c in prob_columns if c not in data.columns]
         if missing:
@@ -279,15 +282,15 @@ def load_teacher_probs(
     else:
         columns = [c for c in data.columns if c != labels_column and str(c).lower() not in NON_PROB_COLUMNS]
     for column in columns:
-        _numeric(data, column, path)
+        numeric_column(data, column, path)
     if len(columns) < 2:
         raise ValueError(f"{path}: expected at least 2 probability columns, found {columns}")
     probs = torch.tensor(data[columns].to_numpy(dtype=np.float64))
-    decimals = _decimals(path, columns) if path.suffix.lower() == ".csv" else None
+    decimals = csv_decimals(path, columns) if path.suffix.lower() == ".csv" else None
     return normalize_probs(name, probs, tolerance=user_tolerance(len(columns), decimals=decimals)), labels
 
 
-def _decimals(path: Path, columns: list[str]) -> int:
+def csv_decimals(path: Path, columns: list[str]) -> int:
     """The most digits after the decimal point among ``columns`` of a CSV (``1.5e-05`` has 6): the
     precision the values were written with."""
     raw = read_table(path, (".csv",), {"dtype": str, "keep_default_na": False, "usecols": columns})

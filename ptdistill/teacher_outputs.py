@@ -58,7 +58,7 @@ import pandas as pd
 import torch
 
 from ptdistill import checks
-from ptdistill.io import _decimals, _numeric, _read, check_file
+from ptdistill.io import check_file, csv_decimals, numeric_column, read_array_or_table
 from ptdistill.storage import check_location, is_remote, local_copy
 
 __all__ = ["CACHE_VERSION", "ID_COLUMN", "KINDS", "NEEDED", "SPLIT_COLUMN", "SUFFIXES", "TeacherOutputs", "align",
@@ -136,7 +136,7 @@ def read_outputs(path: str | Path, uri: str, kind: str, class_names: Sequence[st
 
 
 def _read_outputs(path: Path, uri: str, kind: str, class_names: list[str], sha256: str) -> TeacherOutputs:
-    data = _read(path)
+    data = read_array_or_table(path)
     ids = splits = None
     decimals = None
     if isinstance(data, np.ndarray):
@@ -153,7 +153,7 @@ def _read_outputs(path: Path, uri: str, kind: str, class_names: list[str], sha25
         if listed:
             kind = listed
         elif path.suffix.lower() == ".csv":
-            decimals = _decimals(path, columns)
+            decimals = csv_decimals(path, columns)
     if values.shape[1] != len(class_names):
         what = f"columns {columns}" if columns else "columns"
         raise ValueError(f"{path}: has {values.shape[1]} class {what}; the data has {len(class_names)} classes"
@@ -207,7 +207,7 @@ def _values(frame: pd.DataFrame, path: Path, kind: str, class_names: list[str]) 
         return values, [column], column
     columns = [c for c in frame.columns if c.lower() not in _NOT_VALUES]
     for column in columns:
-        _numeric(frame, column, path)
+        numeric_column(frame, column, path)
     if sorted(columns) == sorted(class_names) and columns != class_names:
         columns = list(class_names)  # named after the classes: matched by name, not position
     return frame[columns].to_numpy(dtype=np.float64), columns, ""
