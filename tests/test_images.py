@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import free_port
-from dockerd import Dockerd
+from dockerd import Dockerd, DockerdError, start_dockerd
 
 pytestmark = pytest.mark.images
 
@@ -29,14 +29,32 @@ def test_cpu_image_imports_the_project_as_uid_1000_with_the_pinned_cpu_torch(doc
     code = ("import json, os, ptdistill, components, pipelines, kfp, mlflow, torch; "
             "print(json.dumps([os.getuid(), os.getgid(), torch.__version__, torch.version.cuda, "
             "ptdistill.__file__]))")
-    out = docker_host.docker("run", "--rm", "--network", "none", cpu_image, "python", "-c", code,
-                             timeout=300).stdout
-    uid, gid, version, cuda, where = json.loads(out.strip().splitlines()[-1])
+    proc = docker_host.docker("run", "--rm", "--network", "none", cpu_image, "python", "-c", code,
+                              timeout=300)
+    uid, gid, version, cuda, where = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert "not a writable directory" not in proc.stderr, proc.stderr  # MPLCONFIGDIR is usable
     assert (uid, gid) == (1000, 1000)
     assert version == f"{TORCH_VERSION}+cpu" and cuda is None
     assert where.startswith("/opt/venv/"), where  # the installed package, not a mounted tree
     user = docker_host.docker("image", "inspect", "-f", "{{.Config.User}}", cpu_image).stdout
     assert user.strip() == "1000:1000"
+
+
+def test_private_dockerd_starts_refuses_a_second_on_its_data_root_and_stops_clean(tmp_path):
+    root = tmp_path / "data-root"
+    daemon = start_dockerd(root)
+    try:
+        info = daemon.docker("info", "--format", "{{.DockerRootDir}} {{.Driver}}").stdout.split()
+        assert info == [str(root), "overlay2"]
+        with pytest.raises(DockerdError, match=f"data root {root} is in use by another dockerd"):
+            start_dockerd(root)
+    finally:
+        folder, pid = daemon.folder, daemon.pid
+        daemon.stop()
+    assert not Path(f"/proc/{pid}").exists()
+    assert not folder.exists()  # socket, pidfile, exec root gone; netns unmounted first
+    assert str(folder) not in Path("/proc/self/mounts").read_text()
+    start_dockerd(root).stop()  # the lock went with the daemon
 
 
 def _wait_healthy(docker_host: Dockerd, container: str, url: str, timeout: float = 180) -> None:
