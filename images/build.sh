@@ -84,6 +84,7 @@ trap on_exit EXIT
 # --offline: the Debian base image, made once per recipe.
 offline_base() {
     local suite="${DEBIAN_SUITE:-bookworm}" mirror="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+    # shellcheck disable=SC2054,SC2016  # commas of --include; $1 is the hook's, not ours
     local recipe=(mmdebstrap --variant=minbase --include=python3,python3-venv,ca-certificates,passwd
         "--dpkgopt=path-exclude=/usr/share/doc/*" "--dpkgopt=path-exclude=/usr/share/man/*"
         "--dpkgopt=path-exclude=/usr/share/locale/*"
