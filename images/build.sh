@@ -32,6 +32,9 @@
 # or a mirror; default pypi.org), DEBIAN_MIRROR (--offline: default
 # http://deb.debian.org/debian), DEBIAN_SUITE (default bookworm: python 3.11 like the slim base).
 set -euo pipefail
+# The whole script is one block, parsed before it runs: editing this file during a long build
+# cannot derail the build in progress.
+{
 
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
 
@@ -78,6 +81,7 @@ if [[ -n "${PIP_INDEX_URL:-}" ]]; then
 fi
 
 cleanup=()
+# shellcheck disable=SC2317  # run by the EXIT trap
 on_exit() { local c; for c in "${cleanup[@]}"; do eval "$c"; done; }
 trap on_exit EXIT
 
@@ -220,3 +224,5 @@ if mlflow:
     print(f"updated {kust}: {mlflow}")
 PY
 echo ">> compile pipelines now to use these images (components/images.py reads images/images.json)"
+exit 0
+}
