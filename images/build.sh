@@ -28,7 +28,7 @@
 # dirty work tree (tag suffix -dirty; --load allows it by itself), DOCKER (default: docker; it
 # must have BuildKit, e.g. Debian's /usr/bin/docker), TORCH_WHEELS (--offline: folder with the
 # torch wheel), CA_BUNDLE (--offline: default /etc/ssl/certs/ca-certificates.crt when present),
-# TORCH_INDEX_PORT (--offline: 127.0.0.1 port of that index, default 38517), PIP_INDEX_URL (PyPI
+# TORCH_INDEX_PORT (--offline: 127.0.0.1 port of that index, default 38517, or the next free), PIP_INDEX_URL (PyPI
 # or a mirror; default pypi.org), DEBIAN_MIRROR (--offline: default
 # http://deb.debian.org/debian), DEBIAN_SUITE (default bookworm: python 3.11 like the slim base).
 set -euo pipefail
@@ -139,19 +139,28 @@ for name, files in projects.items():
         links.append(f'<a href="{f.name}">{f.name}</a><br>')
     (folder / "index.html").write_text("<html><body>\n" + "\n".join(links) + "\n</body></html>\n")
 PY
-    # A fixed port: the index URL is a build argument, part of the layer cache key.
-    port="${TORCH_INDEX_PORT:-38517}"
-    if python3 -c "import socket; socket.create_connection(('127.0.0.1', $port), 1)" 2>/dev/null; then
-        echo "error: port ${port} on 127.0.0.1 is taken (another build?); set TORCH_INDEX_PORT" >&2
-        exit 4
-    fi
-    python3 -m http.server --bind 127.0.0.1 --directory "$dir" "$port" >"$dir/http.log" 2>&1 &
-    cleanup+=("kill $! 2>/dev/null; rm -rf '$dir'")
-    for _ in $(seq 50); do
-        python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$port/simple/torch/')" 2>/dev/null && break
-        sleep 0.1
+    # A fixed port, so the index URL (a build argument: part of the layer cache key) stays the
+    # same between builds; the next ones while another build serves there.
+    local first="${TORCH_INDEX_PORT:-38517}" port pid
+    for port in $(seq "$first" $((first + 19))); do
+        python3 -c "import socket, sys; socket.create_connection(('127.0.0.1', int(sys.argv[1])), 1)" "$port" 2>/dev/null && continue
+        python3 -m http.server --bind 127.0.0.1 --directory "$dir" "$port" >"$dir/http.log" 2>&1 &
+        pid=$!
+        for _ in $(seq 100); do
+            kill -0 "$pid" 2>/dev/null || break  # could not bind: taken meanwhile
+            if python3 -c "import sys, urllib.request; urllib.request.urlopen(sys.argv[1])" \
+                    "http://127.0.0.1:${port}/simple/torch/" 2>/dev/null && kill -0 "$pid" 2>/dev/null; then
+                cleanup+=("kill $pid 2>/dev/null; rm -rf '$dir'")
+                TORCH_INDEX="http://127.0.0.1:${port}/simple"
+                return 0
+            fi
+            sleep 0.1
+        done
+        kill "$pid" 2>/dev/null || true
     done
-    TORCH_INDEX="http://127.0.0.1:${port}/simple"
+    rm -rf "$dir"
+    echo "error: no free port for the torch index on 127.0.0.1:${first}-$((first + 19)); set TORCH_INDEX_PORT" >&2
+    exit 4
 }
 
 if [[ "$OFFLINE" == 1 ]]; then

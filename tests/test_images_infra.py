@@ -345,6 +345,18 @@ def test_build_sh_offline_serves_the_wheel_folder_and_passes_base_and_ca_secret(
         free = socket.create_connection(("127.0.0.1", port), timeout=2)
         free.close()
 
+    # Another build serving on that port: the next free one (the cache key changes only then).
+    with socket.socket() as other:
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # our index's TIME_WAIT
+        other.bind(("127.0.0.1", port))
+        other.listen()
+        proc = subprocess.run(["bash", "images/build.sh", "--offline", "--load", "cpu"], cwd=repo, env=env,
+                              capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (build,) = [c for c in log.read_text().splitlines() if c.startswith("build ")][1:]
+    (used,) = re.findall(r"TORCH_INDEX_URL=http://127.0.0.1:(\d+)/simple ", build)
+    assert port < int(used) <= port + 19
+
 
 @pytest.mark.parametrize("env_change, message", [
     ({"TORCH_WHEELS": "/nonexistent"}, "--offline needs TORCH_WHEELS, a folder holding the torch wheel"),
