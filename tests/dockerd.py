@@ -258,7 +258,7 @@ def main(argv: list[str]) -> int:
     if argv[:1] == ["start"]:
         daemon = start_dockerd()
         print(f"DOCKER_HOST={daemon.host}")
-        print(f"# stop it with: python {Path(__file__).name} stop {daemon.folder}")
+        print(f"# stop it with: python tests/dockerd.py stop {daemon.folder}")
         return 0
     if len(argv) == 2 and argv[0] == "stop":
         folder = Path(argv[1])
