@@ -1,0 +1,264 @@
+"""``ptdistill run --runner docker``: its pre-flight checks (no daemon needed), and the ``images`` tier.
+
+The checks run against real things: an unreachable socket path as DOCKER_HOST, real folders
+with real owners and modes (the ownership tests run as root and hand folders to uid 1000, or run
+the check itself as uid 1000 or 1001 in a child process), real key files. The ``images`` tier
+runs the quick synthetic pipeline in the CPU image through a real daemon (tests/dockerd.py).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from pipelines import containers
+from pipelines.containers import DockerCheckError
+
+ROOT = Path(__file__).resolve().parent.parent
+IMAGE_UID = 1000
+
+as_root = pytest.mark.skipif(os.geteuid() != 0, reason="changes file owners: needs root")
+
+
+def _cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 900,
+         ) -> subprocess.CompletedProcess[str]:
+    environ = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    return subprocess.run([sys.executable, "-m", "ptdistill", *args], cwd=cwd, env=environ,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+# --- the daemon ---------------------------------------------------------------------------------
+
+def test_unreachable_daemon_is_one_line_naming_the_socket(tmp_path, monkeypatch):
+    sock = tmp_path / "no-daemon" / "docker.sock"
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{sock}")
+    with pytest.raises(DockerCheckError) as info:
+        containers.connect(timeout_s=2)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"Docker daemon at unix://{sock} does not answer (")
+    assert "export DOCKER_HOST=unix:///PATH/docker.sock" in message and "--runner subprocess" in message
+
+
+def test_cli_refuses_before_writing_anything(tmp_path):
+    """Exit 2 through the CLI's error path; no pipeline root, lock, tracking file or log is created."""
+    work = tmp_path / "work"
+    work.mkdir()
+    sock = tmp_path / "docker.sock"
+    proc = _cli("run", "synthetic", "--quick", "--runner", "docker", cwd=work,
+                env={"DOCKER_HOST": f"unix://{sock}", "MLFLOW_TRACKING_URI": ""}, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    errors = proc.stderr.strip().splitlines()
+    assert len(errors) == 1
+    assert errors[0].startswith(f"ptdistill run: error: Docker daemon at unix://{sock} does not answer")
+    assert list(work.iterdir()) == []
+
+
+# --- where things live ------------------------------------------------------------------------
+
+def test_sqlite_tracking_outside_the_pipeline_root_is_refused(tmp_path):
+    root = tmp_path / "runs"
+    with pytest.raises(DockerCheckError) as info:
+        containers.check_placement(root, str(root), f"sqlite:///{tmp_path}/mlflow.db", {})
+    assert str(info.value) == (
+        f"tracking database {tmp_path}/mlflow.db is outside the pipeline root (the only folder mounted into the task "
+        f"containers is the pipeline root {root}): use --tracking-uri sqlite:///{root}/mlflow.db (the --runner docker "
+        "default when MLFLOW_TRACKING_URI is unset) or an http:// MLflow server")
+    containers.check_placement(root, str(root), f"sqlite:///{root}/mlflow.db", {})
+    containers.check_placement(root, str(root), "http://127.0.0.1:5000", {})
+
+
+def test_local_artifact_store_outside_the_pipeline_root_is_refused(tmp_path):
+    root = tmp_path / "runs"
+    for store in (str(tmp_path / "store"), f"file://{tmp_path}/store"):
+        with pytest.raises(DockerCheckError, match=r"^artifact store .*/store is outside the pipeline root"):
+            containers.check_placement(root, store, "http://127.0.0.1:5000", {})
+    containers.check_placement(root, str(root / "store"), "http://127.0.0.1:5000", {})
+    containers.check_placement(root, f"file://{root}/store", "http://127.0.0.1:5000", {})
+    containers.check_placement(root, "gs://bucket/ptdistill", "http://127.0.0.1:5000", {})
+
+
+def test_config_paths_must_be_absolute_and_under_the_pipeline_root(tmp_path, monkeypatch):
+    root = tmp_path / "runs"
+    (root / "data").mkdir(parents=True)
+    inside, outside = root / "data" / "t.csv", tmp_path / "t.csv"
+    inside.write_text("a,b\n")
+    outside.write_text("a,b\n")
+    http = "http://127.0.0.1:5000"
+    config = {"data": {"path": str(inside), "source": "glue"}, "teacher": {"model": {"name_or_path": "bert-base"}}}
+    containers.check_placement(root, str(root), http, config)  # hub ids and missing names are not paths
+    with pytest.raises(DockerCheckError) as info:
+        containers.check_placement(root, str(root), http, {"data": {"path": str(outside)}})
+    assert str(info.value).startswith(f"config data.path={outside} is outside the pipeline root")
+    monkeypatch.chdir(root)
+    with pytest.raises(DockerCheckError) as info:
+        containers.check_placement(root, str(root), http, {"data": {"path": "data/t.csv"}})
+    assert str(info.value).startswith(f"config data.path=data/t.csv: a relative path means another folder inside a "
+                                      f"task container: give it as {inside}")
+
+
+def test_gs_store_needs_credentials_the_containers_can_use(tmp_path):
+    with pytest.raises(DockerCheckError, match=r"^artifact store gs://b/p: task containers see no Google credentials"):
+        containers.credentials_plan({}, "gs://b/p", IMAGE_UID, IMAGE_UID)
+    plan = containers.credentials_plan({"STORAGE_EMULATOR_HOST": "http://127.0.0.1:9"}, "gs://b/p", IMAGE_UID,
+                                       IMAGE_UID)
+    assert plan.mounts == [] and plan.environment == {}
+    missing = tmp_path / "missing.json"
+    with pytest.raises(DockerCheckError, match=f"^GOOGLE_APPLICATION_CREDENTIALS={missing}: no such file$"):
+        containers.credentials_plan({"GOOGLE_APPLICATION_CREDENTIALS": str(missing)}, "gs://b/p", IMAGE_UID, IMAGE_UID)
+    key = tmp_path / "key.json"
+    key.write_text("{}")
+    key.chmod(0o644)
+    plan = containers.credentials_plan({"GOOGLE_APPLICATION_CREDENTIALS": str(key)}, "gs://b/p", IMAGE_UID, IMAGE_UID)
+    assert plan.environment == {"GOOGLE_APPLICATION_CREDENTIALS": str(key)}
+    [mount] = plan.mounts
+    assert (mount["Source"], mount["Target"], mount["ReadOnly"]) == (str(key), str(key), True)
+
+
+@as_root
+def test_key_file_the_image_user_cannot_read_is_refused(tmp_path):
+    key = tmp_path / "key.json"
+    key.write_text("{}")
+    key.chmod(0o600)  # root's
+    with pytest.raises(DockerCheckError) as info:
+        containers.credentials_plan({"GOOGLE_APPLICATION_CREDENTIALS": str(key)}, "gs://b/p", IMAGE_UID, IMAGE_UID)
+    assert str(info.value).startswith(f"GOOGLE_APPLICATION_CREDENTIALS={key} cannot be read by uid 1000, the task "
+                                      f"images' user (it is mounted read-only into each task): `chmod o+r {key}`")
+
+
+def test_task_environment_passes_settings_not_the_host_commit():
+    environ = {"MLFLOW_TRACKING_TOKEN": "t", "STORAGE_EMULATOR_HOST": "http://127.0.0.1:1", "PTDISTILL_RUNNER_PID": "7",
+               "PTDISTILL_SOLO_THREADS": "2", "PTDISTILL_GIT_COMMIT": "abc", "HOME": "/root", "PATH": "/usr/bin",
+               "OMP_NUM_THREADS": "1", "PYTHONSAFEPATH": "1", "HF_HUB_OFFLINE": "1"}
+    assert containers.task_environment(environ) == {
+        "MLFLOW_TRACKING_TOKEN": "t", "STORAGE_EMULATOR_HOST": "http://127.0.0.1:1", "PTDISTILL_RUNNER_PID": "7",
+        "PTDISTILL_SOLO_THREADS": "2", "OMP_NUM_THREADS": "1", "PYTHONSAFEPATH": "1", "HF_HUB_OFFLINE": "1"}
+
+
+# --- images -----------------------------------------------------------------------------------
+
+def test_pipeline_images_name_each_components_image():
+    from components.images import CPU_IMAGE, GPU_IMAGE
+    from pipelines.dag import build_pipeline
+    from ptdistill.experiments import default_config
+
+    images = containers.pipeline_images(build_pipeline(default_config("synthetic", quick=True)))
+    assert {image: sorted(names) for image, names in images.items()} == {
+        CPU_IMAGE: ["evaluate", "prepare-data", "proxy-search", "report"],
+        GPU_IMAGE: ["distill-student", "teacher-inference", "train-teacher"],
+    }
+
+
+def test_missing_image_hint_names_the_build_command_and_the_override():
+    cpu, gpu = "ptdistill-cpu:dev", "ptdistill-gpu:dev"
+    assert containers._how_to_get(cpu, ["report"], cpu, gpu) == (
+        "build it with `images/build.sh --load cpu` or set PTDISTILL_CPU_IMAGE to an image this daemon has")
+    assert containers._how_to_get(gpu, ["train-teacher"], cpu, gpu) == (
+        "build it with `images/build.sh --load gpu` or set PTDISTILL_GPU_IMAGE to an image this daemon has "
+        f"(on a machine without a GPU, the CPU image serves: PTDISTILL_GPU_IMAGE={cpu})")
+    assert containers._how_to_get("other:1", ["x"], cpu, gpu) == "build or load it into this daemon"
+
+
+# --- the image user may write the pipeline root -----------------------------------------------
+
+def _tree(root: Path) -> dict[str, Path]:
+    paths = {"root": root, "run": root / "synthetic" / "r1", "db": root / "mlflow.db", "log": root / "logs" / "a.log"}
+    paths["run"].mkdir(parents=True)
+    paths["log"].parent.mkdir()
+    for key in ("db", "log"):
+        paths[key].write_text("x")
+    return paths
+
+
+@as_root
+def test_not_writable_reads_owner_group_and_other_bits(tmp_path):
+    paths = _tree(tmp_path / "runs")
+    for path in paths.values():
+        os.chown(path, 0, 0)
+    for folder in (paths["root"], paths["run"].parent, paths["run"], paths["log"].parent):
+        folder.chmod(0o755)
+    paths["db"].chmod(0o666)  # other may write
+    paths["log"].chmod(0o644)
+    os.chown(paths["run"], IMAGE_UID, 0)  # owner
+    os.chown(paths["run"].parent, 0, IMAGE_UID)
+    paths["run"].parent.chmod(0o775)  # group
+    found = set(containers.not_writable(paths["root"], IMAGE_UID, IMAGE_UID))
+    assert found == {paths["root"], paths["log"].parent, paths["log"]}
+
+
+@as_root
+def test_root_runner_gives_the_pipeline_root_to_the_image_user(tmp_path):
+    paths = _tree(tmp_path / "runs")
+    paths["db"].chmod(0o600)
+    link = paths["root"] / "elsewhere"
+    link.symlink_to(tmp_path)  # never followed
+    before = tmp_path.stat()
+    changed = containers.claim_pipeline_root(paths["root"], IMAGE_UID, IMAGE_UID)
+    assert changed == 6  # root, synthetic, r1, logs, mlflow.db, a.log
+    assert list(containers.not_writable(paths["root"], IMAGE_UID, IMAGE_UID)) == []
+    assert {(p.stat().st_uid, p.stat().st_gid) for p in paths.values()} == {(IMAGE_UID, IMAGE_UID)}
+    assert stat.S_IMODE(paths["db"].stat().st_mode) == 0o600
+    assert (tmp_path.stat().st_uid, tmp_path.stat().st_mode) == (before.st_uid, before.st_mode)
+    assert containers.claim_pipeline_root(paths["root"], IMAGE_UID, IMAGE_UID) == 0
+
+
+def _claim_as(uid: int, root: Path) -> subprocess.CompletedProcess[str]:
+    """claim_pipeline_root in a child whose effective uid and gid are ``uid`` (this Python lives under /root,
+    which other users cannot enter: the child starts as root, imports, then drops to ``uid``)."""
+    code = textwrap.dedent(f"""
+        import os
+        from pathlib import Path
+        from pipelines.containers import DockerCheckError, claim_pipeline_root
+        os.setegid({uid})
+        os.seteuid({uid})
+        try:
+            claim_pipeline_root(Path({str(root)!r}), {IMAGE_UID}, {IMAGE_UID})
+        except DockerCheckError as err:
+            print(err)
+        else:
+            print("ok")
+    """)
+    return subprocess.run([sys.executable, "-c", code], cwd="/", capture_output=True, text=True,
+                          env={"PYTHONPATH": str(ROOT), "PATH": os.environ.get("PATH", "")}, timeout=120)
+
+
+@pytest.fixture
+def open_tmp():
+    """A fresh folder under /tmp that every user may enter (pytest's tmp_path is root's alone)."""
+    folder = Path(tempfile.mkdtemp(prefix="ptdistill-claim-", dir="/tmp"))
+    folder.chmod(0o777)
+    yield folder
+    shutil.rmtree(folder)
+
+
+@as_root
+def test_image_user_is_told_which_folder_it_cannot_write(open_tmp):
+    tmp_path = open_tmp
+    paths = _tree(tmp_path / "runs")
+    for path in (*paths.values(), paths["run"].parent, paths["log"].parent):
+        os.chown(path, IMAGE_UID, IMAGE_UID)
+    os.chown(paths["run"], 0, 0)  # left by an earlier run as root
+    proc = _claim_as(IMAGE_UID, paths["root"])
+    assert proc.stdout.strip() == (
+        f"{paths['run']} is not writable by uid 1000, the task images' user: "
+        f"`sudo chown -R 1000:1000 {paths['root']}`, or choose another --pipeline-root"), proc.stderr
+    os.chown(paths["run"], IMAGE_UID, IMAGE_UID)
+    assert _claim_as(IMAGE_UID, paths["root"]).stdout.strip() == "ok"
+
+
+@as_root
+def test_a_runner_that_is_not_the_image_user_is_refused(open_tmp):
+    tmp_path = open_tmp
+    proc = _claim_as(1001, tmp_path / "runs")
+    assert proc.stdout.strip() == (
+        f"the task images run as uid 1000 and you are uid 1001: their files in the pipeline root {tmp_path / 'runs'} "
+        "could not be removed by this run's clean-up: run as uid 1000 or as root, or use --runner subprocess"), \
+        proc.stderr
