@@ -46,7 +46,7 @@ PASS_THROUGH_NAMES = ("STORAGE_EMULATOR_HOST", "HTTP_PROXY", "HTTPS_PROXY", "NO_
 NOT_PASSED = ("PTDISTILL_GIT_COMMIT",)
 #: Label on every task container of a run: ``<host>:<runner pid>:<run name>``; how they are found to be ended.
 RUN_LABEL = "io.ptdistill.run"
-#: Seconds a task container gets between SIGTERM and SIGKILL when a run stops.
+#: Seconds a stopped run waits for its killed task containers to go.
 GRACE_SECONDS = 5.0
 #: How the components' image kinds are built (images/build.sh) and overridden (components.images).
 BUILD_KINDS = {"cpu": "PTDISTILL_CPU_IMAGE", "gpu": "PTDISTILL_GPU_IMAGE"}
@@ -98,12 +98,12 @@ def connect(timeout_s: int = 10):
 
 def pipeline_images(pipeline) -> dict[str, list[str]]:
     """Image reference -> names of the components that run in it, from a built kfp pipeline's spec
-    (``exec-train-teacher`` is component ``train-teacher``), in the spec's order."""
+    (``exec-train-teacher`` is component ``train-teacher``), names sorted."""
     executors = pipeline.pipeline_spec.deployment_spec["executors"]
     images: dict[str, list[str]] = {}
     for label, executor in executors.items():
         images.setdefault(executor["container"]["image"], []).append(label.removeprefix("exec-"))
-    return images
+    return {image: sorted(names) for image, names in images.items()}
 
 
 def _with_tag(ref: str) -> str:
@@ -112,7 +112,7 @@ def _with_tag(ref: str) -> str:
     return ref if ":" in last or "@" in last else f"{ref}:latest"
 
 
-def _how_to_get(ref: str, components: list[str], cpu_image: str, gpu_image: str) -> str:
+def _how_to_get(ref: str, cpu_image: str, gpu_image: str) -> str:
     kinds = [kind for kind, image in (("cpu", cpu_image), ("gpu", gpu_image)) if _with_tag(image) == _with_tag(ref)]
     if not kinds:
         return "build or load it into this daemon"
@@ -126,20 +126,20 @@ def _how_to_get(ref: str, components: list[str], cpu_image: str, gpu_image: str)
 def check_images(client, images: Mapping[str, list[str]]) -> dict[str, Any]:
     """Image reference -> its ``docker.models.images.Image``, every one present in the daemon.
 
-    Raises DockerCheckError for the first missing one: which image, which components run in it,
+    Raises DockerCheckError naming every missing one: which image, which components run in it,
     the build command or the environment variable that points at another tag.
     """
     import docker
     from components.images import CPU_IMAGE, GPU_IMAGE
 
-    found = {}
+    found, missing = {}, []
     for ref, components in images.items():
         try:
             found[ref] = client.images.get(_with_tag(ref))
         except docker.errors.ImageNotFound:
-            raise DockerCheckError(
-                f"image {ref} (components {', '.join(components)}) is not in the Docker daemon at {docker_host()}: "
-                f"{_how_to_get(ref, components, CPU_IMAGE, GPU_IMAGE)}") from None
+            missing.append(f"{ref} (components {', '.join(components)}): {_how_to_get(ref, CPU_IMAGE, GPU_IMAGE)}")
+    if missing:
+        raise DockerCheckError(f"not in the Docker daemon at {docker_host()}: image {'; image '.join(missing)}")
     return found
 
 
@@ -350,19 +350,23 @@ def run_label(run_name: str) -> str:
 
 
 def docker_runner(plan: DockerPlan, run_name: str, environ: Mapping[str, str]):
-    """A ``kfp.local.DockerRunner`` for the run: host network, an init process (so SIGTERM ends the
-    task), the run label, the pass-through environment of ``environ`` (read now: the runner's
+    """A ``kfp.local.DockerRunner`` for the run: host network, the run label, the pass-through environment of ``environ`` (read now: the runner's
     task environment) and the read-only mounts of the plan."""
     from kfp import local
 
-    return local.DockerRunner(network_mode="host", init=True, labels={RUN_LABEL: run_label(run_name)},
+    return local.DockerRunner(network_mode="host", labels={RUN_LABEL: run_label(run_name)},
                               environment={**task_environment(environ), **plan.environment}, mounts=list(plan.mounts))
 
 
-def end_containers(run_name: str, grace: float = GRACE_SECONDS) -> int:
-    """Stop this runner's task containers of ``run_name``: SIGTERM to all, SIGKILL to those still
-    running ``grace`` seconds later. Returns how many there were; a daemon that does not answer
-    counts as none (its containers cannot be reached either)."""
+def end_containers(run_name: str, wait_s: float = GRACE_SECONDS) -> int:
+    """Kill this runner's task containers of ``run_name`` and wait up to ``wait_s`` seconds for them to go.
+
+    SIGKILL at once: a task's PID 1 is kfp's ``sh -c``, which as PID 1 ignores SIGTERM, so SIGTERM
+    would only add a grace period that ends in SIGKILL anyway (an init process would forward it,
+    but Debian's docker-init, a symlink, fails to start: ``exec /sbin/docker-init: invalid argument``).
+    Returns how many there were; a daemon that does not answer counts as none (its containers
+    cannot be reached either).
+    """
     import docker
 
     try:
@@ -371,19 +375,16 @@ def end_containers(run_name: str, grace: float = GRACE_SECONDS) -> int:
         return 0
     try:
         found = client.containers.list(filters={"label": f"{RUN_LABEL}={run_label(run_name)}"})
-        for sig in ("SIGTERM", "SIGKILL"):
-            for container in found:
-                try:
-                    container.kill(signal=sig)
-                except docker.errors.APIError:  # already gone (auto-removed) or not running
-                    pass
-            deadline = time.monotonic() + grace
-            alive = found
-            while alive and time.monotonic() < deadline:
-                time.sleep(0.2)
-                alive = [c for c in alive if _running(c)]
-            if not alive:
-                break
+        for container in found:
+            try:
+                container.kill()
+            except docker.errors.APIError:  # already gone (auto-removed) or no longer running
+                pass
+        deadline = time.monotonic() + wait_s
+        alive = found
+        while alive and time.monotonic() < deadline:
+            time.sleep(0.2)
+            alive = [c for c in alive if _running(c)]
         return len(found)
     except docker.errors.DockerException:
         return 0

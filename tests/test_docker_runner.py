@@ -8,16 +8,21 @@ runs the quick synthetic pipeline in the CPU image through a real daemon (tests/
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import sys
 import tempfile
 import textwrap
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import free_port
 
 from pipelines import containers
 from pipelines.containers import DockerCheckError
@@ -151,7 +156,7 @@ def test_pipeline_images_name_each_components_image():
     from ptdistill.experiments import default_config
 
     images = containers.pipeline_images(build_pipeline(default_config("synthetic", quick=True)))
-    assert {image: sorted(names) for image, names in images.items()} == {
+    assert images == {
         CPU_IMAGE: ["evaluate", "prepare-data", "proxy-search", "report"],
         GPU_IMAGE: ["distill-student", "teacher-inference", "train-teacher"],
     }
@@ -159,12 +164,12 @@ def test_pipeline_images_name_each_components_image():
 
 def test_missing_image_hint_names_the_build_command_and_the_override():
     cpu, gpu = "ptdistill-cpu:dev", "ptdistill-gpu:dev"
-    assert containers._how_to_get(cpu, ["report"], cpu, gpu) == (
+    assert containers._how_to_get(cpu, cpu, gpu) == (
         "build it with `images/build.sh --load cpu` or set PTDISTILL_CPU_IMAGE to an image this daemon has")
-    assert containers._how_to_get(gpu, ["train-teacher"], cpu, gpu) == (
+    assert containers._how_to_get(gpu, cpu, gpu) == (
         "build it with `images/build.sh --load gpu` or set PTDISTILL_GPU_IMAGE to an image this daemon has "
         f"(on a machine without a GPU, the CPU image serves: PTDISTILL_GPU_IMAGE={cpu})")
-    assert containers._how_to_get("other:1", ["x"], cpu, gpu) == "build or load it into this daemon"
+    assert containers._how_to_get("other:1", cpu, gpu) == "build or load it into this daemon"
 
 
 # --- the image user may write the pipeline root -----------------------------------------------
@@ -262,3 +267,124 @@ def test_a_runner_that_is_not_the_image_user_is_refused(open_tmp):
         f"the task images run as uid 1000 and you are uid 1001: their files in the pipeline root {tmp_path / 'runs'} "
         "could not be removed by this run's clean-up: run as uid 1000 or as root, or use --runner subprocess"), \
         proc.stderr
+
+
+# --- the images tier: the pipeline in the CPU image through a real daemon ----------------------
+
+def _students(pipeline_root: Path, run_name: str) -> dict[str, float]:
+    """method-seed -> test accuracy, from the run's report in its (local) artifact store."""
+    rows = json.loads((pipeline_root / "synthetic" / run_name / "report" / "students.json").read_text())
+    return {f"{row['method']}-seed{row['seed']}": row["test_accuracy"] for row in rows}
+
+
+def _docker_env(docker_host, cpu_image: str) -> dict[str, str]:
+    """The daemon, and the CPU image for every component (this machine has no GPU)."""
+    return {"DOCKER_HOST": docker_host.host, "PTDISTILL_CPU_IMAGE": cpu_image, "PTDISTILL_GPU_IMAGE": cpu_image,
+            "MLFLOW_TRACKING_URI": ""}
+
+
+def _run_containers(docker_host, run_name: str) -> list[str]:
+    proc = docker_host.docker("ps", "-a", "--filter", f"label={containers.RUN_LABEL}", "--format",
+                              '{{.Label "%s"}}' % containers.RUN_LABEL)
+    return [line for line in proc.stdout.splitlines() if line.endswith(f":{run_name}")]
+
+
+@pytest.mark.images
+def test_docker_runner_matches_the_subprocess_runner(docker_host, cpu_image, tmp_path):
+    """The quick synthetic pipeline in the CPU image gives the subprocess runner's students, to the last bit;
+    its tracking file (the docker runner's default) is in the pipeline root, its parent run FINISHED."""
+    from ptdistill.tracking import Tracker
+
+    sub, dock = tmp_path / "subprocess", tmp_path / "docker"
+    proc = _cli("run", "synthetic", "--quick", "--pipeline-root", str(sub), "--tracking-uri",
+                f"sqlite:///{tmp_path}/subprocess.db", "--run-name", "sub", cwd=tmp_path, env={"MLFLOW_TRACKING_URI": ""})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = _cli("run", "synthetic", "--quick", "--runner", "docker", "--pipeline-root", str(dock), "--run-name", "dock",
+                cwd=tmp_path, env=_docker_env(docker_host, cpu_image))
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
+    assert "via kfp.local (docker runner)" in proc.stdout
+    expected = _students(sub, "sub")
+    assert sorted(expected) == ["kl-seed0", "ptloss-seed0"]
+    assert _students(dock, "dock") == expected
+    assert f"sqlite:///{dock}/mlflow.db" in proc.stdout  # the default tracking store, under the pipeline root
+    [parent] = Tracker(f"sqlite:///{dock}/mlflow.db").client.search_runs(
+        [Tracker(f"sqlite:///{dock}/mlflow.db").experiment_id("synthetic")], "attributes.run_name = 'dock'")
+    assert parent.info.status == "FINISHED"
+    assert (dock / "logs" / "dock").is_dir()
+    assert _run_containers(docker_host, "dock") == []  # auto-removed
+
+
+@pytest.fixture
+def mlflow_server(docker_host, mlflow_image):
+    """The MLflow image serving on 127.0.0.1 (host network), its store inside the container; its URL."""
+    port = free_port()
+    name = f"ptdistill-test-mlflow-{port}"
+    docker_host.docker("run", "-d", "--rm", "--network", "host", "--name", name, mlflow_image, "server",
+                       "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+                       "--backend-store-uri", "sqlite:////home/mlflow/mlflow.db")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                if time.monotonic() > deadline:
+                    logs = docker_host.docker("logs", name, check=False).stderr[-2000:]
+                    pytest.fail(f"MLflow image did not serve {url}/health within 120 s: {logs}", pytrace=False)
+                time.sleep(1)
+        yield url
+    finally:
+        docker_host.docker("rm", "-f", name, check=False)
+
+
+@pytest.mark.images
+def test_docker_runner_tracks_to_the_mlflow_image_over_http(docker_host, cpu_image, mlflow_server, tmp_path):
+    """Tasks in containers reach an MLflow server on the host's 127.0.0.1: the parent and both students land
+    there, FINISHED, with the accuracies of the run's report."""
+    from mlflow import MlflowClient
+
+    from ptdistill.tracking import PARENT_TAG
+
+    root = tmp_path / "runs"
+    proc = _cli("run", "synthetic", "--quick", "--runner", "docker", "--pipeline-root", str(root), "--run-name", "http",
+                "--tracking-uri", mlflow_server, cwd=tmp_path, env=_docker_env(docker_host, cpu_image))
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
+    client = MlflowClient(mlflow_server)
+    experiment = client.get_experiment_by_name("ptdistill-synthetic")
+    runs = client.search_runs([experiment.experiment_id])
+    [parent] = [run for run in runs if run.info.run_name == "http"]
+    children = {run.info.run_name: run for run in runs if run.data.tags.get(PARENT_TAG) == parent.info.run_id}
+    assert parent.info.status == "FINISHED"
+    assert {name: run.data.metrics["test_accuracy"] for name, run in children.items()} == _students(root, "http")
+    assert {run.info.status for run in children.values()} == {"FINISHED"}
+    assert not (root / "mlflow.db").exists()  # nothing tracked beside the server
+
+
+@pytest.mark.images
+def test_a_signal_ends_the_runs_containers(docker_host, cpu_image, tmp_path):
+    """SIGTERM while a task runs in its container: exit 143, the container is gone, the parent FAILED."""
+    from ptdistill.tracking import Tracker
+
+    root = tmp_path / "runs"
+    environ = {**os.environ, "PYTHONPATH": str(ROOT), **_docker_env(docker_host, cpu_image)}
+    proc = subprocess.Popen([sys.executable, "-m", "ptdistill", "run", "synthetic", "--quick", "--runner", "docker",
+                             "--pipeline-root", str(root), "--run-name", "stop"], cwd=tmp_path, env=environ,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not _run_containers(docker_host, "stop"):
+            assert proc.poll() is None and time.monotonic() < deadline, "no task container started"
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, stderr[-3000:]
+    assert "interrupted by SIGTERM; clean-up: MLflow parent marked FAILED" in stderr
+    assert _run_containers(docker_host, "stop") == []
+    tracker = Tracker(f"sqlite:///{root}/mlflow.db")
+    [parent] = tracker.client.search_runs([tracker.experiment_id("synthetic")], "attributes.run_name = 'stop'")
+    assert parent.info.status == "FAILED"
