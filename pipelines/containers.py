@@ -112,15 +112,26 @@ def _with_tag(ref: str) -> str:
     return ref if ":" in last or "@" in last else f"{ref}:latest"
 
 
-def _how_to_get(ref: str, cpu_image: str, gpu_image: str) -> str:
+def _repository(ref: str) -> str:
+    """The last path segment of an image reference's repository: ``ptdistill-cpu`` of ``ghcr.io/x/ptdistill-cpu:1``."""
+    name = ref.split("@", 1)[0].rsplit("/", 1)[-1]
+    return name.split(":", 1)[0]
+
+
+def _how_to_get(ref: str, cpu_image: str, gpu_image: str, local_tags: list[str] = ()) -> str:
+    """How to get ``ref`` into the daemon: the newest local tag of the same repository name (e.g. the one
+    ``images/build.sh --load`` made), the build command, and the variable that points the run at a tag."""
     kinds = [kind for kind, image in (("cpu", cpu_image), ("gpu", gpu_image)) if _with_tag(image) == _with_tag(ref)]
+    same = [tag for tag in local_tags if _repository(tag) == _repository(ref)]
     if not kinds:
-        return "build or load it into this daemon"
-    how = [f"build it with `images/build.sh --load {kinds[0]}`",
-           f"or set {BUILD_KINDS[kinds[0]]} to an image this daemon has"]
+        return f"the daemon has {same[0]}" if same else "build or load it into this daemon"
+    variable = BUILD_KINDS[kinds[0]]
+    how = [f"the daemon has {same[0]}: `export {variable}={same[0]}`, or" if same else "",
+           f"build it with `images/build.sh --load {kinds[0]}` and export the {variable}=... line it prints,"
+           f" or set {variable} to an image this daemon has"]
     if kinds == ["gpu"]:
         how.append(f"(on a machine without a GPU, the CPU image serves: PTDISTILL_GPU_IMAGE={cpu_image})")
-    return " ".join(how)
+    return " ".join(part for part in how if part)
 
 
 def check_images(client, images: Mapping[str, list[str]]) -> dict[str, Any]:
@@ -137,7 +148,9 @@ def check_images(client, images: Mapping[str, list[str]]) -> dict[str, Any]:
         try:
             found[ref] = client.images.get(_with_tag(ref))
         except docker.errors.ImageNotFound:
-            missing.append(f"{ref} (components {', '.join(components)}): {_how_to_get(ref, CPU_IMAGE, GPU_IMAGE)}")
+            newest_first = sorted(client.images.list(), key=lambda image: image.attrs.get("Created", ""), reverse=True)
+            tags = [tag for image in newest_first for tag in image.tags]
+            missing.append(f"{ref} (components {', '.join(components)}): {_how_to_get(ref, CPU_IMAGE, GPU_IMAGE, tags)}")
     if missing:
         raise DockerCheckError(f"not in the Docker daemon at {docker_host()}: image {'; image '.join(missing)}")
     return found

@@ -163,13 +163,20 @@ def test_pipeline_images_name_each_components_image():
 
 
 def test_missing_image_hint_names_the_build_command_and_the_override():
-    cpu, gpu = "ptdistill-cpu:dev", "ptdistill-gpu:dev"
+    cpu, gpu = "ghcr.io/ptdistill/ptdistill-cpu:0.1.0", "ghcr.io/ptdistill/ptdistill-gpu:0.1.0"
     assert containers._how_to_get(cpu, cpu, gpu) == (
-        "build it with `images/build.sh --load cpu` or set PTDISTILL_CPU_IMAGE to an image this daemon has")
-    assert containers._how_to_get(gpu, cpu, gpu) == (
-        "build it with `images/build.sh --load gpu` or set PTDISTILL_GPU_IMAGE to an image this daemon has "
-        f"(on a machine without a GPU, the CPU image serves: PTDISTILL_GPU_IMAGE={cpu})")
+        "build it with `images/build.sh --load cpu` and export the PTDISTILL_CPU_IMAGE=... line it prints, "
+        "or set PTDISTILL_CPU_IMAGE to an image this daemon has")
+    assert containers._how_to_get(gpu, cpu, gpu, ["ptdistill-cpu:abc1234", "ptdistill-base:bookworm-1"]) == (
+        "build it with `images/build.sh --load gpu` and export the PTDISTILL_GPU_IMAGE=... line it prints, "
+        f"or set PTDISTILL_GPU_IMAGE to an image this daemon has (on a machine without a GPU, the CPU image serves: "
+        f"PTDISTILL_GPU_IMAGE={cpu})")
+    assert containers._how_to_get(cpu, cpu, gpu, ["ptdistill-cpu:abc1234", "reg.io/p/ptdistill-cpu:0de"]) == (
+        "the daemon has ptdistill-cpu:abc1234: `export PTDISTILL_CPU_IMAGE=ptdistill-cpu:abc1234`, or build it with "
+        "`images/build.sh --load cpu` and export the PTDISTILL_CPU_IMAGE=... line it prints, or set PTDISTILL_CPU_IMAGE "
+        "to an image this daemon has")
     assert containers._how_to_get("other:1", cpu, gpu) == "build or load it into this daemon"
+    assert containers._how_to_get("reg.io/other:2", cpu, gpu, ["other:1"]) == "the daemon has other:1"
 
 
 # --- the image user may write the pipeline root -----------------------------------------------
