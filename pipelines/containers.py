@@ -43,7 +43,8 @@ PASS_THROUGH_NAMES = ("STORAGE_EMULATOR_HOST", "HTTP_PROXY", "HTTPS_PROXY", "NO_
                       "http_proxy", "https_proxy", "no_proxy", "OMP_NUM_THREADS", "TQDM_MININTERVAL",
                       "PYTHONSAFEPATH", "TRANSFORMERS_OFFLINE")
 #: Never passed: the image's own value (set when it was built) describes the code the task runs.
-NOT_PASSED = ("PTDISTILL_GIT_COMMIT",)
+#: GOOGLE_APPLICATION_CREDENTIALS names a host file: passed only with its mount (see credentials_plan).
+NOT_PASSED = ("PTDISTILL_GIT_COMMIT", "GOOGLE_APPLICATION_CREDENTIALS")
 #: Label on every task container of a run: ``<host>:<runner pid>:<run name>``; how they are found to be ended.
 RUN_LABEL = "io.ptdistill.run"
 #: Seconds a stopped run waits for its killed task containers to go.
@@ -200,16 +201,27 @@ def _sqlite_path(tracking_uri: str) -> Path | None:
     return Path(tracking_uri[len(prefix):]) if tracking_uri.startswith(prefix) else None
 
 
-def local_config_paths(values: Any, key: str = "") -> Iterator[tuple[str, str]]:
-    """(dotted key, value) of every string in a config dict that names an existing local path."""
+#: Config keys (last segment) whose value may be a local file or folder: ``data.path``, ``data.source``,
+#: ``teacher.model.name_or_path``, ``student.model.name_or_path``, ``teacher.outputs``.
+PATH_KEYS = ("path", "source", "name_or_path", "outputs")
+
+
+def _path_values(values: Any, key: str = "") -> Iterator[tuple[str, str]]:
+    """(dotted key, value) of every non-empty string under a :data:`PATH_KEYS` key of a config dict."""
     if isinstance(values, Mapping):
         for name, value in values.items():
-            yield from local_config_paths(value, f"{key}.{name}" if key else str(name))
+            yield from _path_values(value, f"{key}.{name}" if key else str(name))
     elif isinstance(values, (list, tuple)):
         for i, value in enumerate(values):
-            yield from local_config_paths(value, f"{key}[{i}]")
-    elif isinstance(values, str) and values and "://" not in values and os.path.lexists(values):
+            yield from _path_values(value, f"{key}[{i}]")
+    elif isinstance(values, str) and values and key.rsplit(".", 1)[-1] in PATH_KEYS:
         yield key, values
+
+
+def local_config_paths(config: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
+    """(dotted key, value) of every :data:`PATH_KEYS` value in a config dict that names an existing local path
+    (a hub id or ``gs://`` URI does not; nor does ``kl`` under another key, whatever the working directory holds)."""
+    return ((key, value) for key, value in _path_values(config) if "://" not in value and os.path.lexists(value))
 
 
 def check_placement(pipeline_root: Path, artifact_store: str, tracking_uri: str, config: Mapping[str, Any]) -> None:
@@ -254,18 +266,27 @@ def task_environment(environ: Mapping[str, str]) -> dict[str, str]:
             if (k.startswith(PASS_THROUGH_PREFIXES) or k in PASS_THROUGH_NAMES) and k not in NOT_PASSED}
 
 
-def credentials_plan(environ: Mapping[str, str], artifact_store: str, uid: int, gid: int) -> DockerPlan:
-    """The plan for image user ``uid``:``gid``, with the read-only mount of ``GOOGLE_APPLICATION_CREDENTIALS``
-    at the same path (and that variable, made absolute).
+def gcs_uris(artifact_store: str, config: Mapping[str, Any]) -> list[str]:
+    """The ``gs://`` URIs a run uses: its artifact store, and :data:`PATH_KEYS` values of its config."""
+    uris = [artifact_store] if artifact_store.startswith("gs://") else []
+    return uris + [value for _, value in _path_values(config) if value.startswith("gs://")]
 
-    Raises DockerCheckError when a ``gs://`` store has neither ``STORAGE_EMULATOR_HOST`` nor a key
-    file in ``GOOGLE_APPLICATION_CREDENTIALS`` (the containers cannot see gcloud's own credentials
-    in the runner's home), or the key file cannot be read by the image's user.
+
+def credentials_plan(environ: Mapping[str, str], uris: list[str], uid: int, gid: int) -> DockerPlan:
+    """The plan for image user ``uid``:``gid``; when the run uses ``gs://`` ``uris``, with the read-only
+    mount of the ``GOOGLE_APPLICATION_CREDENTIALS`` key file at the same path (and that variable, made
+    absolute; it is not passed otherwise, as a path the containers do not have).
+
+    Raises DockerCheckError when the run uses ``gs://`` and has neither ``STORAGE_EMULATOR_HOST`` nor
+    a key file (the containers cannot see gcloud's own credentials in the runner's home), or the key
+    file is missing or cannot be read by the image's user.
     """
     from docker.types import Mount
 
     plan = DockerPlan(uid=uid, gid=gid)
     key_file = environ.get("GOOGLE_APPLICATION_CREDENTIALS")
+    if not uris:
+        return plan
     if key_file:
         path = Path(key_file)
         if not path.is_file():
@@ -277,11 +298,10 @@ def credentials_plan(environ: Mapping[str, str], artifact_store: str, uid: int, 
         absolute = str(path.resolve())
         plan.environment["GOOGLE_APPLICATION_CREDENTIALS"] = absolute
         plan.mounts.append(Mount(target=absolute, source=absolute, type="bind", read_only=True))
-    elif artifact_store.startswith("gs://") and not environ.get("STORAGE_EMULATOR_HOST"):
+    elif not environ.get("STORAGE_EMULATOR_HOST"):
         raise DockerCheckError(
-            f"artifact store {artifact_store}: task containers see no Google credentials: set "
-            "GOOGLE_APPLICATION_CREDENTIALS to a service-account key file (it is mounted read-only into each task), "
-            "or STORAGE_EMULATOR_HOST for an emulator")
+            f"{uris[0]}: task containers see no Google credentials: set GOOGLE_APPLICATION_CREDENTIALS to a "
+            "service-account key file (it is mounted read-only into each task), or STORAGE_EMULATOR_HOST for an emulator")
     return plan
 
 
@@ -354,7 +374,7 @@ def docker_preflight(pipeline, pipeline_root: Path, artifact_store: str, trackin
     uid, gid = users.pop() if users else (0, 0)
     if os.geteuid() != 0:  # checks only (raises); as root the run gives the folders to uid:gid once its files exist
         claim_pipeline_root(pipeline_root, uid, gid)
-    return credentials_plan(environ, artifact_store, uid, gid)
+    return credentials_plan(environ, gcs_uris(artifact_store, config), uid, gid)
 
 
 def run_label(run_name: str) -> str:

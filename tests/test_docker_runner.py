@@ -104,25 +104,41 @@ def test_config_paths_must_be_absolute_and_under_the_pipeline_root(tmp_path, mon
         containers.check_placement(root, str(root), http, {"data": {"path": str(outside)}})
     assert str(info.value).startswith(f"config data.path={outside} is outside the pipeline root")
     monkeypatch.chdir(root)
+    containers.check_placement(root, str(root), http, {"methods": [{"name": "data"}]})  # not a path key
     with pytest.raises(DockerCheckError) as info:
         containers.check_placement(root, str(root), http, {"data": {"path": "data/t.csv"}})
     assert str(info.value).startswith(f"config data.path=data/t.csv: a relative path means another folder inside a "
                                       f"task container: give it as {inside}")
 
 
-def test_gs_store_needs_credentials_the_containers_can_use(tmp_path):
-    with pytest.raises(DockerCheckError, match=r"^artifact store gs://b/p: task containers see no Google credentials"):
-        containers.credentials_plan({}, "gs://b/p", IMAGE_UID, IMAGE_UID)
-    plan = containers.credentials_plan({"STORAGE_EMULATOR_HOST": "http://127.0.0.1:9"}, "gs://b/p", IMAGE_UID,
+def test_gs_uris_are_the_store_and_config_paths():
+    config = {"data": {"path": "gs://b/t.csv", "label_column": "gs://not-a-path-key"},
+              "teacher": {"model": {"name_or_path": "bert-base"}, "outputs": "gs://b/probs.npy"}}
+    assert containers.gcs_uris("gs://b/p", config) == ["gs://b/p", "gs://b/t.csv", "gs://b/probs.npy"]
+    assert containers.gcs_uris("/tmp/runs", {"data": {"path": "/tmp/x.csv"}}) == []
+
+
+def test_gs_needs_credentials_the_containers_can_use(tmp_path):
+    with pytest.raises(DockerCheckError) as info:
+        containers.credentials_plan({}, ["gs://b/t.csv"], IMAGE_UID, IMAGE_UID)
+    assert str(info.value) == (
+        "gs://b/t.csv: task containers see no Google credentials: set GOOGLE_APPLICATION_CREDENTIALS to a "
+        "service-account key file (it is mounted read-only into each task), or STORAGE_EMULATOR_HOST for an emulator")
+    plan = containers.credentials_plan({"STORAGE_EMULATOR_HOST": "http://127.0.0.1:9"}, ["gs://b/p"], IMAGE_UID,
                                        IMAGE_UID)
     assert plan.mounts == [] and plan.environment == {}
     missing = tmp_path / "missing.json"
     with pytest.raises(DockerCheckError, match=f"^GOOGLE_APPLICATION_CREDENTIALS={missing}: no such file$"):
-        containers.credentials_plan({"GOOGLE_APPLICATION_CREDENTIALS": str(missing)}, "gs://b/p", IMAGE_UID, IMAGE_UID)
+        containers.credentials_plan({"GOOGLE_APPLICATION_CREDENTIALS": str(missing)}, ["gs://b/p"], IMAGE_UID,
+                                    IMAGE_UID)
+    # A run that uses no gs:// neither checks nor passes the key file.
+    plan = containers.credentials_plan({"GOOGLE_APPLICATION_CREDENTIALS": str(missing)}, [], IMAGE_UID, IMAGE_UID)
+    assert plan.mounts == [] and plan.environment == {}
     key = tmp_path / "key.json"
     key.write_text("{}")
     key.chmod(0o644)
-    plan = containers.credentials_plan({"GOOGLE_APPLICATION_CREDENTIALS": str(key)}, "gs://b/p", IMAGE_UID, IMAGE_UID)
+    plan = containers.credentials_plan({"GOOGLE_APPLICATION_CREDENTIALS": str(key)}, ["gs://b/p"], IMAGE_UID,
+                                       IMAGE_UID)
     assert plan.environment == {"GOOGLE_APPLICATION_CREDENTIALS": str(key)}
     [mount] = plan.mounts
     assert (mount["Source"], mount["Target"], mount["ReadOnly"]) == (str(key), str(key), True)
@@ -134,7 +150,7 @@ def test_key_file_the_image_user_cannot_read_is_refused(tmp_path):
     key.write_text("{}")
     key.chmod(0o600)  # root's
     with pytest.raises(DockerCheckError) as info:
-        containers.credentials_plan({"GOOGLE_APPLICATION_CREDENTIALS": str(key)}, "gs://b/p", IMAGE_UID, IMAGE_UID)
+        containers.credentials_plan({"GOOGLE_APPLICATION_CREDENTIALS": str(key)}, ["gs://b/p"], IMAGE_UID, IMAGE_UID)
     assert str(info.value).startswith(f"GOOGLE_APPLICATION_CREDENTIALS={key} cannot be read by uid 1000, the task "
                                       f"images' user (it is mounted read-only into each task): `chmod o+r {key}`")
 
@@ -142,10 +158,12 @@ def test_key_file_the_image_user_cannot_read_is_refused(tmp_path):
 def test_task_environment_passes_settings_not_the_host_commit():
     environ = {"MLFLOW_TRACKING_TOKEN": "t", "STORAGE_EMULATOR_HOST": "http://127.0.0.1:1", "PTDISTILL_RUNNER_PID": "7",
                "PTDISTILL_SOLO_THREADS": "2", "PTDISTILL_GIT_COMMIT": "abc", "HOME": "/root", "PATH": "/usr/bin",
-               "OMP_NUM_THREADS": "1", "PYTHONSAFEPATH": "1", "HF_HUB_OFFLINE": "1"}
+               "OMP_NUM_THREADS": "1", "PYTHONSAFEPATH": "1", "HF_HUB_OFFLINE": "1",
+               "GOOGLE_APPLICATION_CREDENTIALS": "/root/key.json", "GOOGLE_CLOUD_PROJECT": "p"}
     assert containers.task_environment(environ) == {
         "MLFLOW_TRACKING_TOKEN": "t", "STORAGE_EMULATOR_HOST": "http://127.0.0.1:1", "PTDISTILL_RUNNER_PID": "7",
-        "PTDISTILL_SOLO_THREADS": "2", "OMP_NUM_THREADS": "1", "PYTHONSAFEPATH": "1", "HF_HUB_OFFLINE": "1"}
+        "PTDISTILL_SOLO_THREADS": "2", "OMP_NUM_THREADS": "1", "PYTHONSAFEPATH": "1", "HF_HUB_OFFLINE": "1",
+        "GOOGLE_CLOUD_PROJECT": "p"}
 
 
 # --- images -----------------------------------------------------------------------------------
@@ -294,6 +312,23 @@ def _run_containers(docker_host, run_name: str) -> list[str]:
     proc = docker_host.docker("ps", "-a", "--filter", f"label={containers.RUN_LABEL}", "--format",
                               '{{.Label "%s"}}' % containers.RUN_LABEL)
     return [line for line in proc.stdout.splitlines() if line.endswith(f":{run_name}")]
+
+
+@pytest.mark.images
+def test_a_missing_image_is_one_line_before_any_work(docker_host, cpu_image, tmp_path):
+    """The GPU components' image is not in the daemon: exit 2 naming it, its components, the build command
+    and the CPU image as the way out; nothing is written, nothing pulled."""
+    missing = "ptdistill-test-absent:1"  # no tag of that name in the daemon, unlike ptdistill-gpu:*
+    env = {**_docker_env(docker_host, cpu_image), "PTDISTILL_GPU_IMAGE": missing}
+    proc = _cli("run", "synthetic", "--quick", "--runner", "docker", cwd=tmp_path, env=env, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.splitlines() == [
+        f"ptdistill run: error: not in the Docker daemon at {docker_host.host}: image {missing} (components "
+        "distill-student, teacher-inference, train-teacher): build it with `images/build.sh --load gpu` and export the "
+        "PTDISTILL_GPU_IMAGE=... line it prints, or set PTDISTILL_GPU_IMAGE to an image this daemon has (on a machine "
+        f"without a GPU, the CPU image serves: PTDISTILL_GPU_IMAGE={cpu_image})"]
+    assert list(tmp_path.iterdir()) == []
+    assert docker_host.docker("images", "-q", missing).stdout.strip() == ""
 
 
 @pytest.mark.images
