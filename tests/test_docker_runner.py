@@ -308,10 +308,13 @@ def _docker_env(docker_host, cpu_image: str) -> dict[str, str]:
             "MLFLOW_TRACKING_URI": ""}
 
 
-def _run_containers(docker_host, run_name: str) -> list[str]:
-    proc = docker_host.docker("ps", "-a", "--filter", f"label={containers.RUN_LABEL}", "--format",
-                              '{{.Label "%s"}}' % containers.RUN_LABEL)
-    return [line for line in proc.stdout.splitlines() if line.endswith(f":{run_name}")]
+def _run_containers(docker_host, run_name: str, *, running: bool = False, task: str = "") -> list[str]:
+    """Label values of the run's task containers (only running ones, only those whose command runs ``task``)."""
+    proc = docker_host.docker("ps", *(() if running else ("-a",)), "--no-trunc", "--filter",
+                              f"label={containers.RUN_LABEL}", "--format",
+                              '{{.Label "%s"}} {{.Command}}' % containers.RUN_LABEL)
+    return [line.split(" ", 1)[0] for line in proc.stdout.splitlines()
+            if line.split(" ", 1)[0].endswith(f":{run_name}") and task in line]
 
 
 @pytest.mark.images
@@ -407,7 +410,8 @@ def test_docker_runner_tracks_to_the_mlflow_image_over_http(docker_host, cpu_ima
 
 @pytest.mark.images
 def test_a_signal_ends_the_runs_containers(docker_host, cpu_image, tmp_path):
-    """SIGTERM while a task runs in its container: exit 143, the container is gone, the parent FAILED."""
+    """SIGTERM while the teacher trains in its container: exit 143, no container of the run left running
+    (unstopped, it would run on for a minute), the parent FAILED."""
     from ptdistill.tracking import Tracker
 
     root = tmp_path / "runs"
@@ -417,8 +421,8 @@ def test_a_signal_ends_the_runs_containers(docker_host, cpu_image, tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 300
-        while not _run_containers(docker_host, "stop"):
-            assert proc.poll() is None and time.monotonic() < deadline, "no task container started"
+        while not _run_containers(docker_host, "stop", running=True, task="train_teacher"):
+            assert proc.poll() is None and time.monotonic() < deadline, "no train-teacher container started"
             time.sleep(0.5)
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=120)
@@ -426,7 +430,7 @@ def test_a_signal_ends_the_runs_containers(docker_host, cpu_image, tmp_path):
         proc.kill()
     assert proc.returncode == 143, stderr[-3000:]
     assert "interrupted by SIGTERM; clean-up: MLflow parent marked FAILED" in stderr
-    assert _run_containers(docker_host, "stop") == []
+    assert _run_containers(docker_host, "stop", running=True) == []
     tracker = Tracker(f"sqlite:///{root}/mlflow.db")
     [parent] = tracker.client.search_runs([tracker.experiment_id("synthetic")], "attributes.run_name = 'stop'")
     assert parent.info.status == "FAILED"
