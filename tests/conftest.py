@@ -54,6 +54,8 @@ import pytest
 import torch
 
 TESTS = Path(__file__).resolve().parent
+#: The images tier's dockerd and image fixtures (docker_host, cpu_image, mlflow_image).
+pytest_plugins = ("dockerd",)
 GCS_BUCKET = "ptdistill-pipeline"
 GCS_PREFIX = "ptd"
 #: Longest a pipeline chain may take before its fixture gives up (they take 1-3 minutes).
