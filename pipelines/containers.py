@@ -11,15 +11,17 @@ checks, each failing with one line (:class:`DockerCheckError`, a ``ValueError``:
 * the local paths the tasks use are under the pipeline root, the only folder they see: a
   ``sqlite:///`` tracking file, a local artifact store, and any existing local path in the config
   (``data.path`` and the like), which must also be absolute (a task's working directory is the image's);
-* a ``gs://`` store has credentials the containers can use: ``STORAGE_EMULATOR_HOST`` or a
-  ``GOOGLE_APPLICATION_CREDENTIALS`` key file (mounted read-only, readable by the image's user);
+* a run that uses ``gs://`` (its store, or a path in its config) has credentials the containers can
+  use: ``STORAGE_EMULATOR_HOST`` or a ``GOOGLE_APPLICATION_CREDENTIALS`` key file (mounted
+  read-only, readable by the image's user);
 * the image's user may write into the pipeline root (:func:`claim_pipeline_root`).
 
 Tasks run with host networking: ``--network host`` works on a daemon started with
 ``--bridge=none`` (where the default bridge network does not exist) and lets a task reach what
 the runner reaches at ``127.0.0.1`` (an MLflow server, a GCS emulator), which the host-side
 pre-flight (:func:`ptdistill.preflight.preflight`) has already checked. It also gives tasks the
-runner's host name, which the MLflow parent's host tag (stale-run detection) relies on.
+runner's host name, which the MLflow parent's host tag (stale-run detection) relies on. (On a
+daemon whose host network is a VM's, as with Docker Desktop, ``127.0.0.1`` is the VM's.)
 """
 
 from __future__ import annotations
