@@ -334,29 +334,56 @@ def test_a_missing_image_is_one_line_before_any_work(docker_host, cpu_image, tmp
     assert docker_host.docker("images", "-q", missing).stdout.strip() == ""
 
 
+@pytest.fixture(scope="module")
+def subprocess_students(tmp_path_factory) -> dict[str, float]:
+    """The quick synthetic run's students with the subprocess runner (what every docker run must match)."""
+    tmp = tmp_path_factory.mktemp("subprocess")
+    proc = _cli("run", "synthetic", "--quick", "--pipeline-root", str(tmp / "runs"), "--tracking-uri",
+                f"sqlite:///{tmp}/mlflow.db", "--run-name", "sub", cwd=tmp, env={"MLFLOW_TRACKING_URI": ""})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    students = _students(tmp / "runs", "sub")
+    assert sorted(students) == ["kl-seed0", "ptloss-seed0"]
+    return students
+
+
 @pytest.mark.images
-def test_docker_runner_matches_the_subprocess_runner(docker_host, cpu_image, tmp_path):
+def test_docker_runner_matches_the_subprocess_runner(docker_host, cpu_image, subprocess_students, tmp_path):
     """The quick synthetic pipeline in the CPU image gives the subprocess runner's students, to the last bit;
     its tracking file (the docker runner's default) is in the pipeline root, its parent run FINISHED."""
     from ptdistill.tracking import Tracker
 
-    sub, dock = tmp_path / "subprocess", tmp_path / "docker"
-    proc = _cli("run", "synthetic", "--quick", "--pipeline-root", str(sub), "--tracking-uri",
-                f"sqlite:///{tmp_path}/subprocess.db", "--run-name", "sub", cwd=tmp_path, env={"MLFLOW_TRACKING_URI": ""})
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    dock = tmp_path / "docker"
     proc = _cli("run", "synthetic", "--quick", "--runner", "docker", "--pipeline-root", str(dock), "--run-name", "dock",
                 cwd=tmp_path, env=_docker_env(docker_host, cpu_image))
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
     assert "via kfp.local (docker runner)" in proc.stdout
-    expected = _students(sub, "sub")
-    assert sorted(expected) == ["kl-seed0", "ptloss-seed0"]
-    assert _students(dock, "dock") == expected
+    assert _students(dock, "dock") == subprocess_students
     assert f"sqlite:///{dock}/mlflow.db" in proc.stdout  # the default tracking store, under the pipeline root
-    [parent] = Tracker(f"sqlite:///{dock}/mlflow.db").client.search_runs(
-        [Tracker(f"sqlite:///{dock}/mlflow.db").experiment_id("synthetic")], "attributes.run_name = 'dock'")
+    tracker = Tracker(f"sqlite:///{dock}/mlflow.db")
+    [parent] = tracker.client.search_runs([tracker.experiment_id("synthetic")], "attributes.run_name = 'dock'")
     assert parent.info.status == "FINISHED"
     assert (dock / "logs" / "dock").is_dir()
-    assert _run_containers(docker_host, "dock") == []  # auto-removed
+    assert _run_containers(docker_host, "dock", running=True) == []
+
+
+@pytest.mark.images
+def test_docker_runner_uses_a_gcs_store_through_the_emulator(docker_host, cpu_image, subprocess_students, tmp_path):
+    """Artifact store in a bucket of the GCS emulator on the host's 127.0.0.1: the tasks get STORAGE_EMULATOR_HOST,
+    reach it over the host network, and publish the subprocess runner's students there."""
+    from conftest import GCS_BUCKET, start_gcs_emulator
+
+    emulator = start_gcs_emulator()
+    try:
+        store_uri = f"gs://{GCS_BUCKET}/docker"
+        env = {**_docker_env(docker_host, cpu_image), "STORAGE_EMULATOR_HOST": emulator.endpoint}
+        proc = _cli("run", "synthetic", "--quick", "--runner", "docker", "--pipeline-root", str(tmp_path / "runs"),
+                    "--artifact-store", store_uri, "--run-name", "gcs", cwd=tmp_path, env=env)
+        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
+        rows = json.loads(emulator.store(store_uri).read_text("synthetic/gcs/report/students.json"))
+    finally:
+        emulator.close()
+    assert {f"{row['method']}-seed{row['seed']}": row["test_accuracy"] for row in rows} == subprocess_students
+    assert not (tmp_path / "runs" / "synthetic").exists()  # nothing published locally
 
 
 @pytest.fixture
@@ -386,7 +413,8 @@ def mlflow_server(docker_host, mlflow_image):
 
 
 @pytest.mark.images
-def test_docker_runner_tracks_to_the_mlflow_image_over_http(docker_host, cpu_image, mlflow_server, tmp_path):
+def test_docker_runner_tracks_to_the_mlflow_image_over_http(docker_host, cpu_image, mlflow_server, subprocess_students,
+                                                           tmp_path):
     """Tasks in containers reach an MLflow server on the host's 127.0.0.1: the parent and both students land
     there, FINISHED, with the accuracies of the run's report."""
     from mlflow import MlflowClient
@@ -404,6 +432,7 @@ def test_docker_runner_tracks_to_the_mlflow_image_over_http(docker_host, cpu_ima
     children = {run.info.run_name: run for run in runs if run.data.tags.get(PARENT_TAG) == parent.info.run_id}
     assert parent.info.status == "FINISHED"
     assert {name: run.data.metrics["test_accuracy"] for name, run in children.items()} == _students(root, "http")
+    assert _students(root, "http") == subprocess_students
     assert {run.info.status for run in children.values()} == {"FINISHED"}
     assert not (root / "mlflow.db").exists()  # nothing tracked beside the server
 
