@@ -345,8 +345,12 @@ def claim_pipeline_root(root: Path, uid: int, gid: int) -> int:
     if os.geteuid() == 0:
         changed = 0
         for path in list(not_writable(root, uid, gid)):
-            os.chown(path, uid, gid)
-            os.chmod(path, path.stat().st_mode | stat.S_IWUSR | (stat.S_IXUSR if path.is_dir() else 0))
+            try:
+                os.chown(path, uid, gid)
+                os.chmod(path, path.stat().st_mode | stat.S_IWUSR | (stat.S_IXUSR if path.is_dir() else 0))
+            except OSError as err:  # e.g. a root-squashing NFS mount
+                raise DockerCheckError(f"{path} cannot be given to uid {uid}, the task images' user "
+                                       f"({err.strerror}): choose a --pipeline-root on a local disk") from None
             changed += 1
         return changed
     if os.geteuid() != uid:

@@ -21,8 +21,8 @@ from unittest.mock import patch
 from filelock import FileLock, Timeout
 from kfp import local
 
-from pipelines.cleanup import clean_up
 from pipelines import containers
+from pipelines.cleanup import clean_up
 from pipelines.console import TaskConsole
 from pipelines.dag import build_pipeline
 from pipelines.signals import StopOnSignals
@@ -78,7 +78,7 @@ def run_local(
     """
     pipeline_root = Path(pipeline_root).resolve()
     artifact_store = artifact_store or str(pipeline_root)
-    tracking_uri = tracking_uri or default_tracking_uri()
+    tracking_uri = tracking_uri or default_tracking_uri(runner, pipeline_root)
     run_name = check_run_name(run_name) if run_name is not None else new_run_name(config.benchmark)
     if runner not in RUNNERS:
         raise ValueError(f"runner {runner!r}: expected one of {', '.join(RUNNERS)}")
