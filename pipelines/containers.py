@@ -247,8 +247,11 @@ def check_placement(pipeline_root: Path, artifact_store: str, tracking_uri: str,
                                    "or a gs:// store")
     for key, value in local_config_paths(config):
         if not os.path.isabs(value):
+            absolute = Path(value).resolve()
+            how = (f"give it as {absolute}" if _within(absolute, root)
+                   else f"copy it under the pipeline root {root} and give its absolute path")
             raise DockerCheckError(f"config {key}={value}: a relative path means another folder inside a task "
-                                   f"container: give it as {os.path.abspath(value)} (under the pipeline root {root})")
+                                   f"container: {how}")
         if not _within(Path(value).resolve(), root):
             raise DockerCheckError(f"config {key}={value} is outside the pipeline root {fix}: copy it under {root} "
                                    "or use a gs:// URI")

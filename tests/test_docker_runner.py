@@ -107,8 +107,13 @@ def test_config_paths_must_be_absolute_and_under_the_pipeline_root(tmp_path, mon
     containers.check_placement(root, str(root), http, {"methods": [{"name": "data"}]})  # not a path key
     with pytest.raises(DockerCheckError) as info:
         containers.check_placement(root, str(root), http, {"data": {"path": "data/t.csv"}})
-    assert str(info.value).startswith(f"config data.path=data/t.csv: a relative path means another folder inside a "
-                                      f"task container: give it as {inside}")
+    assert str(info.value) == ("config data.path=data/t.csv: a relative path means another folder inside a "
+                               f"task container: give it as {inside}")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DockerCheckError) as info:
+        containers.check_placement(root, str(root), http, {"data": {"path": "t.csv"}})
+    assert str(info.value) == ("config data.path=t.csv: a relative path means another folder inside a task "
+                               f"container: copy it under the pipeline root {root} and give its absolute path")
 
 
 def test_gs_uris_are_the_store_and_config_paths():
