@@ -1,4 +1,9 @@
-"""Run a benchmark's pipeline on the embedded default: kfp.local, a local artifact folder, MLflow on SQLite."""
+"""Run a benchmark's pipeline on the embedded default: kfp.local, a local artifact folder, MLflow on SQLite.
+
+Two runners: ``subprocess`` (each task a process on this environment's ptdistill) and ``docker``
+(each task a container of the image the compiled pipeline names, as on a cluster; see
+:mod:`pipelines.containers`).
+"""
 
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ from unittest.mock import patch
 from filelock import FileLock, Timeout
 from kfp import local
 
+from pipelines import containers
 from pipelines.cleanup import clean_up
 from pipelines.console import TaskConsole
 from pipelines.dag import build_pipeline
@@ -38,9 +44,15 @@ class RunResult:
     markdown: str
 
 
-def default_tracking_uri() -> str:
-    """``$MLFLOW_TRACKING_URI`` or a SQLite file in the working directory."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('mlflow.db').resolve()}"
+#: The ways ``run_local`` runs tasks; the first is the default.
+RUNNERS = ("subprocess", "docker")
+
+
+def default_tracking_uri(runner: str = "subprocess", pipeline_root: str | Path = "runs") -> str:
+    """``$MLFLOW_TRACKING_URI``, else a SQLite file: ``mlflow.db`` in the working directory, or for
+    the docker runner in the pipeline root (the only folder its task containers see)."""
+    folder = Path(pipeline_root) if runner == "docker" else Path()
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(folder / 'mlflow.db').resolve()}"
 
 
 def run_local(
@@ -50,8 +62,11 @@ def run_local(
     tracking_uri: str | None = None,
     run_name: str | None = None,
     verbose: bool = False,
+    runner: str = "subprocess",
 ) -> RunResult:
-    """Run the pipeline through ``kfp.local`` (``SubprocessRunner(use_venv=False)``).
+    """Run the pipeline through ``kfp.local``: ``runner`` ``subprocess`` (``SubprocessRunner(use_venv=False)``)
+    or ``docker`` (``DockerRunner``: each task in its image, after :func:`pipelines.containers.docker_preflight`;
+    a signal stops the run's containers too).
 
     On failure, and on SIGINT, SIGTERM or SIGHUP (:class:`pipelines.signals.RunInterrupted`, after every
     task process is ended), the MLflow parent run is marked FAILED and the run's objects except
@@ -63,15 +78,23 @@ def run_local(
     """
     pipeline_root = Path(pipeline_root).resolve()
     artifact_store = artifact_store or str(pipeline_root)
-    tracking_uri = tracking_uri or default_tracking_uri()
+    tracking_uri = tracking_uri or default_tracking_uri(runner, pipeline_root)
     run_name = check_run_name(run_name) if run_name is not None else new_run_name(config.benchmark)
+    if runner not in RUNNERS:
+        raise ValueError(f"runner {runner!r}: expected one of {', '.join(RUNNERS)}")
+    plan = None
+    if runner == "docker":
+        plan = containers.docker_preflight(build_pipeline(config), pipeline_root, artifact_store, tracking_uri,
+                                           to_dict(config))
     preflight(artifact_store, tracking_uri)
     with _hold_run_name(pipeline_root, config.benchmark, run_name):
         # A RUNNING parent of this name whose runner is gone is marked FAILED; one whose runner
         # lives is refused (RunNameInUseError) before anything is written. Outside the clean-up of
         # _run_pipeline, so a refused run never cleans up the objects of the run that holds the name.
         Tracker(tracking_uri).supersede_stale_runs(config.benchmark, run_name)
-        return _run_pipeline(config, pipeline_root, artifact_store, tracking_uri, run_name, verbose)
+        if plan is not None:  # now that the tracking file exists: the task containers' user may write it all
+            containers.claim_pipeline_root(pipeline_root, plan.uid, plan.gid)
+        return _run_pipeline(config, pipeline_root, artifact_store, tracking_uri, run_name, verbose, plan)
 
 
 @contextlib.contextmanager
@@ -99,30 +122,38 @@ def _hold_run_name(pipeline_root: Path, benchmark: str, run_name: str) -> Iterat
 
 
 def _run_pipeline(config: ExperimentConfig, pipeline_root: Path, artifact_store: str, tracking_uri: str,
-                  run_name: str, verbose: bool) -> RunResult:
-    """The run itself, once its inputs, stores and name are checked (see run_local)."""
+                  run_name: str, verbose: bool, plan: containers.DockerPlan | None) -> RunResult:
+    """The run itself, once its inputs, stores and name are checked (see run_local); ``plan``: the docker
+    runner's, None for the subprocess runner."""
     # Two students train at once locally (kfp.local runs ParallelFor two at a time): one thread each.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     # ...while the teacher steps, which run alone, may use every core (see steps.common.solo_threads).
     os.environ.setdefault(SOLO_THREADS, str(len(os.sched_getaffinity(0))))
     # Progress bars go to task logs, not a terminal: a line every 10 s, not every 0.1 s.
     os.environ.setdefault("TQDM_MININTERVAL", "10")
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root), raise_on_error=True)
-    # Locally the components run on this environment's ptdistill by design, not in their images.
-    warnings.filterwarnings("ignore", message="You may be attemping to run a task that uses custom",
-                            category=RuntimeWarning)
+    if plan is None:
+        local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root),
+                   raise_on_error=True)
+        # The subprocess runner runs the components on this environment's ptdistill by design, not in their images.
+        warnings.filterwarnings("ignore", message="You may be attemping to run a task that uses custom",
+                                category=RuntimeWarning)
     t0 = time.perf_counter()
     # kfp.local indents task logs by swapping builtins.print per task; with two ParallelFor tasks in
     # threads the swaps interleave and an indented print can outlive the run: put ours back after.
     original_print = builtins.print
     console = TaskConsole(pipeline_root / "logs" / run_name, verbose=verbose)
-    with _task_environment(), StopOnSignals() as signals:
+    with _task_environment(), StopOnSignals(also_end=_ender(plan, run_name)) as signals:
+        if plan is not None:  # the task environment is set: the containers get it
+            local.init(runner=containers.docker_runner(plan, run_name, os.environ), pipeline_root=str(pipeline_root),
+                       raise_on_error=True)
         try:
             with console:
                 build_pipeline(config)(config_json=json.dumps(to_dict(config)), runs=config.runs(),
                                        run_name=run_name, tracking_uri=tracking_uri, artifact_store=artifact_store)
         except BaseException as err:
             signals.quiet()
+            if plan is not None:  # a failed task's siblings still run in their containers
+                containers.end_containers(run_name)
             err.add_note(clean_up(config.benchmark, run_name, tracking_uri, artifact_store,
                                   f"{type(err).__name__}: {err}", local_outputs=console.outputs_dir))
             raise
@@ -136,6 +167,11 @@ def _run_pipeline(config: ExperimentConfig, pipeline_root: Path, artifact_store:
         students=json.loads(store.read_text(f"{prefix}/students.json")),
         markdown=store.read_text(f"{prefix}/report.md"),
     )
+
+
+def _ender(plan: containers.DockerPlan | None, run_name: str):
+    """What a signal must end besides this process's children: the run's task containers, if any."""
+    return None if plan is None else (lambda: containers.end_containers(run_name))
 
 
 @contextlib.contextmanager

@@ -16,6 +16,7 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable
 from types import FrameType, TracebackType
 
 import psutil
@@ -81,9 +82,11 @@ class StopOnSignals:
     :class:`RunInterrupted` in the main thread; later signals are ignored until the context exits,
     so the (time-bounded) clean-up that follows always finishes. ``quiet()`` ignores signals from
     then on too (a failed run's clean-up). Outside the main thread it does nothing (Python only
-    delivers signals there)."""
+    delivers signals there). ``also_end`` ends what is not a process of ours, alongside each round of
+    :func:`end_children` (the docker runner's task containers, which the daemon starts)."""
 
-    def __init__(self) -> None:
+    def __init__(self, also_end: Callable[[], object] | None = None) -> None:
+        self._also_end = also_end
         self.signum: int | None = None
         self._quiet = False
         self._previous: dict[int, object] = {}
@@ -107,8 +110,13 @@ class StopOnSignals:
     def _reap(self) -> None:
         """End task processes until told to stop: kfp.local may start queued ones meanwhile."""
         while not self._stop.is_set():
-            end_children()
+            self._end()
             self._stop.wait(0.2)
+
+    def _end(self) -> None:
+        end_children()
+        if self._also_end is not None:
+            self._also_end()
 
     def quiet(self) -> None:
         """Ignore signals from now on; if a signal stopped the run, wait until no task process is left."""
@@ -116,7 +124,7 @@ class StopOnSignals:
         if self._reaper is not None:
             self._stop.set()
             self._reaper.join()
-            end_children()
+            self._end()
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:

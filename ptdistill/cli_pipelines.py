@@ -55,12 +55,14 @@ def _run(args: argparse.Namespace) -> int:
     from pipelines.signals import RunInterrupted
     from ptdistill.tracking import Tracker, experiment_name
 
-    tracking_uri = args.tracking_uri or default_tracking_uri()
+    tracking_uri = args.tracking_uri or default_tracking_uri(args.runner, args.pipeline_root)
     print(f"ptdistill run {config.benchmark}: {len(config.runs())} students "
-          f"({', '.join(m.name for m in config.methods)} x seeds {config.seeds}) via kfp.local", flush=True)
+          f"({', '.join(m.name for m in config.methods)} x seeds {config.seeds}) via kfp.local "
+          f"({args.runner} runner)", flush=True)
     try:
         result = run_local(config, pipeline_root=args.pipeline_root, artifact_store=args.artifact_store,
-                           tracking_uri=tracking_uri, run_name=args.run_name, verbose=args.verbose)
+                           tracking_uri=tracking_uri, run_name=args.run_name, verbose=args.verbose,
+                           runner=args.runner)
     except RunInterrupted as err:  # SIGINT / SIGTERM / SIGHUP: tasks ended, then cleaned up like a failure
         print(f"ptdistill run {config.benchmark}: {err}; {_clean_up_note(err)}", file=sys.stderr)
         return err.exit_code
@@ -73,8 +75,15 @@ def _run(args: argparse.Namespace) -> int:
     experiment = Tracker(tracking_uri).experiment_id(config.benchmark)
     print(f"finished {result.run_name} in {result.seconds:.0f} s")
     print(f"MLflow: experiment {experiment_name(config.benchmark)!r} (id {experiment}) in {tracking_uri}; "
-          f"run `{ptdistill_command('ui', tracking_uri=args.tracking_uri)}` and open /#/experiments/{experiment}/runs")
+          f"run `{ptdistill_command('ui', tracking_uri=_named_uri(tracking_uri))}` and open /#/experiments/{experiment}/runs")
     return 0
+
+
+def _named_uri(tracking_uri: str) -> str | None:
+    """``tracking_uri`` unless it is what ``ptdistill ui`` opens by default (the subprocess runner's default)."""
+    from pipelines.local import default_tracking_uri
+
+    return None if tracking_uri == default_tracking_uri() else tracking_uri
 
 
 def _clean_up_note(err: BaseException) -> str:
@@ -287,7 +296,11 @@ def add_pipeline_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pipeline-root", default="runs", help="local folder for KFP outputs (default ./runs)")
     p.add_argument("--artifact-store", help="where components publish outputs and the teacher cache "
                    "(a folder, file:// or gs://bucket/prefix; default: the pipeline root)")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db; "
+                   "with --runner docker, mlflow.db in the pipeline root)")
+    p.add_argument("--runner", choices=("subprocess", "docker"), default="subprocess",
+                   help="subprocess: each task a process on this Python (default); docker: each task in its container "
+                   "image, as on a cluster (needs a Docker daemon and the images, see README 'Run in containers')")
     p.add_argument("--run-name", help="name of the run in MLflow and the artifact store (default <benchmark>-<time>-<random>),"
                    " e.g. to select it later with `ptdistill report --run`")
     p.add_argument("-v", "--verbose", action="store_true", help="stream every task's full log (kfp.local's executor "
