@@ -285,9 +285,20 @@ def load_teacher_probs(
         numeric_column(data, column, path)
     if len(columns) < 2:
         raise ValueError(f"{path}: expected at least 2 probability columns, found {columns}")
-    probs = torch.tensor(data[columns].to_numpy(dtype=np.float64))
+    columns = in_class_order(columns, [str(k) for k in range(len(columns))])
+    probs = torch.from_numpy(np.ascontiguousarray(data[columns].to_numpy(dtype=np.float64)))
     decimals = csv_decimals(path, columns) if path.suffix.lower() == ".csv" else None
     return normalize_probs(name, probs, tolerance=user_tolerance(len(columns), decimals=decimals)), labels
+
+
+def in_class_order(columns: list, class_names: list[str]) -> list:
+    """``columns`` reordered to ``class_names`` when they are named exactly after the classes (as
+    strings, in any order: a file whose columns read ``1, 0`` holds class 1 first); else unchanged,
+    taken by position."""
+    by_name = {str(c): c for c in columns}
+    if len(by_name) == len(columns) and sorted(by_name) == sorted(class_names):
+        return [by_name[name] for name in class_names]
+    return list(columns)
 
 
 def csv_decimals(path: Path, columns: list[str]) -> int:

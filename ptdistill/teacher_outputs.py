@@ -58,7 +58,7 @@ import pandas as pd
 import torch
 
 from ptdistill import checks
-from ptdistill.io import check_file, csv_decimals, numeric_column, read_array_or_table
+from ptdistill.io import check_file, csv_decimals, in_class_order, numeric_column, read_array_or_table
 from ptdistill.storage import check_location, is_remote, local_copy
 
 __all__ = ["CACHE_VERSION", "ID_COLUMN", "KINDS", "NEEDED", "SPLIT_COLUMN", "SUFFIXES", "TeacherOutputs", "align",
@@ -208,9 +208,8 @@ def _values(frame: pd.DataFrame, path: Path, kind: str, class_names: list[str]) 
     columns = [c for c in frame.columns if c.lower() not in _NOT_VALUES]
     for column in columns:
         numeric_column(frame, column, path)
-    if sorted(columns) == sorted(class_names) and columns != class_names:
-        columns = list(class_names)  # named after the classes: matched by name, not position
-    return frame[columns].to_numpy(dtype=np.float64), columns, ""
+    columns = in_class_order(columns, class_names)  # named after the classes: matched by name, not position
+    return np.ascontiguousarray(frame[columns].to_numpy(dtype=np.float64)), columns, ""
 
 
 def _check_finite(values: np.ndarray, path: Path, columns: list[str] | None) -> None:

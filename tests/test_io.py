@@ -319,3 +319,18 @@ def test_written_files_follow_the_umask(tmp_path, umask, mask, mode):
     assert {str(f.relative_to(tmp_path)): oct(stat.S_IMODE(f.stat().st_mode)) for f in files} == {
         str(f.relative_to(tmp_path)): oct(mode) for f in files}
     assert not [p for p in tmp_path.rglob("*.tmp")]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_probability_columns_named_by_class_index_are_taken_by_name(tmp_path, suffix):
+    """Columns ``1, 0`` hold class 1 first: matched by name, not position (and no negative strides)."""
+    probs = np.array([[0.9, 0.1], [0.3, 0.7], [0.6, 0.4]])
+    frame = pd.DataFrame({"1": probs[:, 1], "0": probs[:, 0], "label": [0, 1, 0]})
+    path = tmp_path / f"t{suffix}"
+    frame.to_csv(path, index=False) if suffix == ".csv" else frame.to_parquet(path)
+    got, labels = load_teacher_probs(path, labels_column="label")
+    np.testing.assert_allclose(got.numpy(), probs, atol=1e-12)
+    assert labels.tolist() == [0, 1, 0]
+    positional = pd.DataFrame({"p_b": probs[:, 1], "p_a": probs[:, 0]})  # other names: by position
+    positional.to_parquet(tmp_path / "p.parquet")
+    np.testing.assert_allclose(load_teacher_probs(tmp_path / "p.parquet")[0].numpy(), probs[:, ::-1], atol=1e-12)

@@ -98,9 +98,12 @@ def test_rows_are_aligned_by_id_whatever_their_order(tmp_path):
     np.testing.assert_allclose(rows_of(outputs, rows, "test"), PROBS[[3, 5]], atol=1e-15)
 
 
-def test_columns_named_after_the_classes_are_matched_by_name(tmp_path):
-    frame = pd.DataFrame({"c": PROBS[:, 2], "a": PROBS[:, 0], "b": PROBS[:, 1]})
-    outputs, _ = teacher_outputs(write(tmp_path / "o.csv", frame), "auto", CLASSES, SPLIT_IDS)
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+@pytest.mark.parametrize("order", [["c", "a", "b"], ["c", "b", "a"]], ids=["permuted", "reversed"])
+def test_columns_named_after_the_classes_are_matched_by_name(tmp_path, order, suffix):
+    # reversed columns once came out of pandas as a negative-stride view that torch refused
+    frame = pd.DataFrame({name: PROBS[:, CLASSES.index(name)] for name in order})
+    outputs, _ = teacher_outputs(write(tmp_path / f"o{suffix}", frame), "auto", CLASSES, SPLIT_IDS)
     np.testing.assert_allclose(outputs.probs, PROBS, atol=1e-15)
 
 
