@@ -155,7 +155,7 @@ def test_task_metrics_listed():
 def test_views_with_negative_strides_give_the_metrics_of_their_copy():
     """probs[:, ::-1] (a column-reversed view, as pandas gives for reordered columns) is accepted."""
     flipped = np.array([[0.1, 0.9], [0.8, 0.2], [0.4, 0.6]])[:, ::-1]
-    labels = np.array([1, 0, 0])
+    labels = np.array([0, 1, 0])
     got = evaluate(flipped, labels, p_star=flipped)
     want = evaluate(flipped.copy(), labels, p_star=flipped.copy())
     assert got == want and got["accuracy"] == 1.0
