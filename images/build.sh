@@ -32,6 +32,7 @@
 # or a mirror; default pypi.org), DEBIAN_MIRROR (--offline: default
 # http://deb.debian.org/debian), DEBIAN_SUITE (default bookworm: python 3.11 like the slim base).
 set -euo pipefail
+shopt -s inherit_errexit  # a failing step inside "$(...)" (the offline base) stops the script too
 # The whole script is one block, parsed before it runs: editing this file during a long build
 # cannot derail the build in progress.
 {
@@ -114,11 +115,7 @@ offline_base() {
 
 # --offline: serve TORCH_WHEELS as a PEP 503 index on 127.0.0.1 (until exit) at TORCH_INDEX.
 serve_wheels() {
-    local wheels="${TORCH_WHEELS:-}"
-    if [[ -z "$wheels" || ! -d "$wheels" ]] || ! compgen -G "$wheels/torch-*.whl" >/dev/null; then
-        echo "error: --offline needs TORCH_WHEELS, a folder holding the torch wheel (got '${wheels}')" >&2
-        exit 4
-    fi
+    local wheels="${TORCH_WHEELS}"
     local dir port
     dir="$(mktemp -d)"
     python3 - "$wheels" "$dir/simple" <<'PY'
@@ -163,14 +160,28 @@ PY
     exit 4
 }
 
+# Every input is checked before the first slow step (the base takes minutes to make).
+if [[ "$OFFLINE" == 1 ]]; then
+    if [[ " ${targets[*]} " == *" cpu "* ]] && { [[ -z "${TORCH_WHEELS:-}" || ! -d "${TORCH_WHEELS}" ]] \
+            || ! compgen -G "${TORCH_WHEELS}/torch-*.whl" >/dev/null; }; then
+        echo "error: --offline needs TORCH_WHEELS, a folder holding the torch wheel (got '${TORCH_WHEELS:-}')" >&2
+        exit 4
+    fi
+    ca="${CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}"
+    if [[ -n "${CA_BUNDLE:-}" && ! -f "$ca" ]]; then
+        echo "error: CA_BUNDLE=${CA_BUNDLE} is not a file" >&2; exit 4
+    fi
+fi
+if ! daemon_error="$("$DOCKER" info --format '{{.ServerVersion}}' 2>&1)"; then
+    echo "error: the Docker daemon at ${DOCKER_HOST:-its default socket} does not answer ($(tail -n1 <<<"$daemon_error")); start one or set DOCKER_HOST" >&2
+    exit 4
+fi
+
 if [[ "$OFFLINE" == 1 ]]; then
     base="$(offline_base)"
     build_args+=(--network host --build-arg "BASE_IMAGE=${base}")
-    ca="${CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}"
     if [[ -f "$ca" ]]; then
         build_args+=(--secret "id=pip_ca,src=${ca}")
-    elif [[ -n "${CA_BUNDLE:-}" ]]; then
-        echo "error: CA_BUNDLE=${CA_BUNDLE} is not a file" >&2; exit 4
     fi
     if [[ " ${targets[*]} " == *" cpu "* ]]; then
         serve_wheels

@@ -371,7 +371,42 @@ def test_build_sh_offline_refuses_missing_inputs_before_building(tmp_path, env_c
     proc = subprocess.run(["bash", "images/build.sh", "--offline", "--load", "cpu"], cwd=repo, env=env,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 4 and message in proc.stderr, proc.stderr
-    assert not [c for c in log.read_text().splitlines() if c.startswith("build ")]
+    assert not log.exists()  # refused before docker is called at all (no base made first)
+
+
+def _failing(tmp_path: Path, name: str, fails_on: str) -> Path:
+    """A fake ``name`` on a PATH folder that fails (exit 1) when its first argument is ``fails_on``."""
+    folder = tmp_path / "bin"
+    folder.mkdir(exist_ok=True)
+    tool = folder / name
+    tool.write_text(f'#!/bin/sh\necho "{name} $*" >> {tmp_path}/calls.log\n'
+                    f'[ "$1" = "{fails_on}" ] && {{ echo "{name}: it broke" >&2; exit 1; }}\nexit 0\n')
+    tool.chmod(0o755)
+    return folder
+
+
+def test_build_sh_stops_when_the_daemon_does_not_answer_or_the_base_cannot_be_made(tmp_path):
+    repo, _, _, _ = _throwaway_repo(tmp_path)
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    (wheels / "torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl").write_bytes(b"x")
+    env = {**os.environ, "TORCH_WHEELS": str(wheels), "DOCKER_HOST": "unix:///nowhere.sock"}
+    # No daemon: refused at once, nothing built.
+    env["DOCKER"] = str(_failing(tmp_path, "docker", "info") / "docker")
+    proc = subprocess.run(["bash", "images/build.sh", "--offline", "--load", "cpu"], cwd=repo, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 4, proc.stderr
+    assert "error: the Docker daemon at unix:///nowhere.sock does not answer (docker: it broke)" in proc.stderr
+    assert (tmp_path / "calls.log").read_text() == "docker info --format {{.ServerVersion}}\n"
+    # A daemon, no cached base, and mmdebstrap fails: the script stops there (no import, no build).
+    (tmp_path / "calls.log").unlink()
+    env["DOCKER"] = str(_failing(tmp_path, "docker", "image") / "docker")  # image inspect: not cached
+    env["PATH"] = f"{_failing(tmp_path, 'mmdebstrap', '--variant=minbase')}:{env['PATH']}"
+    proc = subprocess.run(["bash", "images/build.sh", "--offline", "--load", "cpu"], cwd=repo, env=env,
+                          capture_output=True, text=True, timeout=60)
+    calls = (tmp_path / "calls.log").read_text().splitlines()
+    assert proc.returncode != 0 and "mmdebstrap: it broke" in proc.stderr, proc.stderr
+    assert [c.split()[:2] for c in calls] == [["docker", "info"], ["docker", "image"], ["mmdebstrap", "--variant=minbase"]]
 
 
 def test_build_sh_rejects_unknown_arguments(tmp_path):
