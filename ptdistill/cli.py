@@ -154,3 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C outside a pipeline run (which handles it itself)
         print(f"ptdistill {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+if __name__ == "__main__":  # python -m ptdistill.cli, as python -m ptdistill
+    raise SystemExit(main())

@@ -40,6 +40,8 @@ def _check_inputs(config: ExperimentConfig, read_data: bool) -> None:
         check_before_run(config.teacher, class_names, {name: split.ids for name, split in splits.items()})
     else:
         check_config(config)
+        if read_data:  # gs:// data: a local teacher.outputs file can still be looked at now
+            check_before_run(config.teacher)
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:

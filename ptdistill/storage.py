@@ -736,7 +736,9 @@ def parse_gs_uri(uri: str) -> tuple[str, str]:
     if not isinstance(uri, str) or uri[:5].lower() != "gs://":
         raise ValueError(f"expected a gs://bucket[/prefix] URI, got {uri!r}")
     bucket, _, name = uri[len("gs://") :].partition("/")
-    name = name.strip("/")
+    if name.startswith("/"):  # gs://b//x names the object "/x", not "x": refused rather than silently changed
+        raise ValueError(f"object name {name!r} in {uri!r} has empty, '.' or '..' segments")
+    name = name.rstrip("/")
     if not bucket:
         raise ValueError(f"no bucket in {uri!r}; expected gs://bucket[/prefix]")
     if not _valid_bucket_name(bucket):

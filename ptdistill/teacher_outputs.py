@@ -340,8 +340,15 @@ def teacher_outputs(uri: str, kind: str, class_names: Sequence[str],
     return outputs, align(outputs, split_ids)
 
 
-def check_before_run(spec, class_names: Sequence[str], split_ids: Mapping[str, np.ndarray]) -> None:
+def check_before_run(spec, class_names: Sequence[str] | None = None,
+                     split_ids: Mapping[str, np.ndarray] | None = None) -> None:
     """``ptdistill run``'s up-front check of a local ``spec.outputs`` (a teacher config), with the
-    errors the pipeline's import_teacher_outputs step would give; a remote file is checked there."""
-    if spec.outputs and not is_remote(spec.outputs):
+    errors the pipeline's import_teacher_outputs step would give; a remote file is checked there.
+    Without the data (``class_names`` None: the data is in a bucket) only the file itself is
+    checked: present, not empty, readable as its type."""
+    if not getattr(spec, "outputs", "") or is_remote(spec.outputs):
+        return
+    if class_names is None or split_ids is None:
+        read_array_or_table(check_file(Path(spec.outputs).expanduser(), SUFFIXES))
+    else:
         teacher_outputs(spec.outputs, spec.outputs_kind, class_names, split_ids)

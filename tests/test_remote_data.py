@@ -188,6 +188,7 @@ def test_compile_with_gs_locations_touches_no_storage(gcs_env, tmp_path, capsys)
     ("data.path=s3://bucket/table.csv", "data.path: unsupported URI 's3://bucket/table.csv': scheme 's3'; expected a "
                                         "local path or gs://bucket/object"),
     ("data.path=gs://bucket/a/../t.csv", "data.path: object name 'a/../t.csv' in 'gs://bucket/a/../t.csv' has"),
+    ("data.path=gs://bucket//t.csv", "data.path: object name '/t.csv' in 'gs://bucket//t.csv' has empty"),
 ])
 def test_compile_rejects_malformed_locations_in_one_line(override, message, tmp_path, capsys):
     assert main(["compile", "tabular", "--set", override, "-o", str(tmp_path / "p.yaml")]) == 2

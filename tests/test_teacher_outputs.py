@@ -435,7 +435,19 @@ def test_ptdistill_run_refuses_bad_outputs_before_starting(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
-def _cli(tmp_path: Path, data: Path, outputs: str) -> subprocess.CompletedProcess:
+@pytest.mark.parametrize("outputs, message", [
+    ("missing.parquet", "missing.parquet: file not found"),
+    ("empty.csv", "empty.csv: is empty (0 bytes); expected data"),
+])
+def test_with_data_in_a_bucket_a_local_outputs_file_is_still_checked_before_starting(tmp_path, outputs, message):
+    (tmp_path / "empty.csv").write_text("")
+    result = _cli(tmp_path, "gs://ptdistill-data/table.csv", str(tmp_path / outputs))
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == f"ptdistill run: error: {tmp_path}/{message}"
+    assert not (tmp_path / "runs").exists()
+
+
+def _cli(tmp_path: Path, data: Path | str, outputs: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
     return subprocess.run([sys.executable, "-m", "ptdistill", "run", "tabular", "--quick", "--set", f"data.path={data}",
                            "--set", f"teacher.outputs={outputs}", "--pipeline-root", str(tmp_path / "runs"),
