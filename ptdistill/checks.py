@@ -20,6 +20,7 @@ MAX_TEXT_TOL = 0.05
 #: Rows further than this from 1 (or with a value above 1) look like scores, not probabilities.
 _FAR_FROM_ONE = 0.5
 _LOGITS_HINT = " - did you pass logits? apply softmax first"
+_PERCENT_HINT = " - percentages? divide by 100"
 
 
 def row_sum_tolerance(num_classes: int, *, dtype: torch.dtype | None = None, decimals: int | None = None) -> float:
@@ -102,9 +103,10 @@ def check_probs(name: str, probs: torch.Tensor, *, ndim: int | None = 2, toleran
     if off.any():
         row = int(off.nonzero()[0])
         far = (bool((p > 1).any()) or float((sums - 1).abs().max()) > _FAR_FROM_ONE) and float(sums[row]) != 0
+        percent = bool(((sums - 100).abs() <= 100 * tolerance).all())  # every row sums to 100
         raise ValueError(
             f"{name}: rows must sum to 1 (within {tolerance:.2g}), row {row} sums to {float(sums[row]):.6g}"
-            + (_LOGITS_HINT if far else "")
+            + (_PERCENT_HINT if percent else _LOGITS_HINT if far else "")
         )
 
 

@@ -238,6 +238,10 @@ def test_a_row_far_from_one_is_rejected_and_logits_get_the_hint(tmp_path):
     scores.write_text("p0,p1\n2.5,0.5\n0.5,0.5\n")
     with pytest.raises(ValueError, match="row 0 sums to 3 - did you pass logits"):
         load_teacher_probs(scores)
+    percent = tmp_path / "percent.csv"
+    percent.write_text("p0,p1\n20,80\n55.5,44.5\n")
+    with pytest.raises(ValueError, match=r"row 0 sums to 100 - percentages\? divide by 100$"):
+        load_teacher_probs(percent)
 
 
 def test_row_sum_tolerance_follows_the_precision():
