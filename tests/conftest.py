@@ -10,7 +10,7 @@ a fixture waits for its chain and returns what it left behind:
 
 * ``local_pipeline``: two runs of the same tiny config (ptloss and kl, seed 0) on a local
   artifact store; the second must hit the teacher cache;
-* ``failing_pipeline``: one run whose only method has an unknown loss, so it fails inside
+* ``failing_pipeline``: one run whose only method asks for a GPU the machine lacks, so it fails inside
   ``distill_student``;
 * ``sharded_pipeline``: one run of the ``local_pipeline`` config with teacher inference split
   over two shards (``inference_shards=2``: ParallelFor of shard tasks, then a merge task);
@@ -92,7 +92,7 @@ def tiny_synthetic(methods: tuple[str, ...] = ("ptloss", "kl"), seeds: tuple[int
     """``SyntheticConfig.quick()`` shrunk further: a few hundred examples, 2 epochs, tiny MLPs.
 
     ``methods`` are names of ``default_methods()``; any other name becomes a method of that
-    name whose loss is that name (an unknown loss, to make a run fail in distill_student).
+    name whose loss is that name (an unknown loss: prepare_data refuses the config).
     """
     from ptdistill.experiments import MethodSpec, SyntheticConfig, default_methods
 
@@ -108,6 +108,19 @@ def tiny_synthetic(methods: tuple[str, ...] = ("ptloss", "kl"), seeds: tuple[int
         methods=[known.get(name, MethodSpec(name, name)) for name in methods],
         seeds=list(seeds),
     )
+
+
+#: What the distill_student task of :func:`failing_in_distill_student` fails with (no such device).
+DISTILL_FAILURE = "device: 'cuda:99' requested but CUDA is not available; use 'auto' or 'cpu'"
+
+
+def failing_in_distill_student():
+    """:func:`tiny_synthetic` with one method that passes every config check (prepare_data's
+    included) but fails when its student starts training: it asks for a GPU the machine lacks."""
+    from ptdistill.experiments import MethodSpec
+
+    cfg = tiny_synthetic(("kl",))
+    return dataclasses.replace(cfg, methods=[MethodSpec("kl_on_gpu_99", "kl", train={"device": "cuda:99"})])
 
 
 def tiny_text_configs(root: Path) -> list:
@@ -440,7 +453,7 @@ class PipelineLauncher:
             config = dataclasses.replace(tiny_synthetic(("ptloss", "kl")), inference_shards=2)
             return PipelineChain(name, root, [config], ["sharded-1"], str(root / "store"))
         if name == "failing":
-            return PipelineChain(name, root, [tiny_synthetic(("no_such_loss",))], ["failing-1"], str(root / "store"),
+            return PipelineChain(name, root, [failing_in_distill_student()], ["failing-1"], str(root / "store"),
                                  expect_failure=True)
         if name == "gcs":
             if self.emulator is None:
@@ -497,7 +510,7 @@ def local_pipeline() -> PipelineChain:
 
 @pytest.fixture(scope="session")
 def failing_pipeline() -> PipelineChain:
-    """One run (``failing-1``) that fails in distill_student (unknown loss)."""
+    """One run (``failing-1``) that fails in distill_student (:func:`failing_in_distill_student`)."""
     return _launcher().chain("failing").wait()
 
 

@@ -14,6 +14,8 @@ import pytest
 from ptdistill.storage import open_store
 from ptdistill.tracking import CHAMPION_ALIAS, FAILURE_TAG, PARENT_TAG, ROLE_TAG, experiment_name, git_commit
 
+from conftest import DISTILL_FAILURE
+
 pytestmark = pytest.mark.filterwarnings(
     "ignore:The ``noload`` loader strategy is deprecated:DeprecationWarning",
 )
@@ -198,11 +200,11 @@ def test_sharded_parent_run_tags_and_teacher_report(sharded_pipeline):
 
 def test_failing_run_raises(failing_pipeline):
     (outcome,) = failing_pipeline.outcomes
-    assert not outcome["ok"], "a run with an unknown loss finished"
+    assert not outcome["ok"], "a run whose student asks for a missing GPU finished"
     assert outcome["error_type"] == "RuntimeError", outcome["traceback"]
     assert "distill-student" in outcome["error"]
     # The step's own error reached the log.
-    assert "unknown loss 'no_such_loss'" in failing_pipeline.log.read_text(errors="replace")
+    assert DISTILL_FAILURE in failing_pipeline.log.read_text(errors="replace")
 
 
 def test_failing_run_marks_the_parent_failed(failing_pipeline):
