@@ -36,3 +36,14 @@ def as_tensor(name: str, value: Any, device: torch.device | str | None = None) -
     if array.dtype.kind not in "biuf":
         raise ValueError(f"{name}: expected numbers, got an array of dtype {array.dtype}")
     return torch.as_tensor(np.ascontiguousarray(array), device=device)  # torch takes no negative strides
+
+
+def softmax_probs(logits: np.ndarray) -> np.ndarray:
+    """Softmax over classes of (n, C) logits, in float64; every row sums to 1."""
+    z = np.asarray(logits, dtype=np.float64)
+    if z.ndim != 2 or z.shape[1] < 1:
+        raise ValueError(f"logits: expected shape (n, C), got {z.shape}")
+    if not np.isfinite(z).all():
+        raise ValueError(f"logits: {int((~np.isfinite(z)).sum())} non-finite value(s)")
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)

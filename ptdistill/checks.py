@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import torch
 
 log = logging.getLogger(__name__)
@@ -163,3 +164,10 @@ def check_eps(name: str, eps: torch.Tensor, num_classes: int, *, allow_batch: bo
         raise ValueError(f"{name}: is empty, got shape {tuple(eps.shape)}")
     if not torch.isfinite(eps).all():
         raise ValueError(f"{name}: contains NaN or inf; expected finite coefficients")
+
+
+def int_at_least(name: str, value: object, low: int) -> int:
+    """``value`` as an ``int`` when it is an integer (not a bool) ``>= low``; else a ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ValueError(f"{name}: expected an integer >= {low}, got {value!r}")
+    return int(value)

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field, replace
 from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 from ptdistill.config import ConfigError, from_dict
-from ptdistill.gaussians import SPEC_SIZES
-from ptdistill.text.models import HFModelSpec
-from ptdistill.text.trainer import TextTrainConfig
-from ptdistill.training import TrainConfig
+from ptdistill.families.mlp.gaussians import SPEC_SIZES
+from ptdistill.families.mlp.training import TrainConfig
+from ptdistill.families.text.models import HFModelSpec
+from ptdistill.families.text.trainer import TextTrainConfig
 
 
 @dataclass
@@ -175,7 +175,7 @@ class TabularData:
 
 @dataclass
 class ExperimentConfig:
-    """Fields every benchmark shares; ``family`` names the steps' backend (:mod:`ptdistill.steps.backend`)."""
+    """Fields every benchmark shares; ``family`` names the steps' backend (:mod:`ptdistill.families.backend`)."""
 
     family: ClassVar[str] = "mlp"
     benchmark: str = ""
@@ -220,8 +220,8 @@ class ExperimentConfig:
         ``num_classes`` None (the data alone tells it, and compile reads no data): the checks that
         need it (a ptloss ``eps`` of one row per class, one label word per class) are left to
         prepare_data, which calls this again with the count."""
-        from ptdistill.evaluation import TASK_METRICS
         from ptdistill.checks import check_eps
+        from ptdistill.evaluation import TASK_METRICS
         from ptdistill.losses import build_loss
         from ptdistill.proxy import CRITERIA, STRATEGIES
 
@@ -449,8 +449,8 @@ class TextConfig(ExperimentConfig):
 
     def verbalizer(self):
         """The generative teacher's prompt and label words: the config's, else the task's T5 ones."""
-        from ptdistill.text.data import TEXT_TASKS
-        from ptdistill.text.scoring import Verbalizer
+        from ptdistill.families.text.data import TEXT_TASKS
+        from ptdistill.families.text.scoring import Verbalizer
 
         task = TEXT_TASKS.get(self.data.task)
         prompt = self.teacher.prompt or (task.prompt if task else None)
@@ -490,7 +490,7 @@ QUICK_TEXT_SIZES = {"teacher_train": 200, "distill": 400, "validation": 200, "te
 
 def _paper_task(config: TextConfig, quick: bool) -> None:
     """A paper benchmark: the task's data protocol and metric, the T5-large teacher, the BERT-base student."""
-    from ptdistill.text.data import TEXT_TASKS
+    from ptdistill.families.text.data import TEXT_TASKS
 
     task = TEXT_TASKS[config.benchmark]
     config.data.task = task.name

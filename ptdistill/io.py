@@ -324,7 +324,7 @@ def write_atomic(path: str | Path, write: Callable[[IO[bytes]], object]) -> Path
     temporary file is removed whatever happens. The file is created with mode 0o666 minus the
     process umask (0644 under the usual umask 022), like any file ``open`` creates, not with
     ``tempfile.mkstemp``'s private 0600. The one atomic writer of :mod:`ptdistill.io` and
-    :mod:`ptdistill.models`.
+    :mod:`ptdistill.families.mlp.models`.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

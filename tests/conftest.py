@@ -42,12 +42,12 @@ import tempfile
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from http import HTTPStatus
 from http.server import ThreadingHTTPServer
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -130,11 +130,11 @@ def tiny_text_configs(root: Path) -> list:
     tiny model can learn the task in one epoch.
     """
     import pandas as pd
+    from text_fixtures import tiny_bert, tiny_t5, write_hub_split
 
     from ptdistill.experiments import default_config
-    from ptdistill.text.models import HFModelSpec
-    from ptdistill.text.trainer import TextTrainConfig
-    from text_fixtures import tiny_bert, tiny_t5, write_hub_split
+    from ptdistill.families.text.models import HFModelSpec
+    from ptdistill.families.text.trainer import TextTrainConfig
 
     words = (("bad", "awful", "boring"), ("good", "great", "fun"))
 

@@ -28,9 +28,9 @@ from components.teacher_inference import teacher_inference
 from components.teacher_inference_shard import teacher_inference_shard
 from components.train_teacher import train_teacher
 from ptdistill.config import ConfigError, to_dict
-from ptdistill.datasets import FeatureSplit
 from ptdistill.experiments import MethodSpec, TabularConfig
-from ptdistill.models import MLP
+from ptdistill.families.mlp.models import MLP
+from ptdistill.families.mlp.split import FeatureSplit
 from ptdistill.steps.common import RunInfo
 from ptdistill.storage import open_store
 from ptdistill.tracking import CHAMPION_ALIAS, PARENT_TAG, ROLE_TAG, Tracker
@@ -272,7 +272,7 @@ def _train_again(env, prepared, folder: str, config) -> tuple[dsl.Model, object]
 
 def test_train_teacher_reuses_a_teacher_trained_from_the_same_recipe_and_data(env, prepared, teacher, info,
                                                                               monkeypatch):
-    from ptdistill.steps.mlp_backend import MLPBackend
+    from ptdistill.families.mlp.backend import MLPBackend
 
     assert teacher["model"].metadata["cache"] == "miss"
     entries = open_store(env.store).list("cache/trained-teacher/")

@@ -18,17 +18,17 @@ from ptdistill.experiments import (
     BENCHMARKS,
     MINILM,
     QUICK_TEXT_SIZES,
-    TextConfig,
-    default_config,
     GaussianData,
     MethodSpec,
     SyntheticConfig,
     TabularConfig,
+    TextConfig,
     config_class,
     config_from_dict,
+    default_config,
     default_methods,
 )
-from ptdistill.training import TrainConfig
+from ptdistill.families.mlp.training import TrainConfig
 
 
 def _ints_as_floats(value):
@@ -78,7 +78,7 @@ def test_quick_presets(benchmark):
 
 
 def test_text_benchmark_presets():
-    from ptdistill.text.data import TEXT_TASKS
+    from ptdistill.families.text.data import TEXT_TASKS
 
     for task in ("cola", "mnli", "mrpc", "rte", "sst2", "boolq"):
         config = default_config(task)

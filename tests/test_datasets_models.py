@@ -1,4 +1,4 @@
-"""Tests of ptdistill.datasets (FeatureSplit, parquet round trips) and ptdistill.models (MLP)."""
+"""Tests of ptdistill.families.mlp.split (FeatureSplit, parquet round trips) and ptdistill.families.mlp.models (MLP)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from ptdistill.datasets import FeatureSplit
-from ptdistill.models import CONFIG_NAME, WEIGHTS_NAME, MLP, MLPConfig, weights_hash
+from ptdistill.families.mlp.models import CONFIG_NAME, MLP, WEIGHTS_NAME, MLPConfig, weights_hash
+from ptdistill.families.mlp.split import FeatureSplit
 
 
 def make_split(n=6, d=3, c=3, *, labels=True, p_star=True, seed=0) -> FeatureSplit:

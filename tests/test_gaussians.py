@@ -1,4 +1,4 @@
-"""Tests of ptdistill.gaussians: the means, sampling, the true posterior against Bayes' rule, splits."""
+"""Tests of ptdistill.families.mlp.gaussians: the means, sampling, the true posterior against Bayes' rule, splits."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ import torch
 from scipy.special import logsumexp
 from scipy.stats import multivariate_normal
 
-from ptdistill.datasets import SPLITS
-from ptdistill.gaussians import SPEC_SIZES, GaussianTask, make_splits
-from ptdistill.models import MLP, MLPConfig
-from ptdistill.training import TrainConfig, predict_probs, seed_everything, train_classifier
+from ptdistill.engine import seed_everything
+from ptdistill.families.mlp.gaussians import SPEC_SIZES, GaussianTask, make_splits
+from ptdistill.families.mlp.models import MLP, MLPConfig
+from ptdistill.families.mlp.training import TrainConfig, predict_probs, train_classifier
+from ptdistill.splits import SPLITS
 
 SMALL = {"teacher_train": 50, "distill": 70, "validation": 30, "test": 40}
 

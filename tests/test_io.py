@@ -15,12 +15,12 @@ import pytest
 import torch
 
 from ptdistill.checks import MAX_TEXT_TOL, ROW_SUM_TOL, check_probs, normalize_probs, row_sum_tolerance, user_tolerance
-from ptdistill.datasets import FeatureSplit
+from ptdistill.families.mlp.models import MLP, MLPConfig
+from ptdistill.families.mlp.split import FeatureSplit
+from ptdistill.families.mlp.tabular import load_tabular
+from ptdistill.families.text.data import load_text_file
+from ptdistill.families.text.split import TextSplit
 from ptdistill.io import load_labels, load_teacher_probs, read_text, write_json_atomic, write_parquet_atomic
-from ptdistill.models import MLP, MLPConfig
-from ptdistill.tabular import load_tabular
-from ptdistill.text.data import load_text_file
-from ptdistill.text.split import TextSplit
 
 N = 12
 

@@ -310,7 +310,7 @@ def test_bad_remote_table_errors_name_the_object(gcs_env, tmp_path):
 def test_hub_layout_data_folder_from_gcs_equals_the_local_one(gcs_env, tmp_path):
     from text_fixtures import write_hub_split
 
-    from ptdistill.text.data import load_task
+    from ptdistill.families.text.data import load_task
 
     for split, n in (("train", 30), ("validation", 12), ("test", 5)):
         labels = [i % 2 for i in range(n)] if split != "test" else [-1] * n
@@ -333,7 +333,7 @@ def test_hub_layout_data_folder_from_gcs_equals_the_local_one(gcs_env, tmp_path)
 def test_checkpoint_folder_from_gcs_has_the_local_folders_revision(gcs_env, tmp_path):
     from text_fixtures import tiny_bert
 
-    from ptdistill.text.models import HFModelSpec, check_max_length, load_classifier, resolve_checkpoint
+    from ptdistill.families.text.models import HFModelSpec, check_max_length, load_classifier, resolve_checkpoint
 
     folder = tiny_bert(tmp_path / "bert")
     uri = _upload_dir(gcs_env, "ckpt/bert", folder)
@@ -350,7 +350,7 @@ def test_checkpoint_folder_from_gcs_has_the_local_folders_revision(gcs_env, tmp_
 def test_checkpoint_folder_without_config_fails_naming_the_object(gcs_env, tmp_path):
     from text_fixtures import tiny_bert
 
-    from ptdistill.text.models import HFModelSpec, check_max_length, resolve_checkpoint
+    from ptdistill.families.text.models import HFModelSpec, check_max_length, resolve_checkpoint
 
     folder = tiny_bert(tmp_path / "bert")
     (folder / "config.json").unlink()
@@ -433,7 +433,7 @@ def test_tabular_pipeline_from_a_csv_in_gcs_equals_the_local_run(gcs_env, tmp_pa
 def test_text_pipeline_with_teacher_student_and_data_in_gcs(gcs_env, tmp_path):
     from conftest import tiny_text_configs
 
-    from ptdistill.text.models import HFModelSpec, resolve_checkpoint
+    from ptdistill.families.text.models import HFModelSpec, resolve_checkpoint
 
     text = tiny_text_configs(tmp_path)[2]  # the CSV of pairs, a tiny BERT teacher fine-tuned in the run
     teacher = _upload_dir(gcs_env, "text/teacher", Path(text.teacher.model.name_or_path))

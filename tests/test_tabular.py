@@ -1,4 +1,4 @@
-"""Tests of ptdistill.tabular: loading, its errors, splitting and standardization."""
+"""Tests of ptdistill.families.mlp.tabular: loading, its errors, splitting and standardization."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ptdistill.tabular import DEFAULT_FRACTIONS, Standardizer, load_tabular, split_tabular, standardize
+from ptdistill.families.mlp.tabular import Standardizer, load_tabular, split_tabular, standardize
+from ptdistill.splits import DEFAULT_FRACTIONS
 
 
 def frame(n: int = 12, **overrides) -> pd.DataFrame:
@@ -183,7 +184,7 @@ def test_split_is_stratified_within_one_row_per_class(counts, seed):
 
 def test_twelve_rows_put_every_class_in_every_labeled_split(caplog):
     labels = np.arange(12) % 3  # random draws gave a one-row, one-class validation split here
-    with caplog.at_level("WARNING", logger="ptdistill.tabular"):
+    with caplog.at_level("WARNING", logger="ptdistill.families.mlp.tabular"):
         splits = split_tabular(np.zeros((12, 1)), labels, seed=0, class_names=["cat", "dog", "emu"])
     for name in ("teacher_train", "validation", "test"):
         assert sorted(set(splits[name].labels)) == [0, 1, 2], name
@@ -223,7 +224,7 @@ def test_single_class_is_shown_as_written(tmp_path):
 def test_allocation_is_a_controlled_rounding():
     """Random class counts and split sizes: each cell is its exact share rounded down or up (never an
     exact whole share moved), rows add up to the class counts and columns to the split sizes."""
-    from ptdistill.tabular import _allocate
+    from ptdistill.splits import _allocate
 
     rng = np.random.default_rng(0)
     for _ in range(300):

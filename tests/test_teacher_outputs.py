@@ -324,7 +324,7 @@ def softmax(z: np.ndarray) -> np.ndarray:
 def test_the_component_writes_what_teacher_inference_would_and_caches_it(tmp_path):
     from components.import_teacher_outputs import import_teacher_outputs
     from components.prepare_data import prepare_data
-    from ptdistill.datasets import FeatureSplit
+    from ptdistill.families.mlp.split import FeatureSplit
     from ptdistill.steps.teacher import load_teacher_probs
     from ptdistill.tracking import Tracker
 
@@ -456,7 +456,7 @@ def _cli(tmp_path: Path, data: Path | str, outputs: str) -> subprocess.Completed
 
 
 def test_ptdistill_run_trains_students_from_the_given_outputs_without_a_teacher(tmp_path):
-    from ptdistill.datasets import FeatureSplit
+    from ptdistill.families.mlp.split import FeatureSplit
 
     data = tabular_csv(tmp_path / "data.csv")
     logits = teacher_logits(data)
@@ -482,9 +482,9 @@ def test_a_text_run_uses_the_outputs_and_never_the_teacher_model(tmp_path):
     writes the given probabilities for each split, aligned by the data file's row numbers."""
     from text_fixtures import tiny_bert
 
+    from ptdistill.families.text.split import TextSplit
     from ptdistill.steps.data import prepare_data
     from ptdistill.steps.teacher import import_teacher_outputs, load_teacher_probs
-    from ptdistill.text.split import TextSplit
 
     n = 40
     texts = pd.DataFrame({"text": [f"review number {i} {'good' if i % 2 else 'bad'}" for i in range(n)],

@@ -15,10 +15,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ptdistill.datasets import FeatureSplit
+from ptdistill.families.mlp.split import FeatureSplit
 from ptdistill.steps.data import prepare_data
-from ptdistill.steps.teacher import (SHARD_SUMMARY, check_coverage, load_teacher_probs, merge_teacher_shards,
-                                     shard_rows, teacher_inference, teacher_inference_shard, train_teacher)
+from ptdistill.steps.teacher import (
+    SHARD_SUMMARY,
+    check_coverage,
+    load_teacher_probs,
+    merge_teacher_shards,
+    shard_rows,
+    teacher_inference,
+    teacher_inference_shard,
+    train_teacher,
+)
 from ptdistill.storage import open_store
 
 pytestmark = [pytest.mark.usefixtures("one_torch_thread"),

@@ -16,8 +16,9 @@ import datasets
 import numpy as np
 import pandas as pd
 import pytest
+from text_fixtures import write_hub_split
 
-from ptdistill.text.data import (
+from ptdistill.families.text.data import (
     TEXT_TASKS,
     load_rotten_tomatoes,
     load_task,
@@ -27,8 +28,7 @@ from ptdistill.text.data import (
     rotten_tomatoes_splits,
     split_fractions,
 )
-from ptdistill.text.split import TextSplit
-from text_fixtures import write_hub_split
+from ptdistill.families.text.split import TextSplit
 
 SIZES = {"teacher_train": 20, "distill": 30, "validation": 10, "test": 8}
 

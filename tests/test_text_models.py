@@ -1,4 +1,4 @@
-"""Loading and deriving Hugging Face checkpoints (ptdistill.text.models)."""
+"""Loading and deriving Hugging Face checkpoints (ptdistill.families.text.models)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from text_fixtures import MINILM_PATH, tiny_bert, tiny_gpt2, tiny_t5
 
 from ptdistill.config import ConfigError, from_dict, to_dict
-
-from ptdistill.text.models import (
+from ptdistill.families.text.models import (
     HFModelSpec,
     check_max_length,
     load_classifier,
@@ -25,7 +25,6 @@ from ptdistill.text.models import (
     resolve_dtype,
     save_model,
 )
-from text_fixtures import MINILM_PATH, tiny_bert, tiny_gpt2, tiny_t5
 
 
 @contextmanager
@@ -189,9 +188,9 @@ def test_other_load_problems_are_still_reported(tmp_path, caplog):
     del weights["bert.pooler.dense.weight"]
     weights["bert.encoder.extra.weight"] = torch.zeros(2)
     save_file(weights, path / "model.safetensors", metadata={"format": "pt"})
-    with caplog.at_level(logging.WARNING, logger="ptdistill.text.models"):
+    with caplog.at_level(logging.WARNING, logger="ptdistill.families.text.models"):
         load_classifier(HFModelSpec(str(path)), 2, device="cpu")
-    message = " ".join(r.getMessage() for r in caplog.records if r.name == "ptdistill.text.models")
+    message = " ".join(r.getMessage() for r in caplog.records if r.name == "ptdistill.families.text.models")
     assert "bert.pooler.dense.weight" in message and "bert.encoder.extra.weight" in message
     assert "classifier" not in message  # the new head is expected
 
@@ -229,7 +228,7 @@ def test_package_checkpoint_resolves_to_the_shipped_directory():
 
 def test_a_fine_tuned_teachers_recipe_pins_its_base_checkpoint_and_a_pretrained_one_is_not_cached(tmp_path):
     from ptdistill.experiments import TextConfig, TextTeacher
-    from ptdistill.steps.text_backend import TextBackend
+    from ptdistill.families.text.backend import TextBackend
 
     path = tiny_bert(tmp_path / "base")
     config = TextConfig(benchmark="text", teacher=TextTeacher(model=HFModelSpec(str(path)), fine_tune=True))

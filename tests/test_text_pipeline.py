@@ -12,8 +12,8 @@ import json
 
 import pytest
 
+from ptdistill.families.text.split import TextSplit
 from ptdistill.storage import open_store
-from ptdistill.text.split import TextSplit
 from ptdistill.tracking import PARENT_TAG
 
 pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated:DeprecationWarning")

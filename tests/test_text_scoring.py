@@ -1,4 +1,4 @@
-"""Teacher inference (ptdistill.text.scoring): verbalizer scores against a hand computation,
+"""Teacher inference (ptdistill.families.text.scoring): verbalizer scores against a hand computation,
 batching / bucketing invariance, classification teachers against an unbatched forward."""
 
 from __future__ import annotations
@@ -6,11 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from ptdistill.text.models import HFModelSpec, load_classifier, load_generative, load_tokenizer
-from ptdistill.text.scoring import TeacherScorer, Verbalizer, softmax_probs, teacher_logits, verbalizer_logits
-from ptdistill.text.split import TextSplit
 from text_fixtures import tiny_bert, tiny_gpt2, tiny_t5
+
+from ptdistill.arrays import softmax_probs
+from ptdistill.families.text.models import HFModelSpec, load_classifier, load_generative, load_tokenizer
+from ptdistill.families.text.scoring import TeacherScorer, Verbalizer, teacher_logits, verbalizer_logits
+from ptdistill.families.text.split import TextSplit
 
 TEXT_A = [
     "the movie was good",

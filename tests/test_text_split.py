@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ptdistill.text.split import TextSplit
+from ptdistill.families.text.split import TextSplit
 
 
 def _pairs(n: int = 4) -> TextSplit:

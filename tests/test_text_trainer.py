@@ -10,15 +10,14 @@ import dataclasses
 
 import numpy as np
 import pytest
-
 import text_fixtures
 import torch
 from torch import nn
 
+from ptdistill.families.text.split import TextSplit
+from ptdistill.families.text.trainer import Checkpointer, TextTrainConfig, fit_text
 from ptdistill.losses import build_loss
 from ptdistill.storage import open_store
-from ptdistill.text.split import TextSplit
-from ptdistill.text.trainer import Checkpointer, TextTrainConfig, fit_text
 
 transformers = pytest.importorskip("transformers")
 
@@ -278,7 +277,7 @@ def test_checkpoint_of_another_run_is_not_resumed(tokenizer, data, tmp_path, cap
     # on_mismatch="restart": logged, deleted, and the run starts afresh (so it equals an uninterrupted run).
     restarting = Checkpointer(str(tmp_path), "ckpt", on_mismatch="restart")
     model = tiny_bert(tokenizer)
-    with caplog.at_level("WARNING", logger="ptdistill.text.trainer"):
+    with caplog.at_level("WARNING", logger="ptdistill.families.text.trainer"):
         fit(model, cfg=other_config, ckpt=restarting)
     assert "different run" in caplog.text
     assert restarting.latest()["run"] != saved["run"] and restarting.latest()["done"]
@@ -405,7 +404,7 @@ def test_non_finite_loss_stops_with_a_clear_error(tokenizer, data):
 
 
 def test_length_grouped_batches_cover_every_row_once_and_pad_less():
-    from ptdistill.text.trainer import _epoch_batches
+    from ptdistill.families.text.trainer import _epoch_batches
 
     lengths = torch.tensor(np.random.default_rng(0).integers(5, 70, size=1000))
     grouped = _epoch_batches(3, 0, lengths, 16, group_by_length=True)

@@ -1,4 +1,4 @@
-"""Fine-tuning a seq2seq teacher through its verbalizer (ptdistill.text.verbalizer_model): the
+"""Fine-tuning a seq2seq teacher through its verbalizer (ptdistill.families.text.verbalizer_model): the
 wrapper's class scores are the inference scores, fit_text learns a toy task with them, the saved
 checkpoint is a plain seq2seq LM scored alike, and TextBackend trains and scores such a teacher."""
 
@@ -8,21 +8,20 @@ import json
 
 import numpy as np
 import pytest
-
 import text_fixtures
 import torch
+from text_fixtures import tiny_gpt2, tiny_t5
 
 from ptdistill.config import ConfigError
 from ptdistill.experiments import TextConfig
+from ptdistill.families.text.backend import TEACHER_FILE, TextBackend
+from ptdistill.families.text.batching import collate, encode
+from ptdistill.families.text.models import HFModelSpec, load_generative, load_tokenizer, save_model
+from ptdistill.families.text.scoring import Verbalizer, verbalizer_logits
+from ptdistill.families.text.split import TextSplit
+from ptdistill.families.text.trainer import TextTrainConfig, fit_text
+from ptdistill.families.text.verbalizer_model import VerbalizerClassifier
 from ptdistill.storage import open_store
-from ptdistill.steps.text_backend import TEACHER_FILE, TextBackend
-from ptdistill.text.batching import collate, encode
-from ptdistill.text.models import HFModelSpec, load_generative, load_tokenizer, save_model
-from ptdistill.text.scoring import Verbalizer, verbalizer_logits
-from ptdistill.text.split import TextSplit
-from ptdistill.text.trainer import TextTrainConfig, fit_text
-from ptdistill.text.verbalizer_model import VerbalizerClassifier
-from text_fixtures import tiny_gpt2, tiny_t5
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

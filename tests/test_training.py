@@ -1,4 +1,4 @@
-"""Tests of ptdistill.training: learning, distillation without labels, determinism, early stopping."""
+"""Tests of ptdistill.families.mlp.training: learning, distillation without labels, determinism, early stopping."""
 
 from __future__ import annotations
 
@@ -9,20 +9,12 @@ import pytest
 import torch
 
 from ptdistill.config import from_dict, to_dict
-from ptdistill.datasets import FeatureSplit
-from ptdistill.gaussians import GaussianTask, make_splits
+from ptdistill.engine import History, progress_postfix, resolve_device, seed_everything
+from ptdistill.families.mlp.gaussians import GaussianTask, make_splits
+from ptdistill.families.mlp.models import MLP, MLPConfig
+from ptdistill.families.mlp.split import FeatureSplit
+from ptdistill.families.mlp.training import TrainConfig, distill, predict_probs, train_classifier
 from ptdistill.losses import build_loss
-from ptdistill.models import MLP, MLPConfig
-from ptdistill.training import (
-    History,
-    TrainConfig,
-    distill,
-    predict_probs,
-    progress_postfix,
-    resolve_device,
-    seed_everything,
-    train_classifier,
-)
 
 CPU = {"device": "cpu"}
 
@@ -271,7 +263,7 @@ def test_progress_bar_shows_no_nan_and_counts_the_epoch_it_describes(separable, 
     the epoch its values belong to."""
     import functools
 
-    import ptdistill.training as training
+    import ptdistill.families.mlp.training as training
 
     # Every update drawn (not every 0.1 s), so each epoch's line is there to check.
     monkeypatch.setattr(training, "tqdm", functools.partial(training.tqdm, mininterval=0, miniters=1))

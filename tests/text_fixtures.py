@@ -173,7 +173,7 @@ def toy_split(n: int, seed: int, positive: Sequence[str], negative: Sequence[str
 
     import numpy as np
 
-    from ptdistill.text.split import TextSplit
+    from ptdistill.families.text.split import TextSplit
 
     rng = random.Random(seed)
     texts, labels = [], []

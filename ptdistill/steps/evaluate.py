@@ -9,7 +9,7 @@ import numpy as np
 
 from ptdistill.evaluation import evaluate, per_class_report
 from ptdistill.experiments import ExperimentConfig
-from ptdistill.steps.backend import backend_for
+from ptdistill.families import backend_for
 from ptdistill.steps.common import RunInfo, log
 from ptdistill.tracking import Tracker, confusion_matrix_png
 

@@ -11,11 +11,11 @@ import pandas as pd
 import torch
 
 from ptdistill.experiments import ExperimentConfig, SearchSpec
+from ptdistill.families import backend_for
 from ptdistill.io import write_json_atomic
 from ptdistill.metrics import tvd
 from ptdistill.proxy import proxy_teacher, search
 from ptdistill.proxy.plot import plot_proxy
-from ptdistill.steps.backend import backend_for
 from ptdistill.steps.common import RunInfo, log, publish
 from ptdistill.steps.teacher import load_teacher_probs
 from ptdistill.tracking import Tracker

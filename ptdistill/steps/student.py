@@ -7,13 +7,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-
 import torch
 
 from ptdistill.experiments import EPS_CHOICE, ExperimentConfig
+from ptdistill.families import backend_for
 from ptdistill.losses import build_loss
 from ptdistill.proxy import proxy_teacher
-from ptdistill.steps.backend import backend_for
 from ptdistill.steps.common import RunInfo, checkpoint_prefix, clear_checkpoints, log, publish
 from ptdistill.steps.search import chosen_eps
 from ptdistill.steps.teacher import load_teacher_probs

@@ -30,9 +30,11 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
+from ptdistill.arrays import softmax_probs
 from ptdistill.evaluation import evaluate
 from ptdistill.experiments import ExperimentConfig
-from ptdistill.steps.backend import Backend, backend_for
+from ptdistill.families import backend_for
+from ptdistill.families.backend import Backend
 from ptdistill.steps.common import RunInfo, checkpoint_prefix, clear_checkpoints, log, publish, solo_threads
 from ptdistill.storage import Store, content_key, open_store
 from ptdistill.tracking import Tracker
@@ -96,17 +98,10 @@ def train_teacher(config: ExperimentConfig, info: RunInfo, teacher_train: Path, 
     return summary
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax in float64."""
-    z = np.asarray(logits, dtype=np.float64)
-    z = np.exp(z - z.max(1, keepdims=True))
-    return z / z.sum(1, keepdims=True)
-
-
 def outputs_frame(ids: np.ndarray, logits: np.ndarray, teacher_id: str) -> pd.DataFrame:
     """The teacher-output table: id, logits, probs (softmax of logits) and teacher id per example."""
     logits = np.asarray(logits, dtype=np.float64)
-    return pd.DataFrame({"id": ids, "logits": list(logits), "probs": list(softmax(logits)), "teacher_id": teacher_id})
+    return pd.DataFrame({"id": ids, "logits": list(logits), "probs": list(softmax_probs(logits)), "teacher_id": teacher_id})
 
 
 def load_teacher_probs(path: str | Path) -> np.ndarray:
@@ -309,7 +304,8 @@ def import_teacher_outputs(config: ExperimentConfig, info: RunInfo, splits: dict
     of the file's sha256, the declared kind, the class names and each split's fingerprint; the
     report gives the test metrics of the given outputs and ``source`` (URI, sha256, kind).
     """
-    from ptdistill.teacher_outputs import CACHE_VERSION as OUTPUTS_VERSION, NEEDED, teacher_outputs
+    from ptdistill.teacher_outputs import CACHE_VERSION as OUTPUTS_VERSION
+    from ptdistill.teacher_outputs import NEEDED, teacher_outputs
 
     solo_threads()
     spec = config.teacher

@@ -15,7 +15,8 @@ from types import MappingProxyType
 
 import numpy as np
 
-from ptdistill.datasets import SPLITS, FeatureSplit
+from ptdistill.families.mlp.split import FeatureSplit
+from ptdistill.splits import SPLITS
 
 __all__ = ["SPEC_SIZES", "GaussianTask", "make_splits"]
 

@@ -1,10 +1,10 @@
 """Fine-tuning a seq2seq LM teacher on its verbalizer's class scores ("T5 with label words").
 
 :class:`VerbalizerClassifier` wraps a seq2seq LM (T5 / Flan-T5) and a :class:`Verbalizer` into
-the sequence classifier :func:`ptdistill.text.trainer.fit_text` trains: ``forward(input_ids,
+the sequence classifier :func:`ptdistill.families.text.trainer.fit_text` trains: ``forward(input_ids,
 attention_mask)`` on a batch of prompts returns ``.logits`` (B, C), the summed log-probs of each
-class's label-word tokens, computed by :func:`ptdistill.text.scoring.seq2seq_class_scores`, the
-function teacher inference (:func:`ptdistill.text.scoring.verbalizer_logits`) runs per batch.
+class's label-word tokens, computed by :func:`ptdistill.families.text.scoring.seq2seq_class_scores`, the
+function teacher inference (:func:`ptdistill.families.text.scoring.verbalizer_logits`) runs per batch.
 ``fit_text``'s cross-entropy on the labels then trains the LM so that the softmax of its label
 words' scores fits the labels, and the fine-tuned LM is scored at inference exactly as trained::
 
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ptdistill.text.scoring import Seq2SeqLabels, Verbalizer, seq2seq_class_scores, seq2seq_labels
+from ptdistill.families.text.scoring import Seq2SeqLabels, Verbalizer, seq2seq_class_scores, seq2seq_labels
 
 __all__ = ["VerbalizerClassifier", "VerbalizerClassifierConfig", "VerbalizerOutput"]
 

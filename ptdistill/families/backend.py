@@ -3,9 +3,10 @@
 The steps (data, teacher, search, student, evaluate, report) are the same for every
 benchmark; what differs is how a split is stored, how a teacher is trained and run, and how a
 student is built, distilled and scored. A :class:`Backend` holds exactly those differences:
-:class:`~ptdistill.steps.mlp_backend.MLPBackend` for feature vectors (synthetic, tabular) and
-:class:`~ptdistill.steps.text_backend.TextBackend` for Hugging Face text models. Steps ask
-:func:`backend_for` and never branch on the benchmark themselves.
+:class:`~ptdistill.families.mlp.backend.MLPBackend` for feature vectors (synthetic, tabular) and
+:class:`~ptdistill.families.text.backend.TextBackend` for Hugging Face text models. Steps ask
+:func:`ptdistill.families.backend_for` and never branch on the benchmark themselves; this module
+imports no family.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from ptdistill.engine import History
 from ptdistill.experiments import ExperimentConfig
-from ptdistill.training import History
 
-__all__ = ["Backend", "backend_for"]
+__all__ = ["Backend"]
 
 
 class Backend(ABC):
@@ -77,15 +78,3 @@ class Backend(ABC):
     def student_probs(self, config: ExperimentConfig, student_dir: Path, split: Any) -> np.ndarray:
         """Class probabilities (n, C) float64 of a saved student on ``split``."""
 
-
-def backend_for(config: ExperimentConfig) -> Backend:
-    """The backend of the config's model family (``config.family``)."""
-    if config.family == "mlp":
-        from ptdistill.steps.mlp_backend import MLPBackend
-
-        return MLPBackend()
-    if config.family == "text":
-        from ptdistill.steps.text_backend import TextBackend
-
-        return TextBackend()
-    raise ValueError(f"unknown model family {config.family!r}; expected 'mlp' or 'text'")

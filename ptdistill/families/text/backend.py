@@ -9,19 +9,19 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
+from ptdistill.arrays import softmax_probs
+from ptdistill.engine import History, seed_everything
 from ptdistill.experiments import TextConfig
+from ptdistill.families.backend import Backend
+from ptdistill.families.text.split import TextSplit
 from ptdistill.io import write_json_atomic
-from ptdistill.steps.backend import Backend
-from ptdistill.steps.teacher import softmax
-from ptdistill.text.split import TextSplit
-from ptdistill.training import History, seed_everything
 
 #: Written into the teacher directory: which checkpoint (and revision) the run's teacher is.
 TEACHER_FILE = "teacher.json"
 
 
 class TextBackend(Backend):
-    """Paper tasks, rotten-tomatoes and your own text (see :mod:`ptdistill.steps.backend`)."""
+    """Paper tasks, rotten-tomatoes and your own text (see :mod:`ptdistill.families.backend`)."""
 
     def load_split(self, path: str | Path) -> TextSplit:
         return TextSplit.load(path)
@@ -31,15 +31,20 @@ class TextBackend(Backend):
         """Fine-tune the teacher (``teacher.fine_tune``) or record the pretrained one.
 
         A classification teacher is fine-tuned with its head; a seq2seq teacher (T5) through its
-        verbalizer (:class:`~ptdistill.text.verbalizer_model.VerbalizerClassifier`: cross-entropy on
+        verbalizer (:class:`~ptdistill.families.text.verbalizer_model.VerbalizerClassifier`: cross-entropy on
         the softmax of its label words' scores), saved as a seq2seq checkpoint that inference scores
         the same way. ``TextConfig.validate`` has refused causal fine-tuning and label words that
         do not match the classes before the run started.
         """
-        from ptdistill.text.models import load_classifier, load_generative, load_tokenizer, resolve_checkpoint
-        from ptdistill.text.models import save_model
-        from ptdistill.text.trainer import Checkpointer, fit_text
-        from ptdistill.text.verbalizer_model import VerbalizerClassifier
+        from ptdistill.families.text.models import (
+            load_classifier,
+            load_generative,
+            load_tokenizer,
+            resolve_checkpoint,
+            save_model,
+        )
+        from ptdistill.families.text.trainer import Checkpointer, fit_text
+        from ptdistill.families.text.verbalizer_model import VerbalizerClassifier
 
         teacher = config.teacher
         verbalizer = config.verbalizer() if teacher.fine_tune and teacher.model.kind != "classification" else None
@@ -69,7 +74,7 @@ class TextBackend(Backend):
     def teacher_recipe(self, config: TextConfig) -> dict | None:
         """A fine-tuned teacher's recipe includes the exact base checkpoint (a moved hub branch is a
         different teacher) and the verbalizer it learns through; a pretrained one is not cached."""
-        from ptdistill.text.models import resolve_checkpoint
+        from ptdistill.families.text.models import resolve_checkpoint
 
         if not config.teacher.fine_tune:
             return None
@@ -79,7 +84,7 @@ class TextBackend(Backend):
 
     def _pinned(self, config: TextConfig, teacher_dir: Path):
         """The teacher's model spec at the exact weights this run uses."""
-        from ptdistill.text.models import resolve_checkpoint
+        from ptdistill.families.text.models import resolve_checkpoint
 
         record = json.loads((Path(teacher_dir) / TEACHER_FILE).read_text())
         spec = config.teacher.model
@@ -99,7 +104,7 @@ class TextBackend(Backend):
                 "verbalizer": dataclasses.asdict(config.verbalizer()) if model.kind != "classification" else None}
 
     def teacher_logits(self, config: TextConfig, num_classes, teacher_dir, split: TextSplit) -> np.ndarray:
-        from ptdistill.text.scoring import teacher_logits
+        from ptdistill.families.text.scoring import teacher_logits
 
         spec, _, _ = self._pinned(config, teacher_dir)
         verbalizer = None if spec.kind == "classification" else config.verbalizer()
@@ -108,8 +113,8 @@ class TextBackend(Backend):
     def distill_student(self, config: TextConfig, num_classes, seed, loss: nn.Module, split: TextSplit,
                         teacher_probs, validation: TextSplit, out_dir: Path,
                         checkpoints: tuple[str, str]) -> History:
-        from ptdistill.text.models import load_classifier, load_tokenizer, save_model
-        from ptdistill.text.trainer import Checkpointer, fit_text
+        from ptdistill.families.text.models import load_classifier, load_tokenizer, save_model
+        from ptdistill.families.text.trainer import Checkpointer, fit_text
 
         student = config.student
         seed_everything(seed)
@@ -123,11 +128,11 @@ class TextBackend(Backend):
         return history
 
     def student_probs(self, config: TextConfig, student_dir, split: TextSplit) -> np.ndarray:
-        from ptdistill.text.batching import classification_logits
-        from ptdistill.text.models import HFModelSpec, load_classifier, load_tokenizer
+        from ptdistill.families.text.batching import classification_logits
+        from ptdistill.families.text.models import HFModelSpec, load_classifier, load_tokenizer
 
         spec = HFModelSpec(str(student_dir), max_length=config.student.model.max_length)
         model = load_classifier(spec, num_labels=None, training=False)
         logits = classification_logits(model, load_tokenizer(spec), split, batch_size=config.student.train.eval_batch_size,
                                        max_length=spec.max_length)
-        return softmax(logits)
+        return softmax_probs(logits)

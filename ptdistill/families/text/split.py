@@ -1,6 +1,6 @@
 """One split of a text-classification benchmark: sentence (pairs), labels and ids, as one parquet file.
 
-The text counterpart of :class:`ptdistill.datasets.FeatureSplit`, with the same contract: the
+The text counterpart of :class:`ptdistill.families.mlp.split.FeatureSplit`, with the same contract: the
 distillation split is unlabeled (``labels=None``), ``ids`` are unique and stable across the
 pipeline, and :meth:`fingerprint` keys the teacher-output cache. ``p_star`` is always ``None``
 (the true posterior of real text is unknown); it is there so generic evaluation code reads both.
@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from ptdistill.datasets import check_ids, check_labels
 from ptdistill.io import read_parquet_table, write_parquet_atomic
+from ptdistill.splits import check_ids, check_labels
 
 __all__ = ["TextSplit"]
 

@@ -8,17 +8,18 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from ptdistill.datasets import FeatureSplit
+from ptdistill.engine import History, seed_everything
 from ptdistill.experiments import ExperimentConfig
-from ptdistill.models import MLP, MLPConfig, weights_hash
-from ptdistill.steps.backend import Backend
-from ptdistill.training import History, distill, predict_probs, seed_everything, train_classifier
+from ptdistill.families.backend import Backend
+from ptdistill.families.mlp.models import MLP, MLPConfig, weights_hash
+from ptdistill.families.mlp.split import FeatureSplit
+from ptdistill.families.mlp.training import distill, predict_probs, train_classifier
 
 INFERENCE_BATCH = 4096
 
 
 class MLPBackend(Backend):
-    """Synthetic and tabular benchmarks (see :mod:`ptdistill.steps.backend`)."""
+    """Synthetic and tabular benchmarks (see :mod:`ptdistill.families.backend`)."""
 
     def load_split(self, path: str | Path) -> FeatureSplit:
         return FeatureSplit.load(path)

@@ -1,10 +1,10 @@
 """Teacher inference: class logits of a classification model or of an LM through a verbalizer.
 
-A classification teacher's logits come from :func:`ptdistill.text.batching.classification_logits`.
+A classification teacher's logits come from :func:`ptdistill.families.text.batching.classification_logits`.
 A generative teacher (T5 / Flan-T5, or a decoder-only LM) scores each class by its label word:
 the class logit is the SUM of the log-probabilities of the label word's tokens given the prompt
 (:func:`verbalizer_logits`), and the class probabilities are the softmax of those scores over the
-C classes (:func:`softmax_probs`) — the LM's distribution renormalised over the label words.
+C classes (:func:`ptdistill.arrays.softmax_probs`) — the LM's distribution renormalised over the label words.
 
 Seq2seq (``model.config.is_encoder_decoder``): the prompt goes through the encoder once per
 batch; the decoder is run with teacher forcing on the C label-token sequences at once (the
@@ -15,7 +15,7 @@ longer word it is a prefix of properly). The decoder starts from
 ``config.decoder_start_token_id`` (T5: the pad id). Prompts longer than ``max_length`` tokens
 are truncated on the right, as T5 was trained. One batch's scores are
 :func:`seq2seq_class_scores`, differentiable: fine-tuning a seq2seq teacher on its verbalizer
-(:class:`ptdistill.text.verbalizer_model.VerbalizerClassifier`) trains exactly these scores.
+(:class:`ptdistill.families.text.verbalizer_model.VerbalizerClassifier`) trains exactly these scores.
 
 Causal: the class c text is ``prompt + separator + word`` (``separator`` defaults to one space).
 Its tokens are those of the full string; the prompt part is the longest prefix the full string's
@@ -39,12 +39,19 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ptdistill.text.batching import bucketed_batches, classification_logits, collate, encode, model_device
-from ptdistill.text.models import HFModelSpec, checkpoint_num_labels, load_classifier, load_generative, load_tokenizer
-from ptdistill.text.split import TextSplit
+from ptdistill.arrays import softmax_probs
+from ptdistill.families.text.batching import bucketed_batches, classification_logits, collate, encode, model_device
+from ptdistill.families.text.models import (
+    HFModelSpec,
+    checkpoint_num_labels,
+    load_classifier,
+    load_generative,
+    load_tokenizer,
+)
+from ptdistill.families.text.split import TextSplit
 
 __all__ = [
-    "Seq2SeqLabels", "TeacherScorer", "Verbalizer", "seq2seq_class_scores", "seq2seq_labels", "softmax_probs",
+    "Seq2SeqLabels", "TeacherScorer", "Verbalizer", "seq2seq_class_scores", "seq2seq_labels",
     "teacher_logits", "verbalizer_logits",
 ]
 
@@ -114,17 +121,6 @@ class Verbalizer:
         """``split`` with each example's prompt as ``text_a`` (no ``text_b``), its labels and ids kept:
         what a seq2seq verbalizer's encoder reads, e.g. to fine-tune it with ``fit_text``."""
         return TextSplit(self.format(split), labels=split.labels, ids=split.ids)
-
-
-def softmax_probs(logits: np.ndarray) -> np.ndarray:
-    """Softmax over classes of (n, C) logits, in float64; every row sums to 1."""
-    z = np.asarray(logits, dtype=np.float64)
-    if z.ndim != 2 or z.shape[1] < 1:
-        raise ValueError(f"logits: expected shape (n, C), got {z.shape}")
-    if not np.isfinite(z).all():
-        raise ValueError(f"logits: {int((~np.isfinite(z)).sum())} non-finite value(s)")
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def verbalizer_logits(
@@ -222,7 +218,7 @@ def seq2seq_class_scores(model, input_ids: torch.Tensor, attention_mask: torch.T
     ``input_ids`` / ``attention_mask`` (B, L): the prompts' token ids, right-padded (``collate``). The
     encoder runs once; the decoder runs teacher-forced on the B * C (prompt, label) pairs, row
     ``b * C + c`` being example b, class c. Differentiable: :func:`verbalizer_logits` calls it
-    under ``inference_mode``, :class:`ptdistill.text.verbalizer_model.VerbalizerClassifier` with
+    under ``inference_mode``, :class:`ptdistill.families.text.verbalizer_model.VerbalizerClassifier` with
     gradients (fine-tuning the LM on its verbalizer's class scores).
     """
     device = input_ids.device
@@ -372,7 +368,7 @@ class TeacherScorer:
     __call__ = logits
 
     def probs(self, split: TextSplit, progress: bool = False) -> np.ndarray:
-        """Class probabilities (n, C) float64: :func:`softmax_probs` of :meth:`logits`."""
+        """Class probabilities (n, C) float64: :func:`ptdistill.arrays.softmax_probs` of :meth:`logits`."""
         return softmax_probs(self.logits(split, progress))
 
 

@@ -2,7 +2,7 @@
 
 An :class:`HFModelSpec` names a checkpoint (a hub id or a local directory), how to load it
 (``kind``: a sequence-classification model, or a seq2seq / causal LM scored through a verbalizer,
-see :mod:`ptdistill.text.scoring`) and how to derive a student from it (``num_layers``: keep only
+see :mod:`ptdistill.families.text.scoring`) and how to derive a student from it (``num_layers``: keep only
 the first k transformer layers; ``freeze_embeddings``).
 
 :func:`resolve_checkpoint` pins what a spec points at — ``(model id, revision)`` — for the

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ptdistill.text.split import TextSplit
+from ptdistill.families.text.split import TextSplit
 
 __all__ = ["bucketed_batches", "classification_logits", "collate", "encode", "model_device"]
 

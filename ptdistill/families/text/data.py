@@ -1,8 +1,8 @@
 """Text tasks: the paper's GLUE / SuperGLUE benchmarks, own text files and Rotten Tomatoes snippets.
 
-Every source ends as :class:`~ptdistill.text.split.TextSplit` objects, so teacher scoring,
+Every source ends as :class:`~ptdistill.families.text.split.TextSplit` objects, so teacher scoring,
 caching (:meth:`TextSplit.fingerprint`) and evaluation see one format. As in
-:mod:`ptdistill.tabular`, input data is checked before any work starts and every error names
+:mod:`ptdistill.families.mlp.tabular`, input data is checked before any work starts and every error names
 the file (or hub split), the column and the row at fault and says what was expected.
 
 The paper's protocol (SPEC, "Data protocol of the paper (Table 3)"): the official train split
@@ -27,11 +27,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ptdistill.datasets import SPLITS
+from ptdistill.families.text.split import TextSplit
 from ptdistill.io import read_table
+from ptdistill.splits import DEFAULT_FRACTIONS, MIN_ROWS, SPLITS, stratified_rows
 from ptdistill.storage import is_remote, local_copy
-from ptdistill.tabular import DEFAULT_FRACTIONS, MIN_ROWS, split_tabular
-from ptdistill.text.split import TextSplit
 
 if TYPE_CHECKING:
     import datasets
@@ -527,7 +526,7 @@ def split_fractions(
     """Seeded four-way split of one labeled set by ``fractions`` (keys ``teacher_train``,
     ``distill``, ``validation``, ``test``; summing to 1).
 
-    Same rule as :func:`ptdistill.tabular.split_tabular` (it does the drawing, so numeric and
+    Same rule as :func:`ptdistill.splits.stratified_rows` (it does the drawing, so numeric and
     text data split identically): sizes are floored with left-over rows given to the largest
     remainders, so they add up to ``len(split)``; every split must be non-empty; the split is
     stratified by label and every class must reach every labeled split (``class_names`` name
@@ -538,9 +537,8 @@ def split_fractions(
         raise ValueError("split: expected a labeled split, got labels=None")
     if set(fractions) != set(SPLITS):
         raise ValueError(f"fractions: expected exactly the keys {list(SPLITS)}, got {sorted(fractions)}")
-    positions = np.zeros((len(split), 1), dtype=np.float32)  # split_tabular only needs the row count
-    parts = split_tabular(positions, split.labels, fractions, seed, class_names)
-    return {name: split.take(part.ids, drop_labels=name == "distill") for name, part in parts.items()}
+    parts = stratified_rows(split.labels, fractions, seed, class_names)
+    return {name: split.take(rows, drop_labels=name == "distill") for name, rows in parts.items()}
 
 
 # --------------------------------------------------------------------------- Rotten Tomatoes

@@ -17,11 +17,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ptdistill.io import read_parquet_table, write_parquet_atomic
+from ptdistill.splits import check_ids, check_labels
 
-__all__ = ["SPLITS", "FeatureSplit"]
+__all__ = ["FeatureSplit"]
 
-#: The benchmark's split names, in protocol order; ``distill`` is unlabeled.
-SPLITS = ("teacher_train", "distill", "validation", "test")
+
 
 #: Parquet columns; ``label`` and ``p_star`` are absent when the split has none.
 ID_COLUMN, FEATURES_COLUMN, LABEL_COLUMN, PSTAR_COLUMN = "id", "features", "label", "p_star"
@@ -119,29 +119,6 @@ class FeatureSplit:
             return cls(features=features, labels=labels, p_star=p_star, ids=ids)
         except ValueError as err:
             raise ValueError(f"{path}: {err}") from None
-
-
-def check_labels(labels, n: int, against: str) -> np.ndarray:
-    """Class indices of a split as a writable int64 copy (parquet arrays are read-only); ``against``
-    names what their length must match."""
-    labels = np.asarray(labels)
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"labels: expected integer class indices, got dtype {labels.dtype}")
-    if labels.shape != (n,):
-        raise ValueError(f"labels: expected shape ({n},) to match {against}, got {labels.shape}")
-    if labels.min() < 0:
-        raise ValueError(f"labels: expected class indices >= 0, got {int(labels.min())}")
-    return np.array(labels, dtype=np.int64)
-
-
-def check_ids(ids, n: int) -> np.ndarray:
-    """Unique int64 example ids of a split of ``n`` examples; ``None`` gives ``0..n-1``."""
-    ids = np.arange(n, dtype=np.int64) if ids is None else np.asarray(ids)
-    if not np.issubdtype(ids.dtype, np.integer) or ids.shape != (n,):
-        raise ValueError(f"ids: expected integers of shape ({n},), got dtype {ids.dtype} shape {ids.shape}")
-    if len(np.unique(ids)) != n:
-        raise ValueError("ids: expected unique example ids, found duplicates")
-    return np.ascontiguousarray(ids, dtype=np.int64)
 
 
 def _list_column(matrix: np.ndarray, value_type: pa.DataType) -> pa.ListArray:

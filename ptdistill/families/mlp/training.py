@@ -17,10 +17,9 @@ this module leaves it alone).
 from __future__ import annotations
 
 import math
-import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from numbers import Real
 
 import numpy as np
@@ -29,27 +28,20 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ptdistill.checks import check_probs
-from ptdistill.datasets import FeatureSplit
+from ptdistill.checks import check_probs, int_at_least
+from ptdistill.engine import History, progress_postfix, resolve_device
+from ptdistill.families.mlp.split import FeatureSplit
 
 __all__ = [
     "PRECISIONS",
-    "History",
     "TrainConfig",
     "distill",
     "predict_probs",
-    "resolve_device",
-    "seed_everything",
     "train_classifier",
 ]
 
 PRECISIONS = ("auto", "fp32", "bf16")
 
-
-def _int_at_least(name: str, value: object, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ValueError(f"{name}: expected an integer >= {low}, got {value!r}")
-    return int(value)
 
 
 @dataclass
@@ -75,13 +67,13 @@ class TrainConfig:
     precision: str = "auto"
 
     def __post_init__(self) -> None:
-        _int_at_least("epochs", self.epochs, 1)
-        _int_at_least("batch_size", self.batch_size, 1)
-        _int_at_least("eval_every_epochs", self.eval_every_epochs, 1)
-        _int_at_least("log_every_steps", self.log_every_steps, 1)
-        _int_at_least("seed", self.seed, 0)
+        int_at_least("epochs", self.epochs, 1)
+        int_at_least("batch_size", self.batch_size, 1)
+        int_at_least("eval_every_epochs", self.eval_every_epochs, 1)
+        int_at_least("log_every_steps", self.log_every_steps, 1)
+        int_at_least("seed", self.seed, 0)
         if self.patience is not None:
-            _int_at_least("patience", self.patience, 1)
+            int_at_least("patience", self.patience, 1)
         for name in ("lr", "weight_decay"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value) or value < 0:
@@ -100,54 +92,6 @@ class TrainConfig:
     def total_steps(self, num_examples: int) -> int:
         """Optimiser steps of a full run, e.g. for ``build_loss("annealing_kd", total_steps=...)``."""
         return self.epochs * self.steps_per_epoch(num_examples)
-
-
-
-@dataclass
-class History:
-    """What a training run did; ``to_dict`` is JSON-ready.
-
-    ``train_loss`` holds ``(step, mean loss over the window ending at step)`` pairs;
-    ``val_*`` are per evaluated epoch (listed in ``val_epoch``). ``seconds`` is wall-clock
-    including evaluation; ``examples_per_second`` counts training examples over those seconds.
-    """
-
-    train_loss: list[tuple[int, float]] = field(default_factory=list)
-    val_epoch: list[int] = field(default_factory=list)
-    val_accuracy: list[float] = field(default_factory=list)
-    val_nll: list[float] = field(default_factory=list)
-    best_epoch: int | None = None
-    best_val_accuracy: float | None = None
-    stopped_early: bool = False
-    epochs_run: int = 0
-    steps: int = 0
-    seconds: float = 0.0
-    examples_per_second: float = 0.0
-
-    def to_dict(self) -> dict:
-        """JSON-ready dict (loss pairs as lists)."""
-        return {**asdict(self), "train_loss": [list(pair) for pair in self.train_loss]}
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch, e.g. before building a model so its initial weights are reproducible."""
-    seed = _int_at_least("seed", seed, 0)
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """``"auto"`` is CUDA when available, else CPU; a named device must be usable here."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise ValueError(f"device: expected 'auto' or a torch device string such as 'cpu', got {device!r}") from err
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device: {device!r} requested but CUDA is not available; use 'auto' or 'cpu'")
-    return resolved
 
 
 def _use_bf16(precision: str, device: torch.device) -> bool:
@@ -218,15 +162,6 @@ def _validate(
             nll += float(F.nll_loss(log_q, y, reduction="sum"))
     model.train(was_training)
     return correct / len(features), nll / len(features)
-
-
-def progress_postfix(loss: float | None, val_acc: float | None) -> dict[str, float]:
-    """A progress bar's postfix: only the values measured so far.
-
-    ``None`` (no loss window or validation yet) is left out rather than shown as ``nan``, which
-    reads as a diverged run. Returns ``{}`` when nothing is measured yet.
-    """
-    return {name: value for name, value in (("loss", loss), ("val_acc", val_acc)) if value is not None}
 
 
 def _fit(
@@ -399,7 +334,7 @@ def predict_probs(
 ) -> np.ndarray:
     """Class probabilities (n, C) float64 of ``model`` (moved to ``device``), in eval mode, fp32 logits."""
     features = _check_features("features", features)
-    _int_at_least("batch_size", batch_size, 1)
+    int_at_least("batch_size", batch_size, 1)
     resolved = resolve_device(device)
     model.to(resolved)
     was_training = model.training

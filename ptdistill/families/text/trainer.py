@@ -2,14 +2,14 @@
 
 One loop (:func:`fit_text`) serves the teacher (cross-entropy on ``train.labels``) and the
 students (a registry loss on teacher probabilities; ``train.labels`` is never read), as
-:mod:`ptdistill.training` does for the MLPs. AdamW (no weight decay on biases and LayerNorm
+:mod:`ptdistill.families.mlp.training` does for the MLPs. AdamW (no weight decay on biases and LayerNorm
 weights, i.e. on 1-d parameters), linear warm-up then linear decay, gradient accumulation,
 clipping at 1.0, and mixed precision / multi-GPU through ``accelerate.Accelerator``.
 
-Batches: the split is tokenised once (:func:`~ptdistill.text.batching.encode`); epoch ``e``
+Batches: the split is tokenised once (:func:`~ptdistill.families.text.batching.encode`); epoch ``e``
 visits the examples in a permutation drawn from a generator seeded by ``(config.seed, e)``
 alone, so any epoch's order is known without replaying the earlier ones, and each batch is
-padded to its own longest example (:func:`~ptdistill.text.batching.collate`).
+padded to its own longest example (:func:`~ptdistill.families.text.batching.collate`).
 ``config.batch_size`` is the batch of one forward pass on the whole machine: with several
 processes each takes its share of every batch (accelerate's ``split_batches``), so the
 optimisation is the same on 1 or N GPUs. An optimiser step averages ``grad_accumulation``
@@ -56,10 +56,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ptdistill.checks import check_probs
+from ptdistill.engine import History, progress_postfix, resolve_device, seed_everything
+from ptdistill.families.text.batching import classification_logits, collate, encode
+from ptdistill.families.text.split import TextSplit
 from ptdistill.storage import content_key, open_store
-from ptdistill.text.batching import classification_logits, collate, encode
-from ptdistill.text.split import TextSplit
-from ptdistill.training import History, progress_postfix, resolve_device, seed_everything
 
 __all__ = ["CHECKPOINT_FORMAT", "PRECISIONS", "Checkpointer", "TextTrainConfig", "fit_text"]
 

@@ -1,0 +1,74 @@
+"""What every family's training shares: the run history, seeding, device choice and progress display.
+
+The MLP loop (:mod:`ptdistill.families.mlp.training`) and the text loop
+(:mod:`ptdistill.families.text.trainer`) both report a :class:`History`, seed with
+:func:`seed_everything` and resolve ``device`` with :func:`resolve_device`.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from ptdistill.checks import int_at_least
+
+__all__ = ["History", "progress_postfix", "resolve_device", "seed_everything"]
+
+
+@dataclass
+class History:
+    """What a training run did; ``to_dict`` is JSON-ready.
+
+    ``train_loss`` holds ``(step, mean loss over the window ending at step)`` pairs;
+    ``val_*`` are per evaluated epoch (listed in ``val_epoch``). ``seconds`` is wall-clock
+    including evaluation; ``examples_per_second`` counts training examples over those seconds.
+    """
+
+    train_loss: list[tuple[int, float]] = field(default_factory=list)
+    val_epoch: list[int] = field(default_factory=list)
+    val_accuracy: list[float] = field(default_factory=list)
+    val_nll: list[float] = field(default_factory=list)
+    best_epoch: int | None = None
+    best_val_accuracy: float | None = None
+    stopped_early: bool = False
+    epochs_run: int = 0
+    steps: int = 0
+    seconds: float = 0.0
+    examples_per_second: float = 0.0
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict (loss pairs as lists)."""
+        return {**asdict(self), "train_loss": [list(pair) for pair in self.train_loss]}
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch, e.g. before building a model so its initial weights are reproducible."""
+    seed = int_at_least("seed", seed, 0)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``"auto"`` is CUDA when available, else CPU; a named device must be usable here."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device: expected 'auto' or a torch device string such as 'cpu', got {device!r}") from err
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: {device!r} requested but CUDA is not available; use 'auto' or 'cpu'")
+    return resolved
+
+
+def progress_postfix(loss: float | None, val_acc: float | None) -> dict[str, float]:
+    """A progress bar's postfix: only the values measured so far.
+
+    ``None`` (no loss window or validation yet) is left out rather than shown as ``nan``, which
+    reads as a diverged run. Returns ``{}`` when nothing is measured yet.
+    """
+    return {name: value for name, value in (("loss", loss), ("val_acc", val_acc)) if value is not None}
