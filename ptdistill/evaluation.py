@@ -1,8 +1,8 @@
 """Test-set metrics of a model's class probabilities, for every benchmark report.
 
 Pure numpy (ECE and TVD come from :mod:`ptdistill.metrics`), so evaluation adds no dependency.
-SPEC asks for accuracy, NLL, ECE (15 bins) and, on synthetic data, the distance to the true
-posterior p*; the GLUE-style task metrics (F1 for MRPC, Matthews for CoLA) select ``task``.
+docs/method.md §8 lists them: accuracy, NLL, ECE (15 bins) and, on synthetic data, the distance to the
+true posterior p*; the GLUE-style task metrics (F1 for MRPC, Matthews for CoLA) select ``task``.
 """
 
 from __future__ import annotations

@@ -15,12 +15,12 @@ Why the numerics look the way they do:
 * KL is ``xlogy(p, p) - p * log q`` so that ``0 log 0 = 0`` (one-hot teachers), and
   ``1 - q`` is ``-expm1(log q)``, accurate when ``q`` is close to 1. Gradients stay finite for
   one-hot teachers and logits of magnitude 1e4.
-* PTLoss uses a fused autograd Function with the analytic gradient of SPEC
+* PTLoss uses a fused autograd Function with the analytic gradient of docs/method.md §2.3
   (``g = q * sum(p + h) - (p + h)``, ``h_c = p_c q_c phi_c``) and Horner's rule for the
   polynomials: plain autograd through the M powers made forward+backward about 2x (C=3) and 5x
   or more (C=100) slower than KL at B=256 on CPU; fused, about 1.4x for the Module, which caches
   the coefficients, and 1.5x for the functional form (``benchmarks/bench_losses.py``). The loss
-  value is computed exactly as SPEC writes it.
+  value is computed exactly as docs/method.md §2.2 (KDD'24 Eq. (7)) writes it.
 
 Teacher probabilities are targets: no gradient flows into them. ``labels`` are accepted by every
 loss for a uniform interface and validated, but not used: distillation runs on unlabeled data.
@@ -258,7 +258,7 @@ def ptloss(
     temperature: float = 1.0,
     reduction: str = "mean",
 ) -> torch.Tensor:
-    """PTLoss of SPEC: ``KL(p_t || q) + sum_c p_t[c] sum_m eps[c, m] (1 - q[c])**m``.
+    """PTLoss (docs/method.md §2.2, KDD'24 Eq. (7)): ``KL(p_t || q) + sum_c p_t[c] sum_m eps[c, m] (1 - q[c])**m``.
 
     ``eps`` has shape (C, M) and gets no gradient. With a temperature, teacher and student are
     tempered as in :func:`kl` and the whole loss is multiplied by ``T**2``.

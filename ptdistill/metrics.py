@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-#: SPEC: expected calibration error uses 15 equal-width confidence bins.
+#: Expected calibration error uses 15 equal-width confidence bins (docs/method.md §8).
 ECE_BINS = 15
 
 

@@ -2,7 +2,8 @@
 
 For coefficients eps (C, M) and a teacher row p, the proxy teacher is
 ``q* = argmin_q  KL(p || q) + sum_c p_c sum_m eps[c, m] (1 - q_c)^m`` over the simplex,
-solved in logit space z (q = softmax(z)).  SPEC gives the gradient
+solved in logit space z (q = softmax(z)) (docs/method.md §4, KDD'24 §4.2 Eq. (17)-(19)).  Its gradient
+(docs/method.md §4.2) is
 ``g = q (1 + S) - p - h`` with ``h_c = p_c q_c phi_c`` and ``S = sum_c h_c``.
 
 Why this solver is fast and exact.  The Hessian in z has the closed form
