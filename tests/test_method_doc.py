@@ -37,7 +37,8 @@ def cited_sections(text: str) -> list[str]:
 def own_sections(text: str) -> list[str]:
     """Section numbers that method.md's body cites bare (``§6.2``), leaving out the paper's (``KDD'24 §4.2``)."""
     body = HEADING.sub("", text)
-    return [m.group(1) for m in SECTION.finditer(body) if not PAPER_SECTION.search(body[max(0, m.start() - 20):m.start()])]
+    return [m.group(1) for m in SECTION.finditer(body)
+            if not PAPER_SECTION.search(body[max(0, m.start() - 20):m.start()])]
 
 
 def _ignored_folders() -> list[str]:
