@@ -3,6 +3,7 @@ section it has, and nothing may cite the team's spec outside the repository inst
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path, PurePosixPath
 
@@ -22,6 +23,8 @@ HEADING = re.compile(r"^#{2,6}\s+(\d+(?:\.\d+)*)\.?\s", re.MULTILINE)
 OLD_SPEC = re.compile(r"(?<![A-Za-z])SPEC(?![a-z])")
 #: A section number in method.md that is the paper's (``KDD'24 §4.2``), not the page's own.
 PAPER_SECTION = re.compile(r"KDD'24\s*$")
+#: A dotted name of the package in method.md: ``ptdistill.proxy.solve_proxy``, ``ptdistill.losses``.
+DOTTED = re.compile(r"\bptdistill(?:\.[A-Za-z_][A-Za-z0-9_]*)+")
 
 
 def sections(text: str) -> set[str]:
@@ -64,6 +67,35 @@ def repository_files() -> list[Path]:
             continue
         files.append(path)
     return sorted(files)
+
+
+def resolves(dotted: str) -> bool:
+    """Whether ``dotted`` is a module of the package, or a name defined or imported at the top of one.
+
+    Read from the source (no import), so it holds without the optional extras installed.
+    """
+    parts = dotted.split(".")
+    for i in range(len(parts), 0, -1):
+        base = ROOT.joinpath(*parts[:i])
+        source = next((p for p in (base.with_suffix(".py"), base / "__init__.py") if p.is_file()), None)
+        if source is None:
+            continue
+        rest = parts[i:]
+        if not rest:
+            return True
+        if len(rest) > 1:
+            return False
+        names = set()
+        for node in ast.parse(source.read_text(encoding="utf-8")).body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                names.add(node.name)
+            elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                names.update(t.id for t in targets if isinstance(t, ast.Name))
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                names.update((a.asname or a.name).split(".")[0] for a in node.names)
+        return rest[0] in names
+    return False
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +142,15 @@ def test_nothing_cites_the_spec_outside_the_repository():
         if OLD_SPEC.search(line)
     ]
     assert not found, "cite docs/method.md (and the paper's equation/section) instead of SPEC:\n" + "\n".join(found)
+
+
+def test_the_code_method_doc_names_exists():
+    """The modules and names the page points to are where it says (a move must update the page)."""
+    names = sorted(set(DOTTED.findall(METHOD.read_text(encoding="utf-8"))))
+    assert len(names) >= 10, names
+    assert resolves("ptdistill.proxy.solver.solve_proxy") and not resolves("ptdistill.proxy.no_such_name")
+    missing = [name for name in names if not resolves(name)]
+    assert not missing, f"docs/method.md names {missing}, which the package does not have"
 
 
 def test_method_doc_gives_the_full_references():
