@@ -1,8 +1,8 @@
 """Test-set metrics of a model's class probabilities, for every benchmark report.
 
 Pure numpy (ECE and TVD come from :mod:`ptdistill.metrics`), so evaluation adds no dependency.
-SPEC asks for accuracy, NLL, ECE (15 bins) and, on synthetic data, the distance to the true
-posterior p*; the GLUE-style task metrics (F1 for MRPC, Matthews for CoLA) select ``task``.
+docs/method.md §8 lists them: accuracy, NLL, ECE (15 bins) and, on synthetic data, the distance to the
+true posterior p*; the GLUE-style task metrics (F1 for MRPC, Matthews for CoLA) select ``task``.
 """
 
 from __future__ import annotations
@@ -73,7 +73,10 @@ def evaluate(
     Keys: accuracy, nll (probabilities floored at 1e-12), ece (15 bins), brier (sum over classes of
     the squared error to one-hot, mean over examples), f1, matthews, tvd (to one-hot labels),
     confusion_matrix (rows = true class), task; with ``p_star``, also l2_to_pstar and
-    tvd_to_pstar (mean over examples of ||p - p*||_2 and 0.5 ||p - p*||_1).
+    tvd_to_pstar (mean over examples of ||p - p*||_2 and 0.5 ||p - p*||_1). Values are floats
+    (nll in nats), confusion_matrix a list of lists of ints. Definitions: docs/method.md §8.
+    Raises ValueError when probs are not probability rows (n, C), labels are not integers (n,) in
+    [0, C), p_star has another shape, or ``task_metric`` is not one of :data:`TASK_METRICS`.
     """
     if task_metric not in TASK_METRICS:
         raise ValueError(f"task_metric: expected one of {', '.join(TASK_METRICS)}, got {task_metric!r}")

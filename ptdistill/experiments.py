@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 from ptdistill.config import ConfigError, from_dict
-from ptdistill.families.mlp.gaussians import SPEC_SIZES
+from ptdistill.families.mlp.gaussians import SYNTHETIC_SIZES
 from ptdistill.families.mlp.training import TrainConfig
 from ptdistill.families.text.models import HFModelSpec
 from ptdistill.families.text.trainer import TextTrainConfig
@@ -44,7 +44,7 @@ class MethodSpec:
 
 
 def default_methods() -> list[MethodSpec]:
-    """SPEC's comparison: PTLoss with searched coefficients against the common baselines."""
+    """The default comparison (docs/method.md §7.4): PTLoss with searched coefficients against the common baselines."""
     return [
         MethodSpec("ptloss", "ptloss"),
         MethodSpec("kl", "kl"),
@@ -142,14 +142,14 @@ class Accelerator:
 
 @dataclass
 class GaussianData:
-    """SPEC's synthetic task and split sizes."""
+    """The synthetic task and split sizes (docs/method.md §7.1)."""
 
     num_classes: int = 3
     dim: int = 30
     sigma: float = 2.0
     data_seed: int = 0
     split_seed: int = 1
-    sizes: dict[str, int] = field(default_factory=lambda: dict(SPEC_SIZES))
+    sizes: dict[str, int] = field(default_factory=lambda: dict(SYNTHETIC_SIZES))
 
     def __post_init__(self) -> None:
         _check_seed("data_seed", self.data_seed)
@@ -342,7 +342,7 @@ class ExperimentConfig:
 
 @dataclass
 class SyntheticConfig(ExperimentConfig):
-    """SPEC's synthetic benchmark: Gaussian classes with a known true posterior."""
+    """The synthetic benchmark (docs/method.md §7.1): Gaussian classes with a known true posterior."""
 
     benchmark: str = "synthetic"
     data: GaussianData = field(default_factory=GaussianData)
@@ -375,7 +375,7 @@ class TabularConfig(ExperimentConfig):
 class TextData:
     """A text task: one of the paper's (``task``, loaded with ``datasets``) or your own file (``path``).
 
-    Paper tasks follow SPEC's protocol: the official train split re-split into teacher-train,
+    Paper tasks follow the paper's protocol (docs/method.md §7.3, KDD'24 Table 3): the official train split re-split into teacher-train,
     distillation (labels dropped) and validation, the official validation split as test;
     ``sizes`` default to the paper's (Table 3). ``source`` is a local directory or ``gs://`` prefix
     laid out like the hub dataset (for mirrors and tests); ``None`` loads from the hub. Your own
@@ -516,7 +516,7 @@ def _rotten_tomatoes(config: TextConfig, quick: bool) -> None:
 
 #: Benchmark name -> (config class, one-line description, preset applied over the class defaults).
 BENCHMARKS: dict[str, tuple[type[ExperimentConfig], str, Callable[[Any, bool], None] | None]] = {
-    "synthetic": (SyntheticConfig, "SPEC Sec. 5.1: 3 Gaussian classes in 30 dims, MLP teacher and students, known p*",
+    "synthetic": (SyntheticConfig, "paper Sec. 5.1: 3 Gaussian classes in 30 dims, MLP teacher and students, known p*",
                   None),
     "tabular": (TabularConfig, "your own CSV/parquet table (--set data.path=FILE): MLP teacher and students", None),
     **{task: (TextConfig, f"paper: {task.upper()} (GLUE/SuperGLUE via datasets), T5-large verbalizer teacher, "

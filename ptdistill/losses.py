@@ -15,12 +15,12 @@ Why the numerics look the way they do:
 * KL is ``xlogy(p, p) - p * log q`` so that ``0 log 0 = 0`` (one-hot teachers), and
   ``1 - q`` is ``-expm1(log q)``, accurate when ``q`` is close to 1. Gradients stay finite for
   one-hot teachers and logits of magnitude 1e4.
-* PTLoss uses a fused autograd Function with the analytic gradient of SPEC
+* PTLoss uses a fused autograd Function with the analytic gradient of docs/method.md §2.3
   (``g = q * sum(p + h) - (p + h)``, ``h_c = p_c q_c phi_c``) and Horner's rule for the
   polynomials: plain autograd through the M powers made forward+backward about 2x (C=3) and 5x
   or more (C=100) slower than KL at B=256 on CPU; fused, about 1.4x for the Module, which caches
   the coefficients, and 1.5x for the functional form (``benchmarks/bench_losses.py``). The loss
-  value is computed exactly as SPEC writes it.
+  value is computed exactly as docs/method.md §2.2 (KDD'24 Eq. (7)) writes it.
 
 Teacher probabilities are targets: no gradient flows into them. ``labels`` are accepted by every
 loss for a uniform interface and validated, but not used: distillation runs on unlabeled data.
@@ -28,7 +28,12 @@ loss for a uniform interface and validated, but not used: distillation runs on u
 Inputs may be torch tensors, numpy arrays or (nested) lists (:func:`ptdistill.arrays.as_tensor`):
 logits given as a tensor keep their autograd graph; arrays and lists are moved to the logits'
 device. Every loss returns a torch tensor: a 0-dim one for ``"mean"``/``"sum"``, shape (B,) for
-``"none"``, float32 (float64 when the logits are float64) on the logits' device.
+``"none"``, float32 (float64 when the logits are float64) on the logits' device, in nats.
+Bad input raises ValueError naming the argument: logits not floating-point or not of the teacher's
+shape (B, C), teacher rows that are not probabilities (:func:`ptdistill.checks.check_probs`),
+labels outside [0, C), a hyper-parameter out of range or not finite, an unknown reduction.
+
+Sources: PTLoss is docs/method.md §2 (KDD'24 Eq. (7)); the baselines are §3 (KDD'24 §5.2).
 """
 
 from __future__ import annotations
@@ -238,7 +243,10 @@ def kl(
     temperature: float = 1.0,
     reduction: str = "mean",
 ) -> torch.Tensor:
-    """Hinton KD: ``T**2 * KL(softmax(log p_t / T) || softmax(z / T))``."""
+    """Hinton KD: ``T**2 * KL(softmax(log p_t / T) || softmax(z / T))``.
+
+    docs/method.md §3.1 (Hinton et al. 2015; KDD'24 Eq. (3), (12)); ``temperature`` T > 0.
+    """
     temperature = _check_real("temperature", temperature, low=0.0, low_open=True)
     _check_reduction(reduction)
     student_logits, teacher_probs, labels = _inputs(student_logits, teacher_probs, labels)
@@ -258,10 +266,11 @@ def ptloss(
     temperature: float = 1.0,
     reduction: str = "mean",
 ) -> torch.Tensor:
-    """PTLoss of SPEC: ``KL(p_t || q) + sum_c p_t[c] sum_m eps[c, m] (1 - q[c])**m``.
+    """PTLoss (docs/method.md §2.2, KDD'24 Eq. (7)): ``KL(p_t || q) + sum_c p_t[c] sum_m eps[c, m] (1 - q[c])**m``.
 
-    ``eps`` has shape (C, M) and gets no gradient. With a temperature, teacher and student are
-    tempered as in :func:`kl` and the whole loss is multiplied by ``T**2``.
+    ``eps`` has shape (C, M) and gets no gradient; ValueError when it is not finite or has not C
+    rows. With a temperature, teacher and student are tempered as in :func:`kl` and the whole loss
+    is multiplied by ``T**2`` (docs/method.md §3.1). ``eps = 0`` is :func:`kl` (§2.5).
     """
     temperature = _check_real("temperature", temperature, low=0.0, low_open=True)
     _check_reduction(reduction)
@@ -281,7 +290,10 @@ def label_smoothing(
     delta: float = 0.1,
     reduction: str = "mean",
 ) -> torch.Tensor:
-    """KL from the smoothed teacher: ``KL((1 - delta) p_t + delta / C || q)``."""
+    """KL from the smoothed teacher: ``KL((1 - delta) p_t + delta / C || q)``, ``delta`` in [0, 1].
+
+    docs/method.md §3.2 (KDD'24 Eq. (14)-(15) for C classes); its PTLoss form is §2.5.
+    """
     delta = _check_real("delta", delta, low=0.0, high=1.0)
     _check_reduction(reduction)
     student_logits, teacher_probs, labels = _inputs(student_logits, teacher_probs, labels)
@@ -299,7 +311,10 @@ def focal(
     reduction: str = "mean",
 ) -> torch.Tensor:
     """Focal loss on teacher targets, shifted by the teacher entropy so that gamma=0 is KL:
-    ``sum_c p_t[c] (1 - q_c)**gamma (-log q_c) + sum_c p_t[c] log p_t[c]``."""
+    ``sum_c p_t[c] (1 - q_c)**gamma (-log q_c) + sum_c p_t[c] log p_t[c]``, ``gamma >= 0``.
+
+    docs/method.md §3.3 (KDD'24 Eq. (8)).
+    """
     gamma = _check_real("gamma", gamma, low=0.0)
     _check_reduction(reduction)
     student_logits, teacher_probs, labels = _inputs(student_logits, teacher_probs, labels)
@@ -322,7 +337,8 @@ def flooding(
     """Flooding (Ishida et al. 2020) of the KL loss: ``|L - level| + level``.
 
     ``L`` is the reduced (mean or sum) KL, so the batch loss is flooded as in the paper; with
-    ``reduction="none"`` the flood is applied to each example's KL separately.
+    ``reduction="none"`` the flood is applied to each example's KL separately. ``level >= 0``
+    (nats). docs/method.md §3.4.
     """
     level = _check_real("level", level, low=0.0)
     _check_reduction(reduction)
@@ -336,7 +352,9 @@ def annealing_factor(step: int, total_steps: int, max_temperature: int) -> float
     """Phi(T) = 1 - (T - 1) / T_max of Annealing KD, T going from T_max down to 1.
 
     The ``total_steps`` steps are split into ``max_temperature`` equal stages; stage k
-    (0-based) uses T = T_max - k. From ``step >= total_steps`` on, Phi = 1.
+    (0-based) uses T = T_max - k. From ``step >= total_steps`` on, Phi = 1. ValueError unless
+    ``step >= 0``, ``total_steps >= 1`` and ``max_temperature >= 1`` are integers.
+    docs/method.md §3.5.
     """
     step = _check_int("step", step, low=0)
     total_steps = _check_int("total_steps", total_steps, low=1)
@@ -362,7 +380,7 @@ def annealing_kd(
     Teacher logits are recovered as ``log(max(p_t, 1e-8))``; student and teacher logits are
     centred (class mean subtracted) because logits are defined up to a shift. ``Phi`` follows
     :func:`annealing_factor`. Labels are not used: the distillation set is unlabeled (the
-    paper's phase 2, fine-tuning on labels, is not part of this loss).
+    paper's phase 2, fine-tuning on labels, is not part of this loss). docs/method.md §3.5.
     """
     phi = annealing_factor(step, total_steps, max_temperature)
     _check_reduction(reduction)
@@ -380,7 +398,7 @@ LOSSES: dict[str, type[nn.Module]] = {}
 
 
 def register_loss(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
-    """Class decorator adding a loss Module to :data:`LOSSES` under ``name``."""
+    """Class decorator adding a loss Module to :data:`LOSSES` under ``name``; ValueError if ``name`` is taken."""
 
     def add(cls: type[nn.Module]) -> type[nn.Module]:
         if name in LOSSES:
@@ -393,7 +411,10 @@ def register_loss(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
 
 def build_loss(name: str, **hparams: object) -> nn.Module:
     """Build the registered loss ``name`` with its hyper-parameters, e.g.
-    ``build_loss("ptloss", eps=[[0.1], [0.2]], temperature=2.0)``."""
+    ``build_loss("ptloss", eps=[[0.1], [0.2]], temperature=2.0)``.
+
+    ValueError for an unknown name, an unknown or missing hyper-parameter, or a bad value.
+    """
     if name not in LOSSES:
         raise ValueError(f"name: unknown loss {name!r}; valid losses: {', '.join(sorted(LOSSES))}")
     params = dict(inspect.signature(LOSSES[name]).parameters)

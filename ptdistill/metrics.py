@@ -1,4 +1,4 @@
-"""Calibration and distance metrics shared by the search report and the evaluation step."""
+"""Calibration and distance metrics shared by the search report and the evaluation step (docs/method.md §8)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-#: SPEC: expected calibration error uses 15 equal-width confidence bins.
+#: Expected calibration error uses 15 equal-width confidence bins (docs/method.md §8).
 ECE_BINS = 15
 
 
@@ -28,7 +28,11 @@ class Reliability:
 
 
 def reliability(probs: torch.Tensor, labels: torch.Tensor, bins: int = ECE_BINS) -> Reliability:
-    """Reliability table of probs (N, C) against labels (N,) over ``bins`` confidence bins."""
+    """Reliability table of probs (N, C) against integer labels (N,) over ``bins`` equal-width bins.
+
+    Bins are (lo, hi] on [0, 1] (a confidence of 0 falls in the first); computed in float64 on the
+    CPU. Inputs are not checked (callers do: :func:`ptdistill.evaluation.evaluate`).
+    """
     probs, labels = probs.detach().double().cpu(), labels.detach().cpu()
     conf, pred = probs.max(-1)
     correct = (pred == labels).double()
@@ -48,7 +52,7 @@ def reliability(probs: torch.Tensor, labels: torch.Tensor, bins: int = ECE_BINS)
 
 
 def ece(probs: torch.Tensor, labels: torch.Tensor, bins: int = ECE_BINS) -> float:
-    """Expected calibration error of the top-1 prediction."""
+    """Expected calibration error of the top-1 prediction, in [0, 1] (Guo et al. 2017; docs/method.md §8)."""
     return reliability(probs, labels, bins).ece
 
 

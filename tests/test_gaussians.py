@@ -9,7 +9,7 @@ from scipy.special import logsumexp
 from scipy.stats import multivariate_normal
 
 from ptdistill.engine import seed_everything
-from ptdistill.families.mlp.gaussians import SPEC_SIZES, GaussianTask, make_splits
+from ptdistill.families.mlp.gaussians import SYNTHETIC_SIZES, GaussianTask, make_splits
 from ptdistill.families.mlp.models import MLP, MLPConfig
 from ptdistill.families.mlp.training import TrainConfig, predict_probs, train_classifier
 from ptdistill.splits import SPLITS
@@ -20,9 +20,9 @@ SMALL = {"teacher_train": 50, "distill": 70, "validation": 30, "test": 40}
 def test_spec_defaults_and_sizes():
     task = GaussianTask()
     assert (task.num_classes, task.dim, task.sigma, task.data_seed) == (3, 30, 2.0, 0)
-    assert dict(SPEC_SIZES) == {"teacher_train": 2000, "distill": 7000, "validation": 1000, "test": 50000}
+    assert dict(SYNTHETIC_SIZES) == {"teacher_train": 2000, "distill": 7000, "validation": 1000, "test": 50000}
     with pytest.raises(TypeError):
-        SPEC_SIZES["test"] = 1  # type: ignore[index]
+        SYNTHETIC_SIZES["test"] = 1  # type: ignore[index]
 
 
 def test_means_fixed_by_data_seed_distinct_and_ternary():
@@ -107,7 +107,7 @@ def test_posterior_argmax_reaches_the_bayes_rate_and_beats_a_trained_mlp():
     x_other, _ = task.sample(50_000, seed=12)
     bayes_rate = task.posterior(x_other).max(1).mean()
     assert abs(bayes_accuracy - bayes_rate) < 0.01
-    assert 0.8 < bayes_rate < 0.95  # SPEC's trial run: oracle student 0.885
+    assert 0.8 < bayes_rate < 0.95  # docs/method.md §7.1: an oracle student got 0.885 in a trial run
 
     splits = make_splits(task, {"teacher_train": 500}, seed=0)
     seed_everything(0)

@@ -84,7 +84,7 @@ def hand_temper(z, p, t):
 
 
 def hand_ptloss(z, p, eps, t=1.0):
-    """SPEC's PTLoss, example by example in float64, batch mean."""
+    """PTLoss (docs/method.md §2.2, KDD'24 Eq. (7)), example by example in float64, batch mean."""
     eps = np.asarray(eps, dtype=np.float64)
     out = []
     for zi, pi in zip(np.asarray(z, np.float64), np.asarray(p, np.float64)):
@@ -216,11 +216,12 @@ def test_temperature_scaling_relation(temperature):
     torch.testing.assert_close(g, (zs - zt) / 5, rtol=1e-3, atol=1e-6)
 
 
-# ----------------------------------------------------------------------------- SPEC: label smoothing
+# ----------------------------------------------------------------------------- label smoothing (docs/method.md §2.5)
 
 
 def per_example_ptloss_ls(z, p, delta, order):
-    """Value and gradient of PTLoss with SPEC's per-example label-smoothing coefficients."""
+    """Value and gradient of PTLoss with the per-example label-smoothing coefficients of docs/method.md §2.5
+    (KDD'24 Eq. (16) for C classes)."""
     c = p.shape[1]
     m = torch.arange(1, order + 1, dtype=torch.float64)
     values, grads = [], []

@@ -1,8 +1,8 @@
-"""The proxy-teacher solver (ptdistill.proxy.solver) against SPEC's definition.
+"""The proxy-teacher solver (ptdistill.proxy.solver) against its definition (docs/method.md §4).
 
 Every reference quantity (gradient, loss) is recomputed here independently in numpy float64
-from SPEC's formulas, and the solver is checked against the paper-style scipy.fsolve
-reference in ``shared/reference/proxy_fsolve.py`` where that reference converges.
+from the formulas of docs/method.md §4.2, and the solver is checked against the paper-style
+scipy.fsolve reference in ``shared/reference/proxy_fsolve.py`` where that reference converges.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def spec_grad(q: np.ndarray, p: np.ndarray, eps: np.ndarray) -> np.ndarray:
-    """SPEC: g_j = -p_j - h_j + q_j (1 + sum_c h_c), h_c = p_c q_c phi_c; rows of q, p (N, C)."""
+    """docs/method.md §4.2: g_j = -p_j - h_j + q_j (1 + sum_c h_c), h_c = p_c q_c phi_c; rows of q, p (N, C)."""
     m = np.arange(1, eps.shape[-1] + 1)
     phi = (eps[None] * m * (1.0 - q)[..., None] ** (m - 1)).sum(-1)
     h = p * q * phi

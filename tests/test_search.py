@@ -27,7 +27,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def hand_q(q: np.ndarray, labels: np.ndarray) -> float:
-    """SPEC: Q = (mean_n ||q_n - y_n||_2)^2 + (mean_n sum_c q_nc log q_nc)^2, with 0 log 0 = 0."""
+    """docs/method.md §5, KDD'24 Eq. (20): Q = (mean_n ||q_n - y_n||_2)^2 + (mean_n sum_c q_nc log q_nc)^2,
+    with 0 log 0 = 0."""
     y = np.eye(q.shape[-1])[labels]
     dist = np.sqrt(((q - y) ** 2).sum(-1)).mean()
     with np.errstate(divide="ignore", invalid="ignore"):

@@ -1,9 +1,9 @@
 """Text benchmarks end to end through kfp.local: the ``text_pipeline`` chain of conftest.py.
 
 ``sst2-1`` and ``sst2-2`` run the paper-task path (a GLUE-shaped local copy loaded through
-``datasets``, SPEC's split protocol, a T5 teacher scored through the verbalizer, a BERT student
-with checkpoints); the second must be served by the teacher cache. ``text-1`` runs your own
-CSV of sentence pairs with a teacher fine-tuned in the run.
+``datasets``, the paper's split protocol of docs/method.md §7.3, a T5 teacher scored through the
+verbalizer, a BERT student with checkpoints); the second must be served by the teacher cache.
+``text-1`` runs your own CSV of sentence pairs with a teacher fine-tuned in the run.
 """
 
 from __future__ import annotations

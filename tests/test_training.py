@@ -28,7 +28,7 @@ def separable():
 
 @pytest.fixture(scope="module")
 def synthetic():
-    """SPEC's task at small sizes."""
+    """The synthetic task (docs/method.md §7.1) at small sizes."""
     return make_splits(GaussianTask(), {"distill": 1000, "validation": 200, "test": 2000}, seed=1)
 
 

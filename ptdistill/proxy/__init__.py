@@ -1,4 +1,4 @@
-"""Proxy teacher: solver, selection criteria, coefficient search and plots."""
+"""Proxy teacher: solver (docs/method.md §4), selection criteria (§5), coefficient search (§6) and plots."""
 
 from ptdistill.proxy.criteria import CRITERIA, brier, get_criterion, nll, q_score, quality
 from ptdistill.proxy.search import STRATEGIES, SearchResult, search

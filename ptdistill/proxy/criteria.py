@@ -4,7 +4,9 @@
 plus the squared mean negative entropy; its entropy term rewards confidence, so it can
 sharpen a teacher that is already over-confident.  ``brier`` and ``nll`` are proper scoring
 rules: in expectation they rank proxy teachers by their closeness to the true posterior.
-All take probabilities (..., N, C) and labels (N,) and reduce the last two dims.
+All take probabilities (..., N, C) and integer labels (N,) in [0, C) and return a tensor of
+shape (...) in the probabilities' dtype, reducing the last two dims; only :func:`quality` checks
+its inputs.  Source: docs/method.md §5.
 """
 
 from __future__ import annotations
@@ -22,14 +24,14 @@ def _onehot(labels: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
 
 
 def q_score(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Paper's Q: (mean_n ||q_n - y_n||_2)^2 + (mean_n sum_c q_nc log q_nc)^2."""
+    """Paper's Q: (mean_n ||q_n - y_n||_2)^2 + (mean_n sum_c q_nc log q_nc)^2, 0 log 0 = 0 (KDD'24 Eq. (20))."""
     dist = torch.linalg.vector_norm(probs - _onehot(labels, probs), dim=-1).mean(-1)
     neg_entropy = torch.special.xlogy(probs, probs).sum(-1).mean(-1)
     return dist**2 + neg_entropy**2
 
 
 def brier(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Brier score: mean_n ||q_n - y_n||^2."""
+    """Brier score: mean_n ||q_n - y_n||^2 (a proper scoring rule, docs/method.md §5)."""
     return ((probs - _onehot(labels, probs)) ** 2).sum(-1).mean(-1)
 
 
@@ -47,7 +49,7 @@ CRITERIA: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
 
 
 def get_criterion(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """The criterion registered under ``name``."""
+    """The criterion registered under ``name`` (``"q"``, ``"brier"``, ``"nll"``); ValueError for another name."""
     if name not in CRITERIA:
         raise ValueError(f"criterion: unknown {name!r}; expected one of {sorted(CRITERIA)}")
     return CRITERIA[name]
@@ -57,7 +59,8 @@ def quality(proxy_probs: ArrayLike, labels: ArrayLike) -> torch.Tensor:
     """The paper's quality score Q of proxy probabilities (..., N, C) against labels (N,), checked.
 
     Inputs may be tensors, numpy arrays or lists; returns a torch tensor of shape (...) in the
-    probabilities' dtype (float64 for numpy float64 input).
+    probabilities' dtype (float64 for numpy float64 input).  Raises ValueError when rows are not
+    probabilities or labels are not integers (N,) in [0, C).  KDD'24 Eq. (20), docs/method.md §5.
     """
     proxy_probs = as_tensor("proxy_probs", proxy_probs)
     labels = as_tensor("labels", labels, proxy_probs.device)

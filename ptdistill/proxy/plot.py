@@ -21,7 +21,10 @@ def plot_proxy(
     path: str | Path,
     title: str | None = None,
 ) -> Path:
-    """Save a PNG with two panels and return its path.
+    """Save a PNG with two panels and return its path (parent folders are created).
+
+    ``teacher_probs`` and ``proxy_probs`` (N, C), ``labels`` (N,) integer classes; any float dtype
+    and device (drawn in float64 on the CPU).
 
     Left: per-class probability shift from the teacher to the proxy teacher (where the
     perturbation moves mass), next to how far the teacher's mean is from the label frequency.  Right: reliability diagram of both, with

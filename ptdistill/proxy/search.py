@@ -1,4 +1,4 @@
-"""Coefficient search: pick the PTLoss coefficients whose proxy teacher scores best on D_v.
+"""Coefficient search: pick the PTLoss coefficients whose proxy teacher scores best on D_v (docs/method.md §6).
 
 Strategies live in a registry and are selected by name:
 
@@ -56,7 +56,8 @@ class SearchResult:
     ``eps`` (C, order) numpy float64; ``score`` its criterion value; ``flips`` the fraction of
     validation rows whose proxy argmax differs from the teacher's; ``table`` (pandas) one row per
     scored candidate with its order, source, all criteria, ``flips``, ``eligible`` (flips <=
-    max_flips), convergence and coefficients (lists); ``warnings`` what the search warned about.
+    max_flips), convergence and coefficients (lists); ``seconds`` the search's wall-clock time;
+    ``settings`` the search's arguments; ``warnings`` what the search warned about.
     """
 
     eps: np.ndarray
@@ -226,6 +227,8 @@ def search(
     Returns the best eligible candidate (``flips <= max_flips``; first on ties) by ``criterion``,
     as a :class:`SearchResult` whose ``eps`` is a numpy float64 array (C, order), ready for
     ``build_loss("ptloss", eps=result.eps)``.  Raises ValueError for bad input or settings.
+    Source: docs/method.md §6 (``random`` is KDD'24 Algorithm 1, §4.3; defaults from KDD'24 §5.2
+    and Table 4); ``max_flips`` is the project's guard (§6.3).
     """
     teacher_probs = as_tensor("teacher_probs", teacher_probs)
     labels = as_tensor("labels", labels, teacher_probs.device)

@@ -2,7 +2,8 @@
 
 For coefficients eps (C, M) and a teacher row p, the proxy teacher is
 ``q* = argmin_q  KL(p || q) + sum_c p_c sum_m eps[c, m] (1 - q_c)^m`` over the simplex,
-solved in logit space z (q = softmax(z)).  SPEC gives the gradient
+solved in logit space z (q = softmax(z)) (docs/method.md §4, KDD'24 §4.2 Eq. (17)-(19)).  Its gradient
+(docs/method.md §4.2) is
 ``g = q (1 + S) - p - h`` with ``h_c = p_c q_c phi_c`` and ``S = sum_c h_c``.
 
 Why this solver is fast and exact.  The Hessian in z has the closed form
@@ -42,9 +43,11 @@ _MAX_STEP = 10.0
 class ProxySolution:
     """A batch of solved proxy teachers.
 
-    ``probs`` (..., N, C) float64; ``logits`` the solution in logit space (a warm start for
-    nearby coefficients); ``max_grad`` (..., N) the final max |dl/dz| of each example;
-    ``converged`` (..., N) whether it reached the tolerance; ``iterations`` used.
+    ``probs`` (..., N, C) float64; ``logits`` (..., N, C) float64 the solution in logit space,
+    shifted so each row's largest logit is 0 (a warm start for nearby coefficients); ``max_grad``
+    (..., N) float64 the final max |dl/dz| of each example; ``converged`` (..., N) bool whether it
+    reached the tolerance; ``iterations`` the most any chunk of rows used.  ``...`` is (K,) for a
+    batch of K coefficient sets, empty for one.
     """
 
     probs: torch.Tensor
@@ -193,7 +196,10 @@ def solve_proxy(
     output's shape (default: the teacher's own logits); each a tensor, numpy array or list.
     Computes in float64 on the teacher's device (CPU for arrays and lists) and returns torch
     tensors there (see :class:`ProxySolution`).  The loss decreases at every accepted step;
-    convergence means max |g| <= tol.
+    convergence means max |g| <= tol (docs/method.md §4.3).  A row that does not converge within
+    ``max_iter`` iterations is returned as it stands, flagged in ``converged``: no error.
+    Raises ValueError when the teacher rows are not probabilities (N, C) or ``eps`` is not
+    finite or not (C, M) / (K, C, M) with the teacher's C.
     """
     teacher_probs, eps, init = _tensors(teacher_probs, eps, init)
     check_probs("teacher_probs", teacher_probs)
@@ -235,7 +241,10 @@ def _tensors(teacher_probs: ArrayLike, eps: ArrayLike, init: ArrayLike | None):
 
 def proxy_teacher(teacher_probs: ArrayLike, eps: ArrayLike) -> torch.Tensor:
     """Proxy-teacher probabilities: a float64 torch tensor (N, C) for eps (C, M), or (K, N, C) for
-    (K, C, M), on the teacher's device; inputs as tensors, numpy arrays or lists."""
+    (K, C, M), on the teacher's device; inputs as tensors, numpy arrays or lists.
+
+    docs/method.md §4.1 (KDD'24 §4.2, Eq. (19)); errors as :func:`solve_proxy`.
+    """
     return solve_proxy(teacher_probs, eps).probs
 
 
@@ -282,8 +291,10 @@ def proxy_teacher_differentiable(
 ) -> tuple[torch.Tensor, ProxySolution]:
     """Like :func:`proxy_teacher`, but differentiable with respect to ``eps`` (a tensor that requires grad).
 
-    Returns the probabilities (in the autograd graph) and the full solution, whose
-    ``logits`` warm-start the next call for nearby coefficients.
+    Returns the probabilities (in the autograd graph; shapes and dtype as :func:`proxy_teacher`)
+    and the full solution, whose ``logits`` warm-start the next call for nearby coefficients.
+    The gradient comes from implicit differentiation of the stationary point (docs/method.md
+    §4.3); errors as :func:`solve_proxy`.
     """
     teacher_probs, eps, init = _tensors(teacher_probs, eps, init)
     if not (torch.is_grad_enabled() and eps.requires_grad):

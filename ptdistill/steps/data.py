@@ -120,7 +120,7 @@ def _check_text_models(config: ExperimentConfig) -> None:
 
 
 def _text_splits(data: TextData) -> tuple[dict, list[str]]:
-    """A paper task through ``datasets`` (SPEC's protocol), rotten-tomatoes, or your own text file
+    """A paper task through ``datasets`` (docs/method.md §7.3), rotten-tomatoes, or your own text file
     (keys checked by :func:`check_config`)."""
     from ptdistill.families.text import data as text
 

@@ -35,7 +35,8 @@ def _positive_int(name: str, value: object) -> int:
 class MLPConfig:
     """Architecture of an :class:`MLP`: ``input_dim -> hidden... -> num_classes`` logits.
 
-    The default is SPEC's 2-layer ReLU MLP with 128 hidden units per layer.
+    The default is the paper's 2-layer ReLU MLP with 128 hidden units per layer (docs/method.md §7.1,
+    KDD'24 §5.1).
     """
 
     input_dim: int

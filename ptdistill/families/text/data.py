@@ -5,7 +5,7 @@ caching (:meth:`TextSplit.fingerprint`) and evaluation see one format. As in
 :mod:`ptdistill.families.mlp.tabular`, input data is checked before any work starts and every error names
 the file (or hub split), the column and the row at fault and says what was expected.
 
-The paper's protocol (SPEC, "Data protocol of the paper (Table 3)"): the official train split
+The paper's protocol (docs/method.md §7.3, KDD'24 §5.2 and Table 3): the official train split
 is divided into a labeled teacher-training part, an unlabeled distillation part and a labeled
 validation part; the official validation split is the test split. See :func:`protocol_split`
 for what is done when the requested sizes do not fit the train split.
@@ -63,8 +63,8 @@ class TaskInfo:
     ``class_names`` are the source's label names in index order, and ``label_words`` the words a
     T5 model emits for those classes (same order), so a verbalizer can score them; ``prompt``
     is T5's input template with ``{text_a}`` / ``{text_b}`` placeholders. ``test_split`` is the
-    official split used as the test split, ``sizes`` the paper's split sizes (SPEC Table 3) and
-    ``task_metric`` the task's headline metric (SPEC "Task metrics").
+    official split used as the test split, ``sizes`` the paper's split sizes (KDD'24 Table 3) and
+    ``task_metric`` the task's headline metric (docs/method.md §7.3, §8).
 
     For CoLA, MRPC and RTE the paper's teacher_train + validation sizes alone exceed the
     official train split (8,551 / 3,668 / 2,490 examples). ptdistill keeps the paper's
