@@ -7,6 +7,8 @@ so that bad input fails before any work starts.
 from __future__ import annotations
 
 import logging
+import math
+from numbers import Real
 
 import numpy as np
 import torch
@@ -171,3 +173,17 @@ def int_at_least(name: str, value: object, low: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
         raise ValueError(f"{name}: expected an integer >= {low}, got {value!r}")
     return int(value)
+
+
+def finite_real(
+    name: str, value: object, *, low: float | None = None, high: float | None = None, low_open: bool = False
+) -> float:
+    """``value`` as a ``float`` when it is a finite real (not a bool) in ``[low, high]`` (``(low, high]`` with
+    ``low_open``); else a ValueError naming ``name`` and the bound it breaks."""
+    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
+        raise ValueError(f"{name}: expected a finite real number, got {value!r}")
+    if low is not None and (value <= low if low_open else value < low):
+        raise ValueError(f"{name}: expected a value {'>' if low_open else '>='} {low}, got {value!r}")
+    if high is not None and value > high:
+        raise ValueError(f"{name}: expected a value <= {high}, got {value!r}")
+    return float(value)

@@ -40,9 +40,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-import math
 from collections.abc import Callable, Sequence
-from numbers import Real
 
 import numpy as np
 import torch
@@ -50,7 +48,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from ptdistill.arrays import ArrayLike, as_tensor
-from ptdistill.checks import check_eps, check_labels, check_probs
+from ptdistill.checks import check_eps, check_labels, check_probs, finite_real, int_at_least
 
 __all__ = [
     "LOSSES",
@@ -84,25 +82,6 @@ def _check_reduction(reduction: str) -> None:
         raise ValueError(f"reduction: expected one of {', '.join(REDUCTIONS)}, got {reduction!r}")
 
 
-def _check_real(
-    name: str, value: object, *, low: float | None = None, high: float | None = None, low_open: bool = False
-) -> float:
-    """Return ``value`` as a float after checking it is a finite real in the given range."""
-    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
-        raise ValueError(f"{name}: expected a finite real number, got {value!r}")
-    if low is not None and (value <= low if low_open else value < low):
-        raise ValueError(f"{name}: expected a value {'>' if low_open else '>='} {low}, got {value!r}")
-    if high is not None and value > high:
-        raise ValueError(f"{name}: expected a value <= {high}, got {value!r}")
-    return float(value)
-
-
-def _check_int(name: str, value: object, *, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name}: expected an integer, got {value!r}")
-    if value < low:
-        raise ValueError(f"{name}: expected an integer >= {low}, got {value!r}")
-    return int(value)
 
 
 def _inputs(
@@ -247,7 +226,7 @@ def kl(
 
     docs/method.md §3.1 (Hinton et al. 2015; KDD'24 Eq. (3), (12)); ``temperature`` T > 0.
     """
-    temperature = _check_real("temperature", temperature, low=0.0, low_open=True)
+    temperature = finite_real("temperature", temperature, low=0.0, low_open=True)
     _check_reduction(reduction)
     student_logits, teacher_probs, labels = _inputs(student_logits, teacher_probs, labels)
     logits, probs = _tempered(student_logits, teacher_probs, temperature)
@@ -272,7 +251,7 @@ def ptloss(
     rows. With a temperature, teacher and student are tempered as in :func:`kl` and the whole loss
     is multiplied by ``T**2`` (docs/method.md §3.1). ``eps = 0`` is :func:`kl` (§2.5).
     """
-    temperature = _check_real("temperature", temperature, low=0.0, low_open=True)
+    temperature = finite_real("temperature", temperature, low=0.0, low_open=True)
     _check_reduction(reduction)
     student_logits, teacher_probs, labels = _inputs(student_logits, teacher_probs, labels)
     eps = as_tensor("eps", eps, student_logits.device)
@@ -294,7 +273,7 @@ def label_smoothing(
 
     docs/method.md §3.2 (KDD'24 Eq. (14)-(15) for C classes); its PTLoss form is §2.5.
     """
-    delta = _check_real("delta", delta, low=0.0, high=1.0)
+    delta = finite_real("delta", delta, low=0.0, high=1.0)
     _check_reduction(reduction)
     student_logits, teacher_probs, labels = _inputs(student_logits, teacher_probs, labels)
     logits, probs = _tempered(student_logits, teacher_probs, 1.0)
@@ -315,7 +294,7 @@ def focal(
 
     docs/method.md §3.3 (KDD'24 Eq. (8)).
     """
-    gamma = _check_real("gamma", gamma, low=0.0)
+    gamma = finite_real("gamma", gamma, low=0.0)
     _check_reduction(reduction)
     student_logits, teacher_probs, labels = _inputs(student_logits, teacher_probs, labels)
     logits, probs = _tempered(student_logits, teacher_probs, 1.0)
@@ -340,7 +319,7 @@ def flooding(
     ``reduction="none"`` the flood is applied to each example's KL separately. ``level >= 0``
     (nats). docs/method.md §3.4.
     """
-    level = _check_real("level", level, low=0.0)
+    level = finite_real("level", level, low=0.0)
     _check_reduction(reduction)
     student_logits, teacher_probs, labels = _inputs(student_logits, teacher_probs, labels)
     logits, probs = _tempered(student_logits, teacher_probs, 1.0)
@@ -356,9 +335,9 @@ def annealing_factor(step: int, total_steps: int, max_temperature: int) -> float
     ``step >= 0``, ``total_steps >= 1`` and ``max_temperature >= 1`` are integers.
     docs/method.md §3.5.
     """
-    step = _check_int("step", step, low=0)
-    total_steps = _check_int("total_steps", total_steps, low=1)
-    max_temperature = _check_int("max_temperature", max_temperature, low=1)
+    step = int_at_least("step", step, 0)
+    total_steps = int_at_least("total_steps", total_steps, 1)
+    max_temperature = int_at_least("max_temperature", max_temperature, 1)
     if step >= total_steps:
         return 1.0
     temperature = max_temperature - step * max_temperature // total_steps
@@ -445,7 +424,7 @@ class KLLoss(_DistillLoss):
 
     def __init__(self, temperature: float = 1.0, reduction: str = "mean") -> None:
         super().__init__(reduction)
-        self.temperature = _check_real("temperature", temperature, low=0.0, low_open=True)
+        self.temperature = finite_real("temperature", temperature, low=0.0, low_open=True)
 
     def forward(  # noqa: D102
         self, student_logits: ArrayLike, teacher_probs: ArrayLike, labels: ArrayLike | None = None
@@ -474,7 +453,7 @@ class PTLoss(_DistillLoss):
         reduction: str = "mean",
     ) -> None:
         super().__init__(reduction)
-        self.temperature = _check_real("temperature", temperature, low=0.0, low_open=True)
+        self.temperature = finite_real("temperature", temperature, low=0.0, low_open=True)
         try:
             tensor = torch.as_tensor(eps)
         except (TypeError, ValueError, RuntimeError) as err:
@@ -515,7 +494,7 @@ class LabelSmoothingLoss(_DistillLoss):
 
     def __init__(self, delta: float = 0.1, reduction: str = "mean") -> None:
         super().__init__(reduction)
-        self.delta = _check_real("delta", delta, low=0.0, high=1.0)
+        self.delta = finite_real("delta", delta, low=0.0, high=1.0)
 
     def forward(  # noqa: D102
         self, student_logits: ArrayLike, teacher_probs: ArrayLike, labels: ArrayLike | None = None
@@ -532,7 +511,7 @@ class FocalLoss(_DistillLoss):
 
     def __init__(self, gamma: float = 1.0, reduction: str = "mean") -> None:
         super().__init__(reduction)
-        self.gamma = _check_real("gamma", gamma, low=0.0)
+        self.gamma = finite_real("gamma", gamma, low=0.0)
 
     def forward(  # noqa: D102
         self, student_logits: ArrayLike, teacher_probs: ArrayLike, labels: ArrayLike | None = None
@@ -549,7 +528,7 @@ class FloodingLoss(_DistillLoss):
 
     def __init__(self, level: float = 0.05, reduction: str = "mean") -> None:
         super().__init__(reduction)
-        self.level = _check_real("level", level, low=0.0)
+        self.level = finite_real("level", level, low=0.0)
 
     def forward(  # noqa: D102
         self, student_logits: ArrayLike, teacher_probs: ArrayLike, labels: ArrayLike | None = None
@@ -569,13 +548,13 @@ class AnnealingKDLoss(_DistillLoss):
 
     def __init__(self, max_temperature: int, total_steps: int, reduction: str = "mean") -> None:
         super().__init__(reduction)
-        self.max_temperature = _check_int("max_temperature", max_temperature, low=1)
-        self.total_steps = _check_int("total_steps", total_steps, low=1)
+        self.max_temperature = int_at_least("max_temperature", max_temperature, 1)
+        self.total_steps = int_at_least("total_steps", total_steps, 1)
         self.step = 0
 
     def set_step(self, step: int) -> None:
         """Set the training step that selects the annealing temperature."""
-        self.step = _check_int("step", step, low=0)
+        self.step = int_at_least("step", step, 0)
 
     @property
     def factor(self) -> float:
