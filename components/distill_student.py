@@ -9,7 +9,7 @@ from components.images import GPU_IMAGE
 @dsl.component(base_image=GPU_IMAGE, install_kfp_package=False)
 def distill_student(
     config: str,
-    run: dict,
+    student_item: dict,
     run_info: Input[Artifact],
     distill: Input[Dataset],
     distill_probs: Input[Dataset],
@@ -18,17 +18,14 @@ def distill_student(
     teacher_train: Input[Dataset],
     student: Output[Model],
 ):
-    """Distill a student; ``run`` is one {method, seed} item of the fan-out."""
-    import json
-    import logging
+    """Distill a student; ``student_item`` is one {method, seed} item of the fan-out."""
     from pathlib import Path
 
-    from ptdistill.experiments import config_from_dict
-    from ptdistill.steps.common import RunInfo
+    from components._common import step_inputs
     from ptdistill.steps.student import distill_student as step
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    record = step(config_from_dict(json.loads(config)), RunInfo.load(run_info.path), str(run["method"]), int(run["seed"]),
+    cfg, info = step_inputs(config, run_info)
+    record = step(cfg, info, str(student_item["method"]), int(student_item["seed"]),
                   Path(distill.path), Path(distill_probs.path), Path(validation.path), Path(search.path),
                   Path(student.path), Path(teacher_train.path))
     student.metadata.update({"method": record["method"], "seed": record["seed"]})

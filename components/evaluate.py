@@ -18,17 +18,14 @@ def evaluate(
 ) -> str:
     """Evaluate the student; returns its summary row as JSON for the report."""
     import json
-    import logging
     from pathlib import Path
 
-    from ptdistill.experiments import config_from_dict
-    from ptdistill.steps.common import RunInfo
+    from components._common import step_inputs
     from ptdistill.steps.evaluate import evaluate_student
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    info = RunInfo.load(run_info.path)
-    row = evaluate_student(config_from_dict(json.loads(config)), info, Path(student.path), Path(validation.path),
-                           Path(test.path), Path(metrics.path).parent / "evaluation")
+    cfg, info = step_inputs(config, run_info)
+    row = evaluate_student(cfg, info, Path(student.path), Path(validation.path), Path(test.path),
+                           Path(metrics.path).parent / "evaluation")
     for key, value in row.items():
         if key.startswith(("test_", "val_")):
             metrics.log_metric(key, value)

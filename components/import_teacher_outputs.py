@@ -21,20 +21,12 @@ def import_teacher_outputs(
     teacher_report: Output[Artifact],
 ):
     """The outputs of teacher_inference, read from the file ``teacher.outputs`` names."""
-    import json
-    import logging
-    from pathlib import Path
-
-    from ptdistill.experiments import config_from_dict
-    from ptdistill.steps.common import RunInfo
+    from components._common import paths, record_teacher_outputs, step_inputs
     from ptdistill.steps.teacher import import_teacher_outputs as step
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     splits = {"teacher_train": teacher_train, "distill": distill, "validation": validation, "test": test}
     outputs = {"distill": distill_probs, "validation": validation_probs, "test": test_probs}
-    report = step(config_from_dict(json.loads(config)), RunInfo.load(run_info.path),
-                  {k: Path(a.path) for k, a in splits.items()}, {k: Path(a.path) for k, a in outputs.items()})
-    for name, artifact in outputs.items():
-        artifact.metadata["cache"] = report["splits"][name]["cache"]
+    report = step(*step_inputs(config, run_info), paths(splits), paths(outputs))
+    for artifact in outputs.values():
         artifact.metadata["source"] = report["source"]["uri"]
-    Path(teacher_report.path).write_text(json.dumps(report))
+    record_teacher_outputs(report, outputs, teacher_report)

@@ -22,19 +22,12 @@ def merge_teacher_shards(
     teacher_report: Output[Artifact],
 ):
     """Merge the parts of teacher_inference_shard (``dsl.Collected``): the outputs of teacher_inference."""
-    import json
-    import logging
     from pathlib import Path
 
-    from ptdistill.experiments import config_from_dict
-    from ptdistill.steps.common import RunInfo
+    from components._common import paths, record_teacher_outputs, step_inputs
     from ptdistill.steps.teacher import merge_teacher_shards as step
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     splits = {"distill": distill, "validation": validation, "test": test}
     outputs = {"distill": distill_probs, "validation": validation_probs, "test": test_probs}
-    report = step(config_from_dict(json.loads(config)), RunInfo.load(run_info.path), [Path(p.path) for p in parts],
-                  {k: Path(a.path) for k, a in splits.items()}, {k: Path(a.path) for k, a in outputs.items()})
-    for name, artifact in outputs.items():
-        artifact.metadata["cache"] = report["splits"][name]["cache"]
-    Path(teacher_report.path).write_text(json.dumps(report))
+    report = step(*step_inputs(config, run_info), [Path(p.path) for p in parts], paths(splits), paths(outputs))
+    record_teacher_outputs(report, outputs, teacher_report)

@@ -19,16 +19,12 @@ def prepare_data(
     run_info: Output[Artifact],
 ):
     """Build the splits of the benchmark's data and open the parent run."""
-    import json
-    import logging
     from pathlib import Path
 
-    from ptdistill.experiments import config_from_dict
+    from components._common import paths, step_config
     from ptdistill.steps.data import prepare_data as step
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     outputs = {"teacher_train": teacher_train, "distill": distill, "validation": validation, "test": test}
-    info = step(config_from_dict(json.loads(config)), run_name, tracking_uri, artifact_store,
-                {name: Path(a.path) for name, a in outputs.items()}, Path(run_info.path))
+    info = step(step_config(config), run_name, tracking_uri, artifact_store, paths(outputs), Path(run_info.path))
     for artifact in outputs.values():
         artifact.metadata["fingerprint"] = info.fingerprint

@@ -16,17 +16,13 @@ def proxy_search(
     summary: Output[Markdown],
 ):
     """Search the coefficients; the chosen eps and the candidate table go to ``search``."""
-    import json
-    import logging
     from pathlib import Path
 
-    from ptdistill.experiments import config_from_dict
-    from ptdistill.steps.common import RunInfo
+    from components._common import step_inputs
     from ptdistill.steps.search import proxy_search as step
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    result = step(config_from_dict(json.loads(config)), RunInfo.load(run_info.path), Path(validation.path),
-                  Path(validation_probs.path), Path(search.path))
+    result = step(*step_inputs(config, run_info), Path(validation.path), Path(validation_probs.path),
+                  Path(search.path))
     search.metadata.update({k: v for k, v in result.items() if k != "eps"})
     Path(summary.path).write_text(
         f"**Proxy search** ({result['strategy']}, criterion {result['criterion']}): order {result['order']}, "

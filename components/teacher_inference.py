@@ -20,19 +20,12 @@ def teacher_inference(
     teacher_report: Output[Artifact],
 ):
     """Run (or fetch from the cache) the teacher's outputs on each split."""
-    import json
-    import logging
     from pathlib import Path
 
-    from ptdistill.experiments import config_from_dict
-    from ptdistill.steps.common import RunInfo
+    from components._common import paths, record_teacher_outputs, step_inputs
     from ptdistill.steps.teacher import teacher_inference as step
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     splits = {"distill": distill, "validation": validation, "test": test}
     outputs = {"distill": distill_probs, "validation": validation_probs, "test": test_probs}
-    report = step(config_from_dict(json.loads(config)), RunInfo.load(run_info.path), Path(teacher.path),
-                  {k: Path(a.path) for k, a in splits.items()}, {k: Path(a.path) for k, a in outputs.items()})
-    for name, artifact in outputs.items():
-        artifact.metadata["cache"] = report["splits"][name]["cache"]
-    Path(teacher_report.path).write_text(json.dumps(report))
+    report = step(*step_inputs(config, run_info), Path(teacher.path), paths(splits), paths(outputs))
+    record_teacher_outputs(report, outputs, teacher_report)

@@ -17,17 +17,13 @@ def train_teacher(
     teacher: Output[Model],
 ) -> NamedTuple("TeacherOutputs", [("teacher_id", str)]):
     """Train the teacher and save it as a model directory."""
-    import json
-    import logging
     from collections import namedtuple
     from pathlib import Path
 
-    from ptdistill.experiments import config_from_dict
-    from ptdistill.steps.common import RunInfo
+    from components._common import step_inputs
     from ptdistill.steps.teacher import train_teacher as step
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    summary = step(config_from_dict(json.loads(config)), RunInfo.load(run_info.path), Path(teacher_train.path),
-                   Path(validation.path), Path(teacher.path))
+    summary = step(*step_inputs(config, run_info), Path(teacher_train.path), Path(validation.path),
+                   Path(teacher.path))
     teacher.metadata.update(summary)
     return namedtuple("TeacherOutputs", ["teacher_id"])(summary["teacher_id"])

@@ -37,6 +37,8 @@ from io import BytesIO
 from pathlib import Path
 from typing import Any
 
+from ptdistill import defaults
+
 #: Environment variables passed from the runner to every task container, by prefix or exact name:
 #: MLflow's client settings and credentials, Google credentials, project and emulator, the
 #: Hugging Face hub's settings, proxies, and ptdistill's own.
@@ -237,7 +239,7 @@ def check_placement(pipeline_root: Path, artifact_store: str, tracking_uri: str,
     db = _sqlite_path(tracking_uri)
     if db is not None and not _within(db.resolve(), root):
         raise DockerCheckError(
-            f"tracking database {db} is outside the pipeline root {fix}: use --tracking-uri sqlite:///{root}/mlflow.db "
+            f"tracking database {db} is outside the pipeline root {fix}: use --tracking-uri sqlite:///{root}/{defaults.TRACKING_DB} "
             f"(the --runner docker default when MLFLOW_TRACKING_URI is unset) or an http:// MLflow server")
     if "://" not in artifact_store or artifact_store.startswith("file://"):
         store = Path(artifact_store.removeprefix("file://")).resolve()

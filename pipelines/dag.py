@@ -30,6 +30,7 @@ from components.report import report
 from components.teacher_inference import teacher_inference
 from components.teacher_inference_shard import teacher_inference_shard
 from components.train_teacher import train_teacher
+from ptdistill import defaults
 from ptdistill.config import to_dict
 from ptdistill.experiments import ExperimentConfig
 
@@ -77,8 +78,8 @@ def build_pipeline(config: ExperimentConfig):
         config_json: str = json.dumps(to_dict(config)),
         runs: list = config.runs(),
         run_name: str = dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
-        tracking_uri: str = "sqlite:///mlflow.db",
-        artifact_store: str = "runs",
+        tracking_uri: str = defaults.TRACKING_URI,
+        artifact_store: str = defaults.PIPELINE_ROOT,
         accelerator_type: str = config.accelerator.type,
         accelerator_count: int = config.accelerator.count,
         node_selector: dict = config.accelerator.node_selector,
@@ -99,9 +100,9 @@ def build_pipeline(config: ExperimentConfig):
             inference = _teacher_inference(config, config_json, info, data, splits, gpu)
         searched = proxy_search(config=config_json, run_info=info, validation=data.outputs["validation"],
                                 validation_probs=inference.outputs["validation_probs"])
-        with dsl.ParallelFor(runs) as run:
+        with dsl.ParallelFor(runs) as student_item:
             student = _on_accelerator(distill_student(
-                config=config_json, run=run, run_info=info, distill=data.outputs["distill"],
+                config=config_json, student_item=student_item, run_info=info, distill=data.outputs["distill"],
                 distill_probs=inference.outputs["distill_probs"], validation=data.outputs["validation"],
                 search=searched.outputs["search"], teacher_train=data.outputs["teacher_train"]), *gpu)
             scored = evaluate(config=config_json, run_info=info, student=student.outputs["student"],

@@ -26,6 +26,7 @@ from pipelines.cleanup import clean_up
 from pipelines.console import TaskConsole
 from pipelines.dag import build_pipeline
 from pipelines.signals import StopOnSignals
+from ptdistill import defaults
 from ptdistill.config import to_dict
 from ptdistill.experiments import ExperimentConfig
 from ptdistill.preflight import preflight
@@ -48,16 +49,16 @@ class RunResult:
 RUNNERS = ("subprocess", "docker")
 
 
-def default_tracking_uri(runner: str = "subprocess", pipeline_root: str | Path = "runs") -> str:
+def default_tracking_uri(runner: str = "subprocess", pipeline_root: str | Path = defaults.PIPELINE_ROOT) -> str:
     """``$MLFLOW_TRACKING_URI``, else a SQLite file: ``mlflow.db`` in the working directory, or for
     the docker runner in the pipeline root (the only folder its task containers see)."""
     folder = Path(pipeline_root) if runner == "docker" else Path()
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(folder / 'mlflow.db').resolve()}"
+    return os.environ.get(defaults.TRACKING_URI_ENV) or f"sqlite:///{(folder / defaults.TRACKING_DB).resolve()}"
 
 
 def run_local(
     config: ExperimentConfig,
-    pipeline_root: str | Path = "runs",
+    pipeline_root: str | Path = defaults.PIPELINE_ROOT,
     artifact_store: str | None = None,
     tracking_uri: str | None = None,
     run_name: str | None = None,

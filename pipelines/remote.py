@@ -27,6 +27,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable
 
+from ptdistill import defaults
 from ptdistill.config import load_config, to_dict
 from ptdistill.experiments import ExperimentConfig, default_config
 from ptdistill.steps.common import check_run_name, new_run_name
@@ -177,8 +178,8 @@ def run_arguments(config: ExperimentConfig, tracking_uri: str | None = None, art
     arguments: dict[str, Any] = {
         "config_json": json.dumps(to_dict(config)),
         "runs": config.runs(),
-        "tracking_uri": tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db",
-        "artifact_store": artifact_store or pipeline_root or "runs",
+        "tracking_uri": tracking_uri or os.environ.get(defaults.TRACKING_URI_ENV) or defaults.TRACKING_URI,
+        "artifact_store": artifact_store or pipeline_root or defaults.PIPELINE_ROOT,
         "accelerator_type": config.accelerator.type,
         "accelerator_count": config.accelerator.count,
     }

@@ -317,25 +317,31 @@ def csv_decimals(path: Path, columns: list[str]) -> int:
 # --------------------------------------------------------------------------- writing files
 
 
-def write_atomic(path: str | Path, write: Callable[[IO[bytes]], object]) -> Path:
-    """``write(file)`` into a temporary file beside ``path``, then rename it over ``path``.
+#: Names of in-flight temporary files start with this (``LocalStore.list`` skips them).
+TMP_PREFIX = ".ptdistill-tmp-"
 
-    Readers see the old file, no file, or the complete new one, never a half-written one; the
-    temporary file is removed whatever happens. The file is created with mode 0o666 minus the
-    process umask (0644 under the usual umask 022), like any file ``open`` creates, not with
-    ``tempfile.mkstemp``'s private 0600. The one atomic writer of :mod:`ptdistill.io` and
-    :mod:`ptdistill.families.mlp.models`.
+
+def write_atomic(path: str | Path, write: Callable[[IO[bytes]], object],
+                 publish: Callable[[str, Path], None] = os.replace) -> Path:
+    """``write(file)`` into a temporary file beside ``path``, then ``publish(temporary, path)`` it.
+
+    ``publish`` is ``os.replace`` (overwrite) or a create-only ``os.link`` (see
+    ``LocalStore.write_if_absent``). Readers see the old file, no file, or the complete new one,
+    never a half-written one; the temporary file (``.ptdistill-tmp-<name>.<hex>.tmp``) is removed
+    whatever happens. The file is created with mode 0o666 minus the process umask (0644 under the
+    usual umask 022), like any file ``open`` creates, not with ``tempfile.mkstemp``'s private 0600.
+    The one atomic writer of the project.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    tmp = path.parent / f"{TMP_PREFIX}{path.name}.{secrets.token_hex(6)}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        publish(str(tmp), path)
     finally:
         tmp.unlink(missing_ok=True)
     return path

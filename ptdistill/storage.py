@@ -58,7 +58,10 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path, PurePosixPath
-from typing import IO, TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from ptdistill import defaults
+from ptdistill.io import TMP_PREFIX, write_atomic
 
 if TYPE_CHECKING:
     from google.cloud.storage import Client
@@ -67,8 +70,6 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: Names of in-flight temporary files start with this; :meth:`LocalStore.list` skips them.
-_TMP_PREFIX = ".ptdistill-tmp-"
 
 SUPPORTED_SCHEMES = ("local path", "file://", "gs://")
 #: Schemes that, written without ``//`` (``gs:/bucket``, ``file:x``), are a mistyped URI, not a folder name.
@@ -269,32 +270,6 @@ def describe_error(exc: BaseException) -> str:
 _LOCAL_MISSING = (FileNotFoundError, NotADirectoryError, IsADirectoryError)
 
 
-def _atomic_write(
-    path: Path, write: Callable[[IO[bytes]], object], publish: Callable[[str, Path], None] = os.replace
-) -> None:
-    """Write ``path`` through a temporary file in its directory, then ``publish`` it.
-
-    ``publish`` is ``os.replace`` (overwrite) or a create-only ``os.link``. The temporary
-    file is removed whatever happens, so readers see either the old file, no file, or the
-    complete new one.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = str(path.parent / f"{_TMP_PREFIX}{secrets.token_hex(8)}")
-    # os.open with 0o666 (not mkstemp's 0o600) so the final file gets the usual umask mode.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        publish(tmp, path)
-    finally:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-
-
 class Store(ABC):
     """Objects under one root, addressed by ``/``-separated relative keys."""
 
@@ -439,7 +414,7 @@ class LocalStore(Store):
         return self._path(key).as_uri()
 
     def write_bytes(self, key: str, data: bytes) -> None:
-        _atomic_write(self._path(key), lambda f: f.write(data))
+        write_atomic(self._path(key), lambda f: f.write(data))
 
     def read_bytes(self, key: str) -> bytes:
         try:
@@ -457,7 +432,7 @@ class LocalStore(Store):
             except FileExistsError:
                 created = False
 
-        _atomic_write(self._path(key), lambda f: f.write(data), publish=link)
+        write_atomic(self._path(key), lambda f: f.write(data), publish=link)
         return created
 
     def exists(self, key: str) -> bool:
@@ -469,7 +444,7 @@ class LocalStore(Store):
         for dirpath, _, files in os.walk(self.root / prefix.rpartition("/")[0]):
             for name in files:
                 key = Path(dirpath, name).relative_to(self.root).as_posix()
-                if not name.startswith(_TMP_PREFIX) and key.startswith(prefix):
+                if not name.startswith(TMP_PREFIX) and key.startswith(prefix):
                     keys.append(key)
         return sorted(keys)
 
@@ -494,7 +469,7 @@ class LocalStore(Store):
     def upload_file(self, key: str, local_path: str | os.PathLike[str]) -> None:
         dest = self._path(key)
         with open(local_path, "rb") as src:
-            _atomic_write(dest, lambda f: shutil.copyfileobj(src, f))
+            write_atomic(dest, lambda f: shutil.copyfileobj(src, f))
 
     def download_file(self, key: str, local_path: str | os.PathLike[str]) -> None:
         try:
@@ -502,7 +477,7 @@ class LocalStore(Store):
         except _LOCAL_MISSING as exc:
             raise _not_found(self.uri(key)) from exc
         with src:
-            _atomic_write(Path(local_path), lambda f: shutil.copyfileobj(src, f))
+            write_atomic(Path(local_path), lambda f: shutil.copyfileobj(src, f))
 
 
 class GenerationMismatchError(OSError):
@@ -698,7 +673,7 @@ class GCSStore(Store):
         blob = self._bucket.blob(self._name(_check_key(key)))
 
         def download() -> None:
-            _atomic_write(Path(local_path), lambda f: blob.download_to_file(f, retry=None, timeout=self.retry.timeout))
+            write_atomic(Path(local_path), lambda f: blob.download_to_file(f, retry=None, timeout=self.retry.timeout))
 
         self._call(self.uri(key), download)
 
@@ -806,11 +781,11 @@ def cache_root() -> Path:
     ``~/.cache/ptdistill/objects``, or under the temp folder when the home folder is not writable
     (a pod run as an arbitrary uid). Entries are named by the objects' identity, never reused for
     another version."""
-    if os.environ.get("PTDISTILL_CACHE"):
-        return Path(os.environ["PTDISTILL_CACHE"]).expanduser() / "objects"
+    if os.environ.get(defaults.CACHE_ENV):
+        return Path(os.environ[defaults.CACHE_ENV]).expanduser() / "objects"
     home = Path.home()
     if os.access(home, os.W_OK):
-        return home / ".cache" / "ptdistill" / "objects"
+        return home / defaults.CACHE_DIR / "objects"
     return Path(tempfile.gettempdir()) / f"ptdistill-{os.getuid()}" / "objects"
 
 
@@ -884,7 +859,7 @@ def _fetch_dir(uri: str, include: Callable[[str], bool] | None) -> Path:
     if path.is_dir():
         return path
     entry.mkdir(parents=True, exist_ok=True)
-    staging = entry / f"{_TMP_PREFIX}{secrets.token_hex(8)}"
+    staging = entry / f"{TMP_PREFIX}{secrets.token_hex(8)}"
     try:
         for key in sorted(versions):
             store.download_file(key, staging / _check_key(key))

@@ -60,6 +60,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.utils.time import get_current_time_millis
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
 
+from ptdistill import defaults
 from ptdistill.io import write_json_atomic
 
 PathLike = str | os.PathLike[str]
@@ -81,7 +82,7 @@ MODEL_ARTIFACT = "model"
 TEST_METRICS = ("test_accuracy", "test_nll", "test_ece")
 TRUNCATED = "...[truncated]"
 #: Where ``mlflow ui`` / ``mlflow server`` listen by default: the UI for a sqlite/file store.
-DEFAULT_UI_URL = "http://127.0.0.1:5000"
+DEFAULT_UI_URL = defaults.UI_URL
 
 
 def experiment_name(benchmark: str) -> str:

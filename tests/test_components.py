@@ -161,7 +161,7 @@ def students(env, prepared, inference, searched) -> dict:
     for method in ("ptloss", "kl"):
         model = env.artifact(dsl.Model, f"distill_student_{method}", "student")
         # kfp.local hands loop items over as JSON numbers: the seed arrives as a float.
-        distill_student.python_func(config=env.config_json, run={"method": method, "seed": 0.0},
+        distill_student.python_func(config=env.config_json, student_item={"method": method, "seed": 0.0},
                                     run_info=prepared["run_info"], distill=prepared["distill"],
                                     distill_probs=inference["first"]["distill_probs"],
                                     validation=prepared["validation"], search=searched["search"],
@@ -424,7 +424,7 @@ def test_distill_student_saves_model_and_training_record(env, info, searched, st
 def test_distill_student_rejects_an_unknown_method(env, prepared, inference, searched):
     model = env.artifact(dsl.Model, "distill_student_unknown", "student")
     with pytest.raises(ConfigError, match="no method named 'nope'"):
-        distill_student.python_func(config=env.config_json, run={"method": "nope", "seed": 0.0},
+        distill_student.python_func(config=env.config_json, student_item={"method": "nope", "seed": 0.0},
                                     run_info=prepared["run_info"], distill=prepared["distill"],
                                     distill_probs=inference["first"]["distill_probs"],
                                     validation=prepared["validation"], search=searched["search"],
@@ -449,8 +449,8 @@ def variant_records(env, prepared, inference, searched) -> dict:
     records = {}
     for method in VARIANTS:
         model = env.artifact(dsl.Model, f"distill_student_{method.name}", "student")
-        distill_student.python_func(config=json.dumps(to_dict(config)), run={"method": method.name, "seed": 0.0},
-                                    run_info=prepared["run_info"], distill=prepared["distill"],
+        distill_student.python_func(config=json.dumps(to_dict(config)),
+                                    student_item={"method": method.name, "seed": 0.0}, run_info=prepared["run_info"], distill=prepared["distill"],
                                     distill_probs=inference["first"]["distill_probs"],
                                     validation=prepared["validation"], search=searched["search"],
                                     teacher_train=prepared["teacher_train"], student=model)
