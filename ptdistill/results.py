@@ -209,8 +209,8 @@ def plot_teacher_quality(table: pd.DataFrame, methods: Sequence[str], path: Path
     for method in methods:
         ax.plot(ordered[x], ordered[method], "o-", label=method)
     common = len(os.path.commonprefix(list(ordered.index)))  # "exp5-teacher-epochs-2" -> "2"
-    for run, xi, yi in zip(ordered.index, ordered[x], ordered[methods[0]]):
-        ax.annotate(run[common:] or run, (xi, yi), fontsize=7, xytext=(3, 2), textcoords="offset points")
+    for run_name, xi, yi in zip(ordered.index, ordered[x], ordered[methods[0]]):
+        ax.annotate(run_name[common:] or run_name, (xi, yi), fontsize=7, xytext=(3, 2), textcoords="offset points")
     if common:
         ax.text(0.01, 0.01, f"points: {ordered.index[0][:common]}…", transform=ax.transAxes, fontsize=7)
     ax.set_xlabel(RUN_METRIC_LABELS.get(x, x))
@@ -237,8 +237,8 @@ def benchmark_report(tracker, benchmark: str, out_dir: Path, run_names: list[str
         raise ValueError(f"{benchmark}: no {wanted} with students in MLflow ({tracker.tracking_uri}); run "
                          f"`{ptdistill_command('run', benchmark)}` first")
     runs = list(dict.fromkeys(frame["parent_run_name"]))
-    parents = {run: tracker.client.get_run(parent_id).data.metrics
-               for parent_id, run in zip(dict.fromkeys(frame["parent_run_id"]), runs)}
+    parents = {run_name: tracker.client.get_run(parent_id).data.metrics
+               for parent_id, run_name in zip(dict.fromkeys(frame["parent_run_id"]), runs)}
     bare = frame
     if len(runs) > 1:
         frame = frame.assign(method=frame["parent_run_name"] + ":" + frame["method"])

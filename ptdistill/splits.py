@@ -11,7 +11,7 @@ from types import MappingProxyType
 
 import numpy as np
 
-__all__ = ["DEFAULT_FRACTIONS", "MIN_CLASS_ROWS", "MIN_ROWS", "SPLITS", "check_ids", "check_labels", "show_class",
+__all__ = ["DEFAULT_FRACTIONS", "MIN_CLASS_ROWS", "MIN_ROWS", "SPLITS", "check_ids", "check_split_labels", "show_class",
            "stratified_rows"]
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ def show_class(value: object) -> str:
     return text if text.lstrip("+-").isdigit() or text in ("True", "False") else repr(text)
 
 
-def check_labels(labels, n: int, against: str) -> np.ndarray:
+def check_split_labels(labels, n: int, against: str) -> np.ndarray:
     """Class indices of a split as a writable int64 copy (parquet arrays are read-only); ``against``
     names what their length must match."""
     labels = np.asarray(labels)

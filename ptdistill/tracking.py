@@ -496,19 +496,19 @@ class Tracker:
         local runner's process.
         """
         commit = tags.get("git_commit") or git_commit()
-        defaults = {ROLE_TAG: "parent", "benchmark": benchmark}
+        base_tags = {ROLE_TAG: "parent", "benchmark": benchmark}
         if commit:
-            defaults |= {"git_commit": commit, "mlflow.source.git.commit": commit}
+            base_tags |= {"git_commit": commit, "mlflow.source.git.commit": commit}
         runner_pid = os.environ.get(RUNNER_PID_ENV, "")
         if runner_pid.isdigit():
-            defaults |= {HOST_TAG: socket.gethostname(), PID_TAG: runner_pid}
+            base_tags |= {HOST_TAG: socket.gethostname(), PID_TAG: runner_pid}
         param_list, structured = _format_params(params)
         with tempfile.TemporaryDirectory(prefix="ptdistill-mlflow-") as tmp:
             _stage_structured(structured, Path(tmp))
-            run = self.client.create_run(
-                self.experiment_id(benchmark), tags=_clean_tags({**defaults, **tags}), run_name=clean_text(run_name)
+            mlflow_run = self.client.create_run(
+                self.experiment_id(benchmark), tags=_clean_tags({**base_tags, **tags}), run_name=clean_text(run_name)
             )
-            run_id = run.info.run_id
+            run_id = mlflow_run.info.run_id
             try:
                 self.client.log_batch(run_id, params=param_list, synchronous=True)
                 if structured:
@@ -564,9 +564,9 @@ class Tracker:
         tracking server that may be down, call it inside :func:`bounded_http`.
         """
         parents = self._running_parents(benchmark, run_name)
-        for run in parents:
-            self.fail_parent(run.info.run_id, reason)
-        return [run.info.run_id for run in parents]
+        for parent in parents:
+            self.fail_parent(parent.info.run_id, reason)
+        return [parent.info.run_id for parent in parents]
 
     def supersede_stale_runs(self, benchmark: str, run_name: str) -> list[str]:
         """Before a local run named ``run_name`` starts: mark FAILED every RUNNING parent of that
@@ -581,12 +581,12 @@ class Tracker:
         parents = self._running_parents(benchmark, run_name)
         host = socket.gethostname()
         stale, blocking = [], []
-        for run in parents:
-            pid, its_host = run.data.tags.get(PID_TAG, ""), run.data.tags.get(HOST_TAG)
+        for parent in parents:
+            pid, its_host = parent.data.tags.get(PID_TAG, ""), parent.data.tags.get(HOST_TAG)
             if its_host == host and pid.isdigit() and (int(pid) == os.getpid() or not _pid_alive(int(pid))):
-                stale.append((run.info.run_id, int(pid)))
+                stale.append((parent.info.run_id, int(pid)))
             else:
-                blocking.append((run.info.run_id, pid, its_host))
+                blocking.append((parent.info.run_id, pid, its_host))
         if blocking:
             run_id, pid, its_host = blocking[0]
             if its_host == host:
@@ -612,7 +612,7 @@ class Tracker:
         runs = self._search(experiment, f"tags.{ROLE_TAG} = {_literal('parent')} and "
                                         f"attributes.status = {_literal('RUNNING')}")
         name = clean_text(run_name)
-        return [run for run in runs if run.data.tags.get(RUN_NAME_TAG) == name]
+        return [mlflow_run for mlflow_run in runs if mlflow_run.data.tags.get(RUN_NAME_TAG) == name]
 
     # -- students ------------------------------------------------------------------------
 

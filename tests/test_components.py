@@ -450,7 +450,8 @@ def variant_records(env, prepared, inference, searched) -> dict:
     for method in VARIANTS:
         model = env.artifact(dsl.Model, f"distill_student_{method.name}", "student")
         distill_student.python_func(config=json.dumps(to_dict(config)),
-                                    student_item={"method": method.name, "seed": 0.0}, run_info=prepared["run_info"], distill=prepared["distill"],
+                                    student_item={"method": method.name, "seed": 0.0}, run_info=prepared["run_info"],
+                                    distill=prepared["distill"],
                                     distill_probs=inference["first"]["distill_probs"],
                                     validation=prepared["validation"], search=searched["search"],
                                     teacher_train=prepared["teacher_train"], student=model)

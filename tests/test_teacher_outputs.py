@@ -325,7 +325,7 @@ def test_the_component_writes_what_teacher_inference_would_and_caches_it(tmp_pat
     from components.import_teacher_outputs import import_teacher_outputs
     from components.prepare_data import prepare_data
     from ptdistill.families.mlp.split import FeatureSplit
-    from ptdistill.steps.teacher import load_teacher_probs
+    from ptdistill.steps.teacher import read_teacher_output_probs
     from ptdistill.tracking import Tracker
 
     data = tabular_csv(tmp_path / "data.csv")
@@ -359,7 +359,7 @@ def test_the_component_writes_what_teacher_inference_would_and_caches_it(tmp_pat
     report = json.loads(Path(first["teacher_report"].path).read_text())
     for name in ("distill", "validation", "test"):
         split = FeatureSplit.load(splits[name].path)
-        np.testing.assert_allclose(load_teacher_probs(first[f"{name}_probs"].path), softmax(logits[split.ids]),
+        np.testing.assert_allclose(read_teacher_output_probs(first[f"{name}_probs"].path), softmax(logits[split.ids]),
                                    rtol=0, atol=1e-15)
         assert first[f"{name}_probs"].metadata == {"cache": "miss", "source": uri}
     test = FeatureSplit.load(splits["test"].path)
@@ -382,7 +382,7 @@ def test_the_component_writes_what_teacher_inference_would_and_caches_it(tmp_pat
     given.assign(no=given["no"] / 2, yes=given["yes"] / 2).to_parquet(uri, index=False)
     changed = imported("changed", json.dumps(to_dict(config)))
     assert changed["test_probs"].metadata["cache"] == "miss" and len(list(cache.glob("*.parquet"))) == 6
-    np.testing.assert_allclose(load_teacher_probs(changed["test_probs"].path), softmax(logits[test.ids] / 2),
+    np.testing.assert_allclose(read_teacher_output_probs(changed["test_probs"].path), softmax(logits[test.ids] / 2),
                                atol=1e-15)
 
     # a bad one fails before anything is written: no output, no cache entry
@@ -484,7 +484,7 @@ def test_a_text_run_uses_the_outputs_and_never_the_teacher_model(tmp_path):
 
     from ptdistill.families.text.split import TextSplit
     from ptdistill.steps.data import prepare_data
-    from ptdistill.steps.teacher import import_teacher_outputs, load_teacher_probs
+    from ptdistill.steps.teacher import import_teacher_outputs, read_teacher_output_probs
 
     n = 40
     texts = pd.DataFrame({"text": [f"review number {i} {'good' if i % 2 else 'bad'}" for i in range(n)],
@@ -508,4 +508,4 @@ def test_a_text_run_uses_the_outputs_and_never_the_teacher_model(tmp_path):
     assert report["source"]["kind"] == "probs" and info.class_names == ["neg", "pos"]
     for name in names[1:]:
         split = TextSplit.load(splits[name])
-        np.testing.assert_allclose(load_teacher_probs(outputs[name]), probs[split.ids], atol=1e-15)
+        np.testing.assert_allclose(read_teacher_output_probs(outputs[name]), probs[split.ids], atol=1e-15)

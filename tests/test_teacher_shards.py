@@ -20,7 +20,7 @@ from ptdistill.steps.data import prepare_data
 from ptdistill.steps.teacher import (
     SHARD_SUMMARY,
     check_coverage,
-    load_teacher_probs,
+    read_teacher_output_probs,
     merge_teacher_shards,
     shard_rows,
     teacher_inference,
@@ -112,8 +112,8 @@ def test_feature_split_take_keeps_rows_and_ids(setup):
 def test_three_shards_give_the_unsharded_outputs_byte_for_byte(setup, unsharded, sharded):
     for name in SPLITS:
         assert sharded["report"]["splits"][name]["cache"] == unsharded["report"]["splits"][name]["cache"] == "miss"
-        np.testing.assert_array_equal(load_teacher_probs(sharded["outputs"][name]),
-                                      load_teacher_probs(unsharded["outputs"][name]))
+        np.testing.assert_array_equal(read_teacher_output_probs(sharded["outputs"][name]),
+                                      read_teacher_output_probs(unsharded["outputs"][name]))
         # Same table (ids in split order, logits, probs, teacher id), same parquet bytes.
         assert sharded["outputs"][name].read_bytes() == unsharded["outputs"][name].read_bytes(), name
     assert sharded["report"]["teacher_id"] == unsharded["report"]["teacher_id"]

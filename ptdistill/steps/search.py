@@ -17,7 +17,7 @@ from ptdistill.metrics import tvd
 from ptdistill.proxy import proxy_teacher, search
 from ptdistill.proxy.plot import plot_proxy
 from ptdistill.steps.common import RunInfo, log, publish
-from ptdistill.steps.teacher import load_teacher_probs
+from ptdistill.steps.teacher import read_teacher_output_probs
 from ptdistill.tracking import Tracker
 
 
@@ -26,7 +26,7 @@ def proxy_search(config: ExperimentConfig, info: RunInfo, validation: Path, vali
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     split = backend_for(config).load_split(validation)
-    teacher = torch.from_numpy(load_teacher_probs(validation_probs))
+    teacher = torch.from_numpy(read_teacher_output_probs(validation_probs))
     labels = torch.tensor(split.labels)
     s = config.search
     with warnings.catch_warnings():  # logged below, and shown in the report

@@ -15,7 +15,7 @@ from ptdistill.losses import build_loss
 from ptdistill.proxy import proxy_teacher
 from ptdistill.steps.common import RunInfo, checkpoint_prefix, clear_checkpoints, log, publish
 from ptdistill.steps.search import chosen_eps
-from ptdistill.steps.teacher import load_teacher_probs
+from ptdistill.steps.teacher import read_teacher_output_probs
 
 
 def method_params(config: ExperimentConfig, method: str, search_dir: Path, num_classes: int) -> tuple[dict, dict]:
@@ -44,7 +44,7 @@ def _targets(spec, backend, num_classes: int, distill_split: Path, distill_probs
             raise ValueError(f"{distill_split}: method {spec.name!r} trains on p_star, but this data has no true"
                              " posterior (synthetic benchmark only)")
         return split, split.p_star
-    teacher = load_teacher_probs(distill_probs)
+    teacher = read_teacher_output_probs(distill_probs)
     if len(teacher) != len(split):
         raise ValueError(f"{distill_probs}: {len(teacher)} teacher rows for {len(split)} distillation examples")
     return split, teacher

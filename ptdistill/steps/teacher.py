@@ -104,8 +104,10 @@ def outputs_frame(ids: np.ndarray, logits: np.ndarray, teacher_id: str) -> pd.Da
     return pd.DataFrame({"id": ids, "logits": list(logits), "probs": list(softmax_probs(logits)), "teacher_id": teacher_id})
 
 
-def load_teacher_probs(path: str | Path) -> np.ndarray:
-    """Teacher probabilities (N, C) float64 from a teacher-output parquet file."""
+def read_teacher_output_probs(path: str | Path) -> np.ndarray:
+    """Teacher probabilities (N, C) float64 from the ``probs`` column of a teacher-output parquet file
+    that a pipeline step wrote (already checked when written; for a user's file of teacher
+    probabilities, which is checked and renormalised, see :func:`ptdistill.io.load_teacher_probs`)."""
     frame = pd.read_parquet(path, columns=["probs"])
     return np.stack(frame["probs"].to_numpy()).astype(np.float64)
 
@@ -186,7 +188,7 @@ class _Teacher:
         tracker = Tracker(self.info.tracking_uri)
         for name, split in splits.items():
             if split.labels is not None:
-                metrics = evaluate(load_teacher_probs(outputs[name]), split.labels, split.p_star,
+                metrics = evaluate(read_teacher_output_probs(outputs[name]), split.labels, split.p_star,
                                    self.config.task_metric)
                 entry = report["splits"][name]
                 entry["metrics"] = {k: v for k, v in metrics.items() if not isinstance(v, list)}

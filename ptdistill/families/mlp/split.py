@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ptdistill.io import read_parquet_table, write_parquet_atomic
-from ptdistill.splits import check_ids, check_labels
+from ptdistill.splits import check_ids, check_split_labels
 
 __all__ = ["FeatureSplit"]
 
@@ -53,7 +53,7 @@ class FeatureSplit:
             raise ValueError(f"features: contain NaN or inf (first in row {row}) after conversion to float32")
         n = features.shape[0]
         if self.labels is not None:
-            self.labels = check_labels(self.labels, n, "features")
+            self.labels = check_split_labels(self.labels, n, "features")
         if self.p_star is not None:
             p_star = np.asarray(self.p_star, dtype=np.float64)
             if p_star.ndim != 2 or p_star.shape[0] != n or p_star.shape[1] < 2:

@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from ptdistill.io import read_parquet_table, write_parquet_atomic
-from ptdistill.splits import check_ids, check_labels
+from ptdistill.splits import check_ids, check_split_labels
 
 __all__ = ["TextSplit"]
 
@@ -46,7 +46,7 @@ class TextSplit:
             if len(self.text_b) != n:
                 raise ValueError(f"text_b: expected {n} strings to match text_a, got {len(self.text_b)}")
         if self.labels is not None:
-            self.labels = check_labels(self.labels, n, "text_a")
+            self.labels = check_split_labels(self.labels, n, "text_a")
         self.ids = check_ids(self.ids, n)
 
     def __len__(self) -> int:
