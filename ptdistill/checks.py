@@ -187,3 +187,11 @@ def finite_real(
     if high is not None and value > high:
         raise ValueError(f"{name}: expected a value <= {high}, got {value!r}")
     return float(value)
+
+
+def int_in_range(name: str, value: object, low: int, high: int) -> int:
+    """``value`` as an ``int`` when it is an integer (not a bool) in ``[low, high]``; else a ValueError
+    naming ``name`` and the range (e.g. a seed in [0, 2**32 - 1], a coefficient set's ``order``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= value <= high:
+        raise ValueError(f"{name}: expected an integer in [{low}, {high}], got {value!r}")
+    return int(value)

@@ -117,37 +117,63 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     if tp is Any:
         return _plain(value)
     if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _convert(value, arg, key)
-            except ConfigError as err:
-                errors.append(str(err))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: expected {_type_name(tp)}, got {value!r}")
+        return _convert_union(value, tp, key)
     if dataclasses.is_dataclass(tp):
-        if isinstance(value, tp):
-            return value
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping for {tp.__name__}, got {value!r}")
-        return _build(tp, value, key)
+        return _convert_dataclass(value, tp, key)
     if origin in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
-        args = typing.get_args(tp)
-        item = args[0] if args else Any
-        items = [_convert(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
-        return tuple(items) if origin is tuple else items
+        return _convert_sequence(value, tp, key)
     if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
-        args = typing.get_args(tp)
-        item = args[1] if args else Any
-        return {k: _convert(v, item, f"{key}.{k}") for k, v in value.items()}
+        return _convert_mapping(value, tp, key)
+    return _convert_scalar(value, tp, key)
+
+
+def _convert_union(value: Any, tp: Any, key: str) -> Any:
+    """``value`` as the first member of the union ``tp`` that takes it (``None`` for an Optional)."""
+    args = typing.get_args(tp)
+    if value is None and type(None) in args:
+        return None
+    errors = []
+    for arg in args:
+        if arg is type(None):
+            continue
+        try:
+            return _convert(value, arg, key)
+        except ConfigError as err:
+            errors.append(str(err))
+    raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: expected {_type_name(tp)}, got {value!r}")
+
+
+def _convert_dataclass(value: Any, tp: type, key: str) -> Any:
+    """An instance of dataclass ``tp`` as it is, or one built from a mapping."""
+    if isinstance(value, tp):
+        return value
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key}: expected a mapping for {tp.__name__}, got {value!r}")
+    return _build(tp, value, key)
+
+
+def _convert_sequence(value: Any, tp: Any, key: str) -> list | tuple:
+    """A list (or tuple, for a ``tuple[...]`` annotation) of converted items."""
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{key}: expected a list, got {value!r}")
+    args = typing.get_args(tp)
+    item = args[0] if args else Any
+    items = [_convert(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    return tuple(items) if typing.get_origin(tp) is tuple else items
+
+
+def _convert_mapping(value: Any, tp: Any, key: str) -> dict:
+    """A dict of converted values."""
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+    args = typing.get_args(tp)
+    item = args[1] if args else Any
+    return {k: _convert(v, item, f"{key}.{k}") for k, v in value.items()}
+
+
+def _convert_scalar(value: Any, tp: Any, key: str) -> Any:
+    """A finite float, an int (an integral float too: JSON round trips and KFP structs turn ints into
+    floats), a str (a number as it was written) or a bool; anything else is a ConfigError."""
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
@@ -156,7 +182,7 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         return float(value)
     if tp is int:
         if isinstance(value, float) and value.is_integer():
-            return int(value)  # JSON round trips (and KFP structs) turn ints into floats
+            return int(value)
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
         return int(value)

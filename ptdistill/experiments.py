@@ -8,17 +8,20 @@ One config dataclass per benchmark family (``SyntheticConfig``, ``TabularConfig`
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
+from ptdistill.checks import int_at_least, int_in_range
 from ptdistill.config import ConfigError, from_dict
 from ptdistill.families.mlp.gaussians import SYNTHETIC_SIZES
 from ptdistill.families.mlp.training import TrainConfig
 from ptdistill.families.text.models import HFModelSpec
 from ptdistill.families.text.trainer import TextTrainConfig
+from ptdistill.splits import DEFAULT_FRACTIONS
 
 
 @dataclass
@@ -62,8 +65,19 @@ SEED_MAX = 2**32 - 1
 
 def _check_seed(key: str, value: int) -> None:
     """ValueError naming ``key`` unless ``value`` is a seed numpy and torch take: an integer in [0, SEED_MAX]."""
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= SEED_MAX:
-        raise ValueError(f"{key}: expected an integer in [0, {SEED_MAX}], got {value!r}")
+    int_in_range(key, value, 0, SEED_MAX)
+
+
+@contextlib.contextmanager
+def _config_errors(prefix: str = "") -> Iterator[None]:
+    """Raise a ValueError of the block (a range check of :mod:`ptdistill.checks`, a loss's own check) as
+    a ConfigError, its message after ``prefix`` (where it sits in the config)."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except ValueError as err:
+        raise ConfigError(f"{prefix}{err}") from None
 
 
 def _unique(key: str, what: str, values: list, same: Callable[[Any], Any], why: str) -> None:
@@ -164,9 +178,7 @@ class TabularData:
     path: str = ""
     label_column: str = "label"
     feature_columns: list[str] | None = None
-    fractions: dict[str, float] = field(
-        default_factory=lambda: {"teacher_train": 0.2, "distill": 0.5, "validation": 0.1, "test": 0.2}
-    )
+    fractions: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_FRACTIONS))
     split_seed: int = 0
 
     def __post_init__(self) -> None:
@@ -206,13 +218,17 @@ class ExperimentConfig:
         """The (method, seed) grid the pipeline fans out over."""
         return [{"method": m.name, "seed": s} for m in self.variants() for s in self.seeds]
 
-    def _shrink(self) -> None:
-        """The quick preset's common part: few epochs, a small search, ptloss and kl, one seed."""
-        self.teacher.train.epochs = self.student.train.epochs = 8
-        self.search.trials = 10
-        self.search.max_order = 3
-        self.methods = [m for m in default_methods() if m.name in ("ptloss", "kl")]
-        self.seeds = [0]
+    @classmethod
+    def quick(cls) -> Self:
+        """The quick preset (``--quick``): few epochs, a small search, ptloss and kl, one seed; a
+        benchmark may shrink it further."""
+        cfg = cls()
+        cfg.teacher.train.epochs = cfg.student.train.epochs = 8
+        cfg.search.trials = 10
+        cfg.search.max_order = 3
+        cfg.methods = [m for m in default_methods() if m.name in ("ptloss", "kl")]
+        cfg.seeds = [0]
+        return cfg
 
     def validate(self, num_classes: int | None) -> None:
         """Check what only fails deep inside a pipeline step otherwise: losses, metric, search, seeds.
@@ -220,42 +236,52 @@ class ExperimentConfig:
         ``num_classes`` None (the data alone tells it, and compile reads no data): the checks that
         need it (a ptloss ``eps`` of one row per class, one label word per class) are left to
         prepare_data, which calls this again with the count."""
-        from ptdistill.checks import check_eps
-        from ptdistill.evaluation import TASK_METRICS
-        from ptdistill.losses import build_loss
-        from ptdistill.proxy import CRITERIA, STRATEGIES
-
         if not self.methods:
             raise ConfigError("methods: expected at least one method")
         self._check_fan_out()
         for i, m in enumerate(self.methods):
-            params = {k: v for k, v in m.params.items() if k not in EPS_CHOICE}
-            if m.loss == "ptloss":
-                self._check_eps_choice(i, m)
-                params.setdefault("eps", [[0.0]] * (num_classes or 2))  # the search fills it in
-            try:
-                loss = build_loss(m.loss, **params)
-            except ValueError as err:
-                raise ConfigError(f"methods[{i}] ({m.name}): {err}") from None
-            if m.loss == "ptloss" and num_classes is not None:  # PTLoss takes (C, M): this task has C rows
-                try:
-                    check_eps(f"methods[{i}] ({m.name}).params.eps", loss.eps, num_classes)
-                except ValueError as err:
-                    raise ConfigError(str(err)) from None
+            self._check_loss(i, m, num_classes)
         self._check_teacher_outputs()
-        if self.inference_shards < 1:
-            raise ConfigError(f"inference_shards: expected an integer >= 1, got {self.inference_shards}")
+        with _config_errors():
+            int_at_least("inference_shards", self.inference_shards, 1)
         for i, m in enumerate(self.methods):
-            if m.targets not in TARGETS:
-                raise ConfigError(f"methods[{i}] ({m.name}).targets: expected one of {', '.join(TARGETS)},"
-                                  f" got {m.targets!r}")
-            if m.targets == "p_star" and not isinstance(getattr(self, "data", None), GaussianData):
-                raise ConfigError(f"methods[{i}] ({m.name}).targets: 'p_star' (the oracle) needs data whose true"
-                                  " posterior is known (the synthetic benchmark)")
-            try:
-                self.student_train(m)
-            except (TypeError, ValueError) as err:
-                raise ConfigError(f"methods[{i}] ({m.name}).train: {err}") from None
+            self._check_targets_and_train(i, m)
+        self._check_metric_and_search()
+
+    def _check_loss(self, i: int, m: MethodSpec, num_classes: int | None) -> None:
+        """Method ``i``'s loss builds from its params; a ptloss ``eps`` has one row per class when
+        ``num_classes`` is known (PTLoss takes (C, M))."""
+        from ptdistill.checks import check_eps
+        from ptdistill.losses import build_loss
+
+        params = {k: v for k, v in m.params.items() if k not in EPS_CHOICE}
+        if m.loss == "ptloss":
+            self._check_eps_choice(i, m)
+            params.setdefault("eps", [[0.0]] * (num_classes or 2))  # the search fills it in
+        with _config_errors(f"methods[{i}] ({m.name}): "):
+            loss = build_loss(m.loss, **params)
+        if m.loss == "ptloss" and num_classes is not None:
+            with _config_errors():
+                check_eps(f"methods[{i}] ({m.name}).params.eps", loss.eps, num_classes)
+
+    def _check_targets_and_train(self, i: int, m: MethodSpec) -> None:
+        """Method ``i`` learns from targets this data has, and its ``train`` overrides apply."""
+        if m.targets not in TARGETS:
+            raise ConfigError(f"methods[{i}] ({m.name}).targets: expected one of {', '.join(TARGETS)},"
+                              f" got {m.targets!r}")
+        if m.targets == "p_star" and not isinstance(getattr(self, "data", None), GaussianData):
+            raise ConfigError(f"methods[{i}] ({m.name}).targets: 'p_star' (the oracle) needs data whose true"
+                              " posterior is known (the synthetic benchmark)")
+        try:
+            self.student_train(m)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"methods[{i}] ({m.name}).train: {err}") from None
+
+    def _check_metric_and_search(self) -> None:
+        """``task_metric`` and ``search`` name known metrics, strategies and criteria, in range."""
+        from ptdistill.evaluation import TASK_METRICS
+        from ptdistill.proxy import CRITERIA, STRATEGIES
+
         if self.task_metric not in TASK_METRICS:
             raise ConfigError(f"task_metric: expected one of {', '.join(TASK_METRICS)}, got {self.task_metric!r}")
         s = self.search
@@ -263,9 +289,9 @@ class ExperimentConfig:
             raise ConfigError(f"search.strategy: expected one of {', '.join(STRATEGIES)}, got {s.strategy!r}")
         if s.criterion not in CRITERIA:
             raise ConfigError(f"search.criterion: expected one of {', '.join(CRITERIA)}, got {s.criterion!r}")
-        for key in ("max_order", "trials"):
-            if getattr(s, key) < 1:
-                raise ConfigError(f"search.{key}: expected an integer >= 1, got {getattr(s, key)}")
+        with _config_errors():
+            for key in ("max_order", "trials"):
+                int_at_least(f"search.{key}", getattr(s, key), 1)
         if not (math.isfinite(s.low) and math.isfinite(s.high) and s.low < s.high):
             raise ConfigError(f"search.low/high: expected finite numbers with low < high, got {s.low} and {s.high}")
         if not 0 <= s.max_flips <= 1:
@@ -299,11 +325,9 @@ class ExperimentConfig:
                 " students/<method>-seed<seed> and the MLflow runs")
         if not self.seeds:
             raise ConfigError("seeds: expected at least one seed")
-        for i, seed in enumerate(self.seeds):
-            try:
+        with _config_errors():
+            for i, seed in enumerate(self.seeds):
                 _check_seed(f"seeds[{i}]", seed)
-            except ValueError as err:
-                raise ConfigError(str(err)) from None
         _unique("seeds", "seed", self.seeds, int, "two items would publish to the same"
                 " students/<method>-seed<seed> and overwrite each other")
         for i, lr in enumerate(self.lr_grid):  # each becomes a variant's train.lr
@@ -319,11 +343,9 @@ class ExperimentConfig:
             raise ConfigError(f"methods[{i}] ({m.name}).params: give eps or {', '.join(chosen)}, not both")
         limits = {"order": (1, self.search.max_order), "rank": (0, self.search.max_order * self.search.trials - 1),
                   "random_seed": (0, 2**32 - 1)}
-        for key, value in chosen.items():
-            low, high = limits[key]
-            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-                raise ConfigError(f"methods[{i}] ({m.name}).params.{key}: expected an integer in [{low}, {high}],"
-                                  f" got {value!r}")
+        with _config_errors():
+            for key, value in chosen.items():
+                int_in_range(f"methods[{i}] ({m.name}).params.{key}", value, *limits[key])
         if "random_seed" in chosen and "order" not in chosen:
             raise ConfigError(f"methods[{i}] ({m.name}).params: random_seed needs an order (random coefficients"
                               " of that many powers)")
@@ -348,10 +370,9 @@ class SyntheticConfig(ExperimentConfig):
     data: GaussianData = field(default_factory=GaussianData)
 
     @classmethod
-    def quick(cls) -> SyntheticConfig:
+    def quick(cls) -> Self:
         """Tiny sizes, one seed, ptloss and kl: a smoke run in well under two minutes."""
-        cfg = cls()
-        cfg._shrink()
+        cfg = super().quick()
         cfg.data.sizes = {"teacher_train": 600, "distill": 1200, "validation": 300, "test": 3000}
         return cfg
 
@@ -362,13 +383,6 @@ class TabularConfig(ExperimentConfig):
 
     benchmark: str = "tabular"
     data: TabularData = field(default_factory=TabularData)
-
-    @classmethod
-    def quick(cls) -> TabularConfig:
-        """Few epochs, one seed, ptloss and kl on your table."""
-        cfg = cls()
-        cfg._shrink()
-        return cfg
 
 
 @dataclass
@@ -390,9 +404,7 @@ class TextData:
     text_columns: list[str] = field(default_factory=lambda: ["text"])
     label_column: str = "label"
     class_names: list[str] | None = None
-    fractions: dict[str, float] = field(
-        default_factory=lambda: {"teacher_train": 0.2, "distill": 0.5, "validation": 0.1, "test": 0.2}
-    )
+    fractions: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_FRACTIONS))
     split_seed: int = 0
 
     def __post_init__(self) -> None:
@@ -440,10 +452,9 @@ class TextConfig(ExperimentConfig):
     student: TextStudent = field(default_factory=TextStudent)
 
     @classmethod
-    def quick(cls) -> TextConfig:
+    def quick(cls) -> Self:
         """One epoch each, a small search, ptloss and kl, one seed."""
-        cfg = cls()
-        cfg._shrink()
+        cfg = super().quick()
         cfg.teacher.train.epochs = cfg.student.train.epochs = 1
         return cfg
 

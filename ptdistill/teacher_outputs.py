@@ -220,26 +220,25 @@ def _check_finite(values: np.ndarray, path: Path, columns: list[str] | None) -> 
         raise ValueError(f"{path}: {where} row {row} is {values[row, col]}; expected finite values")
 
 
+def _check_sums_to_one(sums: np.ndarray, tolerance: float, path: Path, which: str, kind: str) -> None:
+    """ValueError naming the first row whose sum ``sums[row]`` is further than ``tolerance`` from 1:
+    the values are then neither ``kind`` nor clearly logits (``which`` says what was seen of them)."""
+    off = np.abs(sums - 1) > tolerance
+    if off.any():
+        row = int(np.flatnonzero(off)[0])
+        raise ValueError(f"{path}: cannot tell what the values are: {which} {row} sums to {sums[row]:.6g}, not 1"
+                         f" (within {tolerance:.2g}), so they are neither {kind} nor clearly logits; {_SET_KIND}")
+
+
 def _detect(values: np.ndarray, tolerance: float, path: Path) -> str:
     """The kind by the module docstring's rule; raises ValueError naming ``teacher.outputs_kind`` when unsure."""
     if (values >= 0).all() and (values <= 1).all():
-        sums = values.sum(1)
-        off = np.abs(sums - 1) > tolerance
-        if not off.any():
-            return "probs"
-        row = int(np.flatnonzero(off)[0])
-        raise ValueError(f"{path}: cannot tell what the values are: all are in [0, 1] but row {row} sums to"
-                         f" {sums[row]:.6g}, not 1 (within {tolerance:.2g}), so they are neither probabilities nor"
-                         f" clearly logits; {_SET_KIND}")
+        _check_sums_to_one(values.sum(1), tolerance, path, "all are in [0, 1] but row", "probabilities")
+        return "probs"
     if (values <= 0).all():
-        sums = np.exp(values).sum(1)
-        off = np.abs(sums - 1) > tolerance
-        if not off.any():
-            return "log_probs"
-        row = int(np.flatnonzero(off)[0])
-        raise ValueError(f"{path}: cannot tell what the values are: all are <= 0 but the exp of row {row} sums to"
-                         f" {sums[row]:.6g}, not 1 (within {tolerance:.2g}), so they are neither log-probabilities"
-                         f" nor clearly logits; {_SET_KIND}")
+        _check_sums_to_one(np.exp(values).sum(1), tolerance, path, "all are <= 0 but the exp of row",
+                           "log-probabilities")
+        return "log_probs"
     if (values < 0).any():
         return "logits"
     row = int(np.flatnonzero((values > 1).any(1))[0])

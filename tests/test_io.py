@@ -20,7 +20,16 @@ from ptdistill.families.mlp.split import FeatureSplit
 from ptdistill.families.mlp.tabular import load_tabular
 from ptdistill.families.text.data import load_text_file
 from ptdistill.families.text.split import TextSplit
-from ptdistill.io import load_labels, load_teacher_probs, read_text, write_json_atomic, write_parquet_atomic
+from ptdistill.io import (
+    TMP_PREFIX,
+    load_labels,
+    load_teacher_probs,
+    read_text,
+    write_atomic,
+    write_json_atomic,
+    write_parquet_atomic,
+)
+from ptdistill.storage import open_store
 
 N = 12
 
@@ -306,7 +315,12 @@ def umask():
 
 
 def _write_everything(folder) -> list:
+    store = open_store(str(folder / "store"))  # the local store writes through the same write_atomic
+    store.write_bytes("a/bytes.bin", b"x")
+    store.write_if_absent("a/once.bin", b"y")
     return [
+        folder / "store" / "a" / "bytes.bin",
+        folder / "store" / "a" / "once.bin",
         write_json_atomic(folder / "result.json", {"a": 1}),
         write_parquet_atomic(folder / "table.parquet", pa.table({"a": [1, 2]})),
         FeatureSplit(features=np.zeros((3, 2)), labels=np.arange(3)).save(folder / "split"),
@@ -319,10 +333,11 @@ def _write_everything(folder) -> list:
 def test_written_files_follow_the_umask(tmp_path, umask, mask, mode):
     umask(mask)
     files = _write_everything(tmp_path)
-    assert len(files) == 6
+    assert len(files) == 8
     assert {str(f.relative_to(tmp_path)): oct(stat.S_IMODE(f.stat().st_mode)) for f in files} == {
         str(f.relative_to(tmp_path)): oct(mode) for f in files}
     assert not [p for p in tmp_path.rglob("*.tmp")]
+    assert open_store(str(tmp_path / "store")).list("a/") == ["a/bytes.bin", "a/once.bin"]
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".parquet"])
@@ -338,3 +353,23 @@ def test_probability_columns_named_by_class_index_are_taken_by_name(tmp_path, su
     positional = pd.DataFrame({"p_b": probs[:, 1], "p_a": probs[:, 0]})  # other names: by position
     positional.to_parquet(tmp_path / "p.parquet")
     np.testing.assert_allclose(load_teacher_probs(tmp_path / "p.parquet")[0].numpy(), probs[:, ::-1], atol=1e-12)
+
+
+def test_write_atomic_leaves_the_old_file_when_the_writer_fails(tmp_path):
+    path = write_json_atomic(tmp_path / "result.json", {"a": 1})
+
+    def fail(handle):
+        handle.write(b"half")
+        raise RuntimeError("writer died")
+
+    with pytest.raises(RuntimeError, match="writer died"):
+        write_atomic(path, fail)
+    assert path.read_text() == '{\n "a": 1\n}'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["result.json"]
+
+
+def test_an_in_flight_temporary_file_is_not_a_store_key(tmp_path):
+    store = open_store(str(tmp_path))
+    store.write_bytes("a/kept.bin", b"x")
+    (tmp_path / "a" / f"{TMP_PREFIX}kept.bin.0123456789ab.tmp").write_bytes(b"half")  # another writer's
+    assert store.list("a/") == ["a/kept.bin"]

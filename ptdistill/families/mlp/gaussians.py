@@ -16,6 +16,7 @@ from types import MappingProxyType
 
 import numpy as np
 
+from ptdistill.checks import int_at_least
 from ptdistill.families.mlp.split import FeatureSplit
 from ptdistill.splits import SPLITS
 
@@ -42,10 +43,8 @@ class GaussianTask:
     data_seed: int = 0
 
     def __post_init__(self) -> None:
-        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 2:
-            raise ValueError(f"num_classes: expected an integer >= 2, got {self.num_classes!r}")
-        if isinstance(self.dim, bool) or not isinstance(self.dim, int) or self.dim < 1:
-            raise ValueError(f"dim: expected an integer >= 1, got {self.dim!r}")
+        int_at_least("num_classes", self.num_classes, 2)
+        int_at_least("dim", self.dim, 1)
         if 3**self.dim < self.num_classes:
             raise ValueError(f"dim: {self.dim} dims allow only {3**self.dim} distinct means in {{-1, 0, 1}}^dim,"
                              f" fewer than num_classes={self.num_classes}")
@@ -64,8 +63,7 @@ class GaussianTask:
 
     def sample(self, n: int, seed: int | np.random.SeedSequence) -> tuple[np.ndarray, np.ndarray]:
         """``n`` examples: features (n, dim) float32 and labels (n,) int64."""
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-            raise ValueError(f"n: expected an integer >= 1, got {n!r}")
+        int_at_least("n", n, 1)
         rng = np.random.default_rng(seed)
         labels = rng.integers(0, self.num_classes, size=n)
         noise = rng.standard_normal((n, self.dim))
@@ -99,13 +97,11 @@ def make_splits(
     unknown = sorted(set(sizes) - set(SPLITS))
     if unknown:
         raise ValueError(f"sizes: unknown split(s) {unknown}; expected names from {list(SPLITS)}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed: expected an integer >= 0, got {seed!r}")
+    int_at_least("seed", seed, 0)
     splits = {}
     for name in (s for s in SPLITS if s in sizes):
         size = sizes[name]
-        if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
-            raise ValueError(f"sizes[{name!r}]: expected an integer >= 1, got {size!r}")
+        int_at_least(f"sizes[{name!r}]", size, 1)
         # A spawn key keeps these streams apart from each other and from plain integer seeds.
         split_seed = np.random.SeedSequence(int(seed), spawn_key=(SPLITS.index(name),))
         features, labels = task.sample(size, split_seed)

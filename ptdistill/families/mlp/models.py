@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ptdistill.checks import int_at_least
 from ptdistill.config import from_dict, to_dict
 from ptdistill.io import write_atomic, write_json_atomic
 
@@ -23,12 +24,6 @@ __all__ = ["ACTIVATIONS", "CONFIG_NAME", "WEIGHTS_NAME", "MLP", "MLPConfig", "we
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.pt"
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
-
-
-def _positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
-    return value
 
 
 @dataclass
@@ -45,15 +40,13 @@ class MLPConfig:
     activation: str = "relu"
 
     def __post_init__(self) -> None:
-        _positive_int("input_dim", self.input_dim)
-        _positive_int("num_classes", self.num_classes)
-        if self.num_classes < 2:
-            raise ValueError(f"num_classes: expected an integer >= 2, got {self.num_classes!r}")
+        int_at_least("input_dim", self.input_dim, 1)
+        int_at_least("num_classes", self.num_classes, 2)
         if isinstance(self.hidden, (str, bytes)) or not hasattr(self.hidden, "__iter__"):
             raise ValueError(f"hidden: expected a sequence of layer widths, got {self.hidden!r}")
         self.hidden = tuple(self.hidden)  # JSON gives a list
         for i, width in enumerate(self.hidden):
-            _positive_int(f"hidden[{i}]", width)
+            int_at_least(f"hidden[{i}]", width, 1)
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation: expected one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
 

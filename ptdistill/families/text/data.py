@@ -27,6 +27,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ptdistill.checks import int_at_least
 from ptdistill.families.text.split import TextSplit
 from ptdistill.io import read_table
 from ptdistill.splits import DEFAULT_FRACTIONS, MIN_ROWS, SPLITS, stratified_rows
@@ -330,8 +331,7 @@ def _check_sizes(sizes: Mapping[str, int]) -> dict[str, int]:
         raise ValueError(f"sizes: expected exactly the keys {list(SPLITS)}, got {found}")
     for name in SPLITS:
         size = sizes[name]
-        if isinstance(size, bool) or not isinstance(size, Integral) or size < 1:
-            raise ValueError(f"sizes[{name!r}]: expected an integer >= 1, got {size!r}")
+        int_at_least(f"sizes[{name!r}]", size, 1)
     return {name: int(sizes[name]) for name in SPLITS}
 
 

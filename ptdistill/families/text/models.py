@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from ptdistill.checks import int_at_least
 from ptdistill.storage import check_location, fetch, is_remote
 
 __all__ = [
@@ -144,10 +145,8 @@ class HFModelSpec:
             raise ValueError(f"dtype: expected one of {sorted(DTYPES)}, got {self.dtype!r}")
         if self.device_map is not None and (not isinstance(self.device_map, str) or not self.device_map.strip()):
             raise ValueError(f"device_map: expected a string such as 'auto', or None; got {self.device_map!r}")
-        if not _is_int(self.max_length) or self.max_length < 8:
-            raise ValueError(f"max_length: expected an integer >= 8, got {self.max_length!r}")
-        if not _is_int(self.batch_size) or self.batch_size < 1:
-            raise ValueError(f"batch_size: expected an integer >= 1, got {self.batch_size!r}")
+        int_at_least("max_length", self.max_length, 8)
+        int_at_least("batch_size", self.batch_size, 1)
 
 
 def _is_int(value: Any) -> bool:
