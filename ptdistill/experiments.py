@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Self
 
-from ptdistill.checks import int_at_least, int_in_range
+from ptdistill.checks import check_eps, int_at_least, int_in_range
 from ptdistill.config import ConfigError, from_dict
 from ptdistill.families.mlp.gaussians import SYNTHETIC_SIZES
 from ptdistill.families.mlp.training import TrainConfig
@@ -251,7 +251,6 @@ class ExperimentConfig:
     def _check_loss(self, i: int, m: MethodSpec, num_classes: int | None) -> None:
         """Method ``i``'s loss builds from its params; a ptloss ``eps`` has one row per class when
         ``num_classes`` is known (PTLoss takes (C, M))."""
-        from ptdistill.checks import check_eps
         from ptdistill.losses import build_loss
 
         params = {k: v for k, v in m.params.items() if k not in EPS_CHOICE}
