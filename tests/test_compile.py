@@ -18,6 +18,7 @@ from kfp.pipeline_spec import pipeline_spec_pb2
 
 from components.images import CPU_IMAGE, GPU_IMAGE
 from pipelines.dag import compile_pipeline
+from ptdistill import defaults
 from ptdistill.cli import main
 from ptdistill.config import load_config, to_dict
 from ptdistill.experiments import BENCHMARKS, config_from_dict
@@ -118,6 +119,9 @@ def test_pipeline_name_and_default_parameters(compiled):
     assert c.root_default("runs") == config.runs()
     assert set(c.spec.root.input_definitions.parameters) >= {"config_json", "runs", "run_name", "tracking_uri",
                                                              "artifact_store"}
+    # The one place for defaults (ptdistill.defaults) is what a run without these arguments uses.
+    assert c.root_default("tracking_uri") == defaults.TRACKING_URI == "sqlite:///mlflow.db"
+    assert c.root_default("artifact_store") == defaults.PIPELINE_ROOT == "runs"
 
 
 def test_dag_tasks_and_fan_out(compiled):
