@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from ptdistill.families.text.split import TextSplit
-from ptdistill.families.text.trainer import Checkpointer, TextTrainConfig, fit_text
+from ptdistill.engine import Checkpointer
+from ptdistill.families.text.trainer import TextTrainConfig, fit_text
 from ptdistill.losses import build_loss
 from ptdistill.storage import open_store
 

@@ -36,12 +36,10 @@ from ptdistill.engine import (
     resolve_device,
     run_identity,
 )
-from ptdistill.engine.settings import PRECISIONS
 from ptdistill.families.mlp.split import FeatureSplit
 from ptdistill.storage import content_key
 
 __all__ = [
-    "PRECISIONS",
     "TrainConfig",
     "distill",
     "predict_probs",

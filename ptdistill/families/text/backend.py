@@ -43,7 +43,8 @@ class TextBackend(Backend):
             resolve_checkpoint,
             save_model,
         )
-        from ptdistill.families.text.trainer import Checkpointer, fit_text
+        from ptdistill.engine import Checkpointer
+        from ptdistill.families.text.trainer import fit_text
         from ptdistill.families.text.verbalizer_model import VerbalizerClassifier
 
         teacher = config.teacher
@@ -114,7 +115,8 @@ class TextBackend(Backend):
                         teacher_probs, validation: TextSplit, out_dir: Path,
                         checkpoints: tuple[str, str]) -> History:
         from ptdistill.families.text.models import load_classifier, load_tokenizer, save_model
-        from ptdistill.families.text.trainer import Checkpointer, fit_text
+        from ptdistill.engine import Checkpointer
+        from ptdistill.families.text.trainer import fit_text
 
         student = config.student
         seed_everything(seed)
