@@ -365,25 +365,7 @@ def fit_text(
         _check_split_labels("validation", validation, num_classes)
     if config.patience is not None and validation is None:
         raise ValueError(f"validation: config.patience={config.patience} (early stopping) needs a validation split")
-    if targets is None:
-        if loss is not None:
-            raise ValueError("loss: is only used with targets (teacher probabilities); without targets the model"
-                             " is trained on train.labels with cross-entropy")
-        if train.labels is None:
-            raise ValueError("train: has no labels (a distillation split?); pass targets= (teacher probabilities)"
-                             " and loss= to distill on it")
-        _check_split_labels("train", train, num_classes)
-        probs = None
-        target_tensor = torch.tensor(train.labels)  # a copy: arrays read from parquet are read-only
-
-        def objective(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            return F.cross_entropy(logits.float(), y)
-    else:
-        if loss is None or not callable(loss):
-            raise ValueError(f"loss: expected a loss such as build_loss('kl') to distill on targets, got {loss!r}")
-        probs = _check_targets(targets, len(train), num_classes)
-        target_tensor = torch.from_numpy(probs)
-        objective = loss
+    probs, target_tensor, objective = _objective(train, targets, loss, num_classes)
 
     sequences = encode(tokenizer, train, max_length)
     if tokenizer.pad_token_id is None:
@@ -410,6 +392,28 @@ def fit_text(
             _disable_activation_checkpointing(model)
         _restore_forward(model, own_forward)
         runtime.accelerator.free_memory()
+
+
+def _objective(train: TextSplit, targets: np.ndarray | None, loss: Callable | None,
+               num_classes: int) -> tuple[np.ndarray | None, torch.Tensor, Callable]:
+    """(checked teacher probabilities or None, the training targets, the objective) of :func:`fit_text`."""
+    if targets is not None:
+        if loss is None or not callable(loss):
+            raise ValueError(f"loss: expected a loss such as build_loss('kl') to distill on targets, got {loss!r}")
+        probs = _check_targets(targets, len(train), num_classes)
+        return probs, torch.from_numpy(probs), loss
+    if loss is not None:
+        raise ValueError("loss: is only used with targets (teacher probabilities); without targets the model"
+                         " is trained on train.labels with cross-entropy")
+    if train.labels is None:
+        raise ValueError("train: has no labels (a distillation split?); pass targets= (teacher probabilities)"
+                         " and loss= to distill on it")
+    _check_split_labels("train", train, num_classes)
+    return None, torch.tensor(train.labels), _cross_entropy  # a copy: arrays read from parquet are read-only
+
+
+def _cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.float(), labels)
 
 
 class _TextTask(TrainingTask):
