@@ -1,12 +1,13 @@
 """MLP training on the shared engine: the teacher on labels, students on teacher probabilities only.
 
-One task (:class:`_FeatureTask` on :func:`ptdistill.engine.fit`) serves both, so teacher, students and the oracle student (``distill``
-on ``p_star`` with the ``kl`` loss) differ only in their targets and objective. The student
+One task (:class:`_FeatureTask` on :func:`ptdistill.engine.fit`) serves both, so teacher,
+students and the oracle student (``distill`` on ``p_star`` with the ``kl`` loss) differ only in
+their targets and objective. The student
 loop never reads ``train.labels``: in the paper's protocol the distillation set is unlabeled.
 
 Determinism: batches are shuffled by the engine's generator seeded from ``TrainConfig.seed``;
-weight initialisation belongs to the caller (call :func:`seed_everything` before building the
-model). On CPU the same seed then gives the same weights bit for bit, also across a resume from
+weight initialisation belongs to the caller (call :func:`~ptdistill.engine.seed_everything` before
+building the model). On CPU the same seed then gives the same weights bit for bit, also across a resume from
 a checkpoint (``checkpoints=``: see :class:`ptdistill.engine.Checkpointer`).
 
 Speed on CPU: these MLPs are too small for intra-op parallelism. On a shared 2-core machine,
