@@ -186,3 +186,29 @@ def test_bf16_autocast_now_trains_an_mlp_on_cpu(separable):
     history = train_classifier(model, separable["teacher_train"], TrainConfig(epochs=2, precision="bf16", **CPU))
     assert history.steps == 20 and np.isfinite([v for _, v in history.train_loss]).all()
     assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast: fp32 weights, bf16 matmuls
+
+
+def test_the_mlp_backend_checkpoints_students_into_the_artifact_store(synthetic, tmp_path, monkeypatch):
+    """``distill_student``'s (store URI, key prefix) serves MLP students: a restarted step finds the
+    finished run's checkpoint and returns the same student without training again."""
+    from ptdistill.experiments import SyntheticConfig
+    from ptdistill.families.mlp.backend import MLPBackend
+    from ptdistill.families.mlp.models import weights_hash
+
+    config = SyntheticConfig.quick()
+    config.student.hidden = [16]
+    config.student.train = TrainConfig(epochs=2, **CPU)
+    split, validation = synthetic["distill"], synthetic["validation"]
+    store, prefix = str(tmp_path / "store"), "synthetic/r1/checkpoints/kl-seed0"
+    first = MLPBackend().distill_student(config, 3, 0, build_loss("kl"), split, split.p_star, validation,
+                                         tmp_path / "a", (store, prefix))
+    assert Checkpointer(store, prefix).latest()["done"]
+
+    def no_training(*args):
+        raise AssertionError("the restarted step trained again")
+
+    monkeypatch.setattr("ptdistill.families.mlp.training._FeatureTask.loss", no_training)
+    again = MLPBackend().distill_student(config, 3, 0, build_loss("kl"), split, split.p_star, validation,
+                                         tmp_path / "b", (store, prefix))
+    assert history_sha(again) == history_sha(first)
+    assert weights_hash(tmp_path / "a") == weights_hash(tmp_path / "b")
