@@ -167,12 +167,12 @@ class TorchRuntime:
 
 def fit(model: nn.Module, task: TrainingTask, settings: TrainSettings, *, plan: LoopPlan = LoopPlan(),
         runtime: TorchRuntime | None = None, checkpoints: Checkpointer | None = None,
-        run: tuple[str, dict] | None = None, progress: bool = False,
+        identity: tuple[str, dict] | None = None, progress: bool = False,
         on_epoch: Callable[[int, History], None] | None = None) -> History:
     """Train ``model`` in place on ``task``; return its :class:`History`.
 
     ``runtime`` defaults to :class:`TorchRuntime` on ``settings.device`` at ``settings.precision``.
-    With ``checkpoints``, ``run`` is (run hash, identity) from
+    With ``checkpoints``, ``identity`` is (``content_key`` of the identity, the identity) of
     :func:`~ptdistill.engine.checkpoints.run_identity`: the run resumes from its latest checkpoint
     and a checkpoint of another run is refused (see :class:`Checkpointer`). ``on_epoch(epoch,
     history)`` is called after each epoch (1-based) with the weights of that epoch. A resumed run's
@@ -182,21 +182,21 @@ def fit(model: nn.Module, task: TrainingTask, settings: TrainSettings, *, plan: 
     if settings.patience is not None and plan.eval_every_epochs != 1:
         raise ValueError(f"patience: early stopping counts epochs and validates after each one; got"
                          f" eval_every_epochs={plan.eval_every_epochs}")
-    if checkpoints is not None and run is None:
-        raise ValueError("run: checkpoints need the run's (hash, identity) to know which checkpoint is this run's")
+    if checkpoints is not None and identity is None:
+        raise ValueError("identity: checkpoints need the run's (hash, identity) to know which checkpoint is this run's")
     if runtime is None:
         runtime = TorchRuntime(resolve_device(settings.device), settings.precision)
-    return _Loop(model, task, settings, plan, runtime, checkpoints, run, on_epoch).run(progress)
+    return _Loop(model, task, settings, plan, runtime, checkpoints, identity, on_epoch).run(progress)
 
 
 class _Loop:
     """One run of :func:`fit`: the live objects and the :class:`LoopState`."""
 
     def __init__(self, model: nn.Module, task: TrainingTask, settings: TrainSettings, plan: LoopPlan,
-                 runtime: TorchRuntime, checkpoints: Checkpointer | None, run: tuple[str, dict] | None,
+                 runtime: TorchRuntime, checkpoints: Checkpointer | None, identity: tuple[str, dict] | None,
                  on_epoch: Callable[[int, History], None] | None) -> None:
         self.model, self.task, self.settings, self.plan, self.runtime = model, task, settings, plan, runtime
-        self.checkpoints, self.run_id, self.on_epoch = checkpoints, run, on_epoch
+        self.checkpoints, self.identity, self.on_epoch = checkpoints, identity, on_epoch
         optimizer = task.make_optimizer(model)
         self.prepared, self.optimizer, self.scheduler = runtime.prepare(model, optimizer, task.make_scheduler(optimizer))
         seed_everything(settings.seed)  # dropout
@@ -204,7 +204,7 @@ class _Loop:
         self.epoch_rng = self.generator.get_state()
         self.state = LoopState(window_sum=torch.zeros((), device=runtime.device))
         self.seconds_before = 0.0
-        saved = None if checkpoints is None else checkpoints.load(*run)
+        saved = None if checkpoints is None else checkpoints.load(*identity)
         if saved is not None:
             self._restore(LoopState.from_blob(saved))
 
@@ -340,6 +340,6 @@ class _Loop:
                                 "scaler": None if self.runtime.scaler is None else self.runtime.scaler.state_dict(),
                                 "rng": rng_state(),
                                 "batch_rng": self.generator.get_state() if state.batches_done == 0 else self.epoch_rng})
-            run, identity = self.run_id
-            self.checkpoints.save(blob.to_blob(), run=run, identity=identity, position=state.position())
+            run_hash, identity = self.identity
+            self.checkpoints.save(blob.to_blob(), run=run_hash, identity=identity, position=state.position())
         self.runtime.wait_for_everyone()

@@ -177,7 +177,7 @@ class _FeatureTask(TrainingTask):
 def _prepare(
     model: nn.Module, train: FeatureSplit, config: TrainConfig, validation: FeatureSplit | None
 ) -> tuple[torch.device, torch.Tensor, int]:
-    """Check the arguments shared by both loops; move the model; return device, features, C."""
+    """Check the arguments shared by train_classifier and distill; move the model; return device, features, C."""
     if not isinstance(train, FeatureSplit):
         raise ValueError(f"train: expected a FeatureSplit, got {type(train).__name__}")
     if not isinstance(config, TrainConfig):
@@ -196,17 +196,17 @@ def _fit(model: nn.Module, train: FeatureSplit, targets: torch.Tensor, objective
          on_epoch: Callable[[int, History], None] | None, desc: str) -> History:
     """Run the engine on the checked inputs (already on the model's device)."""
     val = _validation_tensors(validation, train.dim, num_classes, features.device)
-    run = None
+    key = None
     if checkpoints is not None:
         identity = run_identity(
             config, ignore=_NOT_IN_RUN_ID, targets=probs, loss=None if probs is None else objective, model=model,
             data={"train": train.fingerprint(), "validation": None if validation is None else validation.fingerprint()},
         )
-        run = (content_key(identity), identity)
-        checkpoints.find(*run)  # a checkpoint of another run is refused before the model is touched
+        key = (content_key(identity), identity)
+        checkpoints.find(*key)  # a checkpoint of another run is refused before the model is touched
     task = _FeatureTask(features, targets, objective, config, val, desc)
     return fit(model, task, config, plan=LoopPlan(eval_every_epochs=config.eval_every_epochs),
-               checkpoints=checkpoints, run=run, progress=progress, on_epoch=on_epoch)
+               checkpoints=checkpoints, identity=key, progress=progress, on_epoch=on_epoch)
 
 
 def train_classifier(

@@ -370,12 +370,12 @@ def fit_text(
     sequences = encode(tokenizer, train, max_length)
     if tokenizer.pad_token_id is None:
         raise ValueError(f"tokenizer {type(tokenizer).__name__} has no pad token; set tokenizer.pad_token first")
-    run = None
+    key = None
     if checkpoints is not None:
         identity = run_identity(config, ignore=_NOT_IN_RUN_ID, targets=probs, loss=loss, model=model,
                                 data=_data_identity(train, sequences, validation))
-        run = (content_key(identity), identity)
-        checkpoints.find(*run)  # a checkpoint of another run is refused before the model is touched
+        key = (content_key(identity), identity)
+        checkpoints.find(*key)  # a checkpoint of another run is refused before the model is touched
 
     runtime = AccelerateRuntime(config)
     own_forward = model.__dict__.get("forward")  # an instance-level forward the caller set, if any
@@ -386,7 +386,7 @@ def fit_text(
         return fit(model, task, config, plan=LoopPlan(grad_accumulation=config.grad_accumulation,
                                                       max_grad_norm=MAX_GRAD_NORM,
                                                       checkpoint_every_steps=config.checkpoint_every_steps),
-                   runtime=runtime, checkpoints=checkpoints, run=run, progress=progress)
+                   runtime=runtime, checkpoints=checkpoints, identity=key, progress=progress)
     finally:
         if enabled_checkpointing:
             _disable_activation_checkpointing(model)
