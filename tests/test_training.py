@@ -185,7 +185,9 @@ def test_train_config_round_trip_and_validation():
         ({"lr": float("nan")}, "lr"),
         ({"weight_decay": -1.0}, "weight_decay"),
         ({"patience": 0}, "patience"),
-        ({"precision": "fp16"}, "precision: expected one of auto, fp32, bf16"),
+        ({"precision": "fp8"}, "precision: expected one of auto, fp32, bf16, fp16"),
+        # patience counts epochs; with validation every 2 epochs its old meaning (evaluations) is refused
+        ({"patience": 3, "eval_every_epochs": 2}, "patience: counts epochs .* needs eval_every_epochs=1"),
     ]:
         with pytest.raises(ValueError, match=match):
             TrainConfig(**kwargs)
@@ -223,8 +225,8 @@ def test_bad_inputs_fail_before_training(synthetic, separable):
     with pytest.raises(ValueError, match="train: expected a FeatureSplit"):
         train_classifier(new_model(5), labeled.features, TrainConfig(epochs=1, **CPU))
     if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="precision: 'bf16' autocast is only used on CUDA"):
-            train_classifier(new_model(5), labeled, TrainConfig(epochs=1, precision="bf16"))
+        with pytest.raises(ValueError, match="precision: 'fp16' needs CUDA"):
+            train_classifier(new_model(5), labeled, TrainConfig(epochs=1, precision="fp16"))
 
 
 class NaNLogits(torch.nn.Module):
@@ -240,7 +242,7 @@ class NaNLogits(torch.nn.Module):
 
 def test_diverging_training_raises():
     split = FeatureSplit(np.ones((64, 2)), np.tile([0, 1], 32))
-    with pytest.raises(FloatingPointError, match="training loss became nan by step 2; try a lower lr"):
+    with pytest.raises(FloatingPointError, match=r"training loss became nan at step 1 \(epoch 1\); try a lower lr"):
         train_classifier(NaNLogits(), split, TrainConfig(epochs=1, **CPU))
 
 
@@ -257,23 +259,23 @@ def test_progress_postfix_leaves_out_what_is_not_measured_yet():
     assert progress_postfix(0.25, 0.5) == {"loss": 0.25, "val_acc": 0.5}
 
 
-def test_progress_bar_shows_no_nan_and_counts_the_epoch_it_describes(separable, capsys, monkeypatch):
+def test_progress_bar_shows_no_nan_and_counts_the_steps_of_the_epoch_it_describes(separable, capsys, monkeypatch):
     """A loss window longer than an epoch (10 steps here) and validation every other epoch: the
-    first epoch's line has the running loss and no val_acc, never ``nan``; each line's count is
-    the epoch its values belong to."""
+    first epoch's line has the running loss and no val_acc, never ``nan``; the bar counts
+    optimiser steps and each epoch's values appear with that epoch's last step."""
     import functools
 
-    import ptdistill.families.mlp.training as training
+    import ptdistill.engine.loop as loop
 
     # Every update drawn (not every 0.1 s), so each epoch's line is there to check.
-    monkeypatch.setattr(training, "tqdm", functools.partial(training.tqdm, mininterval=0, miniters=1))
+    monkeypatch.setattr(loop, "tqdm", functools.partial(loop.tqdm, mininterval=0, miniters=1))
     config = TrainConfig(epochs=3, batch_size=32, log_every_steps=25, eval_every_epochs=2, **CPU)
     train_classifier(new_model(5), separable["teacher_train"], config, validation=separable["validation"],
                      progress=True)
     lines = [line for line in capsys.readouterr().err.replace("\r", "\n").splitlines()
              if line.startswith("teacher:")]
     assert lines and not any("nan" in line for line in lines), lines
-    first = next(line for line in lines if " 1/3 " in line)
-    assert "loss=" in first and "val_acc" not in first
-    assert "val_acc=" in next(line for line in lines if " 2/3 " in line)
-    assert all("0/3" not in line or "loss" not in line for line in lines)
+    first = [line for line in lines if " 10/30 " in line]
+    assert any("loss=" in line for line in first) and not any("val_acc" in line for line in first)
+    assert any("val_acc=" in line for line in lines if " 20/30 " in line)
+    assert not any("loss" in line for line in lines if " 5/30 " in line)

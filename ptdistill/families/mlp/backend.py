@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from ptdistill.engine import History, seed_everything
+from ptdistill.engine import Checkpointer, History, seed_everything
 from ptdistill.experiments import ExperimentConfig
 from ptdistill.families.backend import Backend
 from ptdistill.families.mlp.models import MLP, MLPConfig, weights_hash
@@ -28,12 +28,11 @@ class MLPBackend(Backend):
         return MLP(MLPConfig(input_dim=split.dim, num_classes=num_classes, hidden=tuple(spec.hidden)))
 
     def train_teacher(self, config, num_classes, train_path, validation_path, out_dir, checkpoints=None) -> dict:
-        # seconds of training: too short to be worth checkpointing
         seed_everything(config.teacher.train.seed)
         train = FeatureSplit.load(train_path)
         model = self._model(config, config.teacher, train, num_classes)
         history = train_classifier(model, train, config.teacher.train, validation=FeatureSplit.load(validation_path),
-                                   progress=True)
+                                   progress=True, checkpoints=Checkpointer(*checkpoints) if checkpoints else None)
         model.save_pretrained(out_dir)
         return {"teacher_id": self.teacher_identity(config, out_dir)[0], "epochs_run": history.epochs_run,
                 "best_epoch": history.best_epoch, "seconds": history.seconds}
@@ -52,11 +51,10 @@ class MLPBackend(Backend):
 
     def distill_student(self, config, num_classes, seed, loss: nn.Module, split: FeatureSplit, teacher_probs,
                         validation: FeatureSplit, out_dir: Path, checkpoints: tuple[str, str]) -> History:
-        # seconds per student: too short to be worth checkpointing
         seed_everything(seed)
         model = self._model(config, config.student, split, num_classes)
         history = distill(model, split, teacher_probs, loss, dataclasses.replace(config.student.train, seed=seed),
-                          validation=validation, progress=True)
+                          validation=validation, progress=True, checkpoints=Checkpointer(*checkpoints))
         model.save_pretrained(out_dir)
         return history
 

@@ -1,12 +1,14 @@
-"""Training loops: the teacher on labels, students on teacher probabilities only.
+"""MLP training on the shared engine: the teacher on labels, students on teacher probabilities only.
 
-One loop (:func:`_fit`) serves both, so teacher, students and the oracle student (``distill``
-on ``p_star`` with the ``kl`` loss) differ only in their targets and objective. The student
+One task (:class:`_FeatureTask` on :func:`ptdistill.engine.fit`) serves both, so teacher,
+students and the oracle student (``distill`` on ``p_star`` with the ``kl`` loss) differ only in
+their targets and objective. The student
 loop never reads ``train.labels``: in the paper's protocol the distillation set is unlabeled.
 
-Determinism: batches are shuffled by a ``torch.Generator`` seeded from ``TrainConfig.seed``;
-weight initialisation belongs to the caller (call :func:`seed_everything` before building the
-model). On CPU the same seed then gives the same weights bit for bit.
+Determinism: batches are shuffled by the engine's generator seeded from ``TrainConfig.seed``;
+weight initialisation belongs to the caller (call :func:`~ptdistill.engine.seed_everything` before
+building the model). On CPU the same seed then gives the same weights bit for bit, also across a resume from
+a checkpoint (``checkpoints=``: see :class:`ptdistill.engine.Checkpointer`).
 
 Speed on CPU: these MLPs are too small for intra-op parallelism. On a shared 2-core machine,
 torch's default of one thread per core made a batch-32 step about 5x slower than
@@ -16,90 +18,65 @@ this module leaves it alone).
 
 from __future__ import annotations
 
-import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from numbers import Real
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from ptdistill.checks import check_probs, int_at_least
-from ptdistill.engine import History, progress_postfix, resolve_device
+from ptdistill.engine import (
+    Checkpointer,
+    History,
+    LoopPlan,
+    TrainingTask,
+    TrainSettings,
+    fit,
+    resolve_device,
+    run_identity,
+)
 from ptdistill.families.mlp.split import FeatureSplit
+from ptdistill.storage import content_key
 
 __all__ = [
-    "PRECISIONS",
     "TrainConfig",
     "distill",
     "predict_probs",
     "train_classifier",
 ]
 
-PRECISIONS = ("auto", "fp32", "bf16")
-
+#: Config fields that do not change what a run computes, so a run resumes across changes to them.
+_NOT_IN_RUN_ID = ("device",)
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(TrainSettings):
     """Optimisation settings. Defaults are the paper's synthetic MLPs: Adam, lr 5e-4, batch 32, 100 epochs.
 
-    ``patience`` (in evaluations, every ``eval_every_epochs`` epochs) turns on early stopping on
-    validation accuracy, and the best weights are restored at the end; with ``patience=None``
-    all epochs run and the final weights are kept (``History.best_epoch`` is still reported).
-    ``precision="auto"`` is bf16 autocast on CUDA and fp32 elsewhere. The training loss is
-    averaged over windows of ``log_every_steps`` steps for :attr:`History.train_loss`.
+    The shared fields are :class:`~ptdistill.engine.TrainSettings`' (``patience`` in epochs,
+    ``precision``). Validation runs every ``eval_every_epochs`` epochs and after the last; early
+    stopping validates after every epoch, so ``patience`` needs ``eval_every_epochs=1``
+    (``patience`` counted evaluations before the one engine; with every-epoch validation that
+    is the same number, and any other combination is refused rather than reinterpreted).
     """
 
     epochs: int = 100
     batch_size: int = 32
     lr: float = 5e-4
     weight_decay: float = 0.0
-    patience: int | None = None
     eval_every_epochs: int = 1
-    log_every_steps: int = 20
-    seed: int = 0
-    device: str = "auto"
-    precision: str = "auto"
 
     def __post_init__(self) -> None:
-        int_at_least("epochs", self.epochs, 1)
-        int_at_least("batch_size", self.batch_size, 1)
+        super().__post_init__()
         int_at_least("eval_every_epochs", self.eval_every_epochs, 1)
-        int_at_least("log_every_steps", self.log_every_steps, 1)
-        int_at_least("seed", self.seed, 0)
-        if self.patience is not None:
-            int_at_least("patience", self.patience, 1)
-        for name in ("lr", "weight_decay"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value) or value < 0:
-                raise ValueError(f"{name}: expected a finite number >= 0, got {value!r}")
-        if self.lr == 0:
-            raise ValueError("lr: expected a learning rate > 0, got 0")
-        if not isinstance(self.device, str):
-            raise ValueError(f"device: expected 'auto' or a torch device string such as 'cpu', got {self.device!r}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision: expected one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-
-    def steps_per_epoch(self, num_examples: int) -> int:
-        """Optimiser steps per epoch (the last batch may be smaller)."""
-        return math.ceil(num_examples / self.batch_size)
-
-    def total_steps(self, num_examples: int) -> int:
-        """Optimiser steps of a full run, e.g. for ``build_loss("annealing_kd", total_steps=...)``."""
-        return self.epochs * self.steps_per_epoch(num_examples)
-
-
-def _use_bf16(precision: str, device: torch.device) -> bool:
-    if precision == "bf16" and device.type != "cuda":
-        raise ValueError(
-            f"precision: 'bf16' autocast is only used on CUDA, the device is {device}; use 'auto' or 'fp32'"
-        )
-    return precision == "bf16" or (precision == "auto" and device.type == "cuda")
+        if self.patience is not None and self.eval_every_epochs != 1:
+            raise ValueError(
+                f"patience: counts epochs and early stopping validates after every epoch, so it needs"
+                f" eval_every_epochs=1, got {self.eval_every_epochs} (patience once counted evaluations"
+                f" every eval_every_epochs epochs: set patience to that many epochs and eval_every_epochs to 1)"
+            )
 
 
 def _check_features(name: str, features: np.ndarray, dim: int | None = None) -> np.ndarray:
@@ -164,102 +141,43 @@ def _validate(
     return correct / len(features), nll / len(features)
 
 
-def _fit(
-    model: nn.Module,
-    features: torch.Tensor,
-    targets: torch.Tensor,
-    objective: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    config: TrainConfig,
-    validation: tuple[torch.Tensor, torch.Tensor] | None,
-    device: torch.device,
-    bf16: bool,
-    *,
-    set_step: Callable[[int], None] | None,
-    progress: bool,
-    on_epoch: Callable[[int, History], None] | None,
-    desc: str,
-) -> History:
-    """Minibatch Adam on ``objective(logits, targets[batch])``; inputs already validated and on ``device``."""
-    # The fused kernel is 10-20% faster per step than foreach for these small MLPs on CPU.
-    optimizer = torch.optim.Adam(
-        model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=device.type in ("cpu", "cuda")
-    )
-    generator = torch.Generator().manual_seed(config.seed)
-    n, batch_size = len(features), config.batch_size
-    history = History()
-    best_state: dict[str, torch.Tensor] | None = None
-    evals_without_gain = 0
-    window_sum, window_steps = torch.zeros((), device=device), 0
-    step = 0
+class _FeatureTask(TrainingTask):
+    """Minibatch Adam on ``objective(logits, targets[batch])``; one random permutation per epoch."""
 
-    def log_window() -> None:
-        nonlocal window_sum, window_steps
-        value = float(window_sum) / window_steps
-        if not math.isfinite(value):
-            raise FloatingPointError(
-                f"training loss became {value} by step {step}; try a lower lr (config.lr={config.lr})"
-            )
-        history.train_loss.append((step, value))
-        window_sum, window_steps = torch.zeros((), device=device), 0
+    def __init__(self, features: torch.Tensor, targets: torch.Tensor, objective: Callable, config: TrainConfig,
+                 validation: tuple[torch.Tensor, torch.Tensor] | None, desc: str) -> None:
+        self.features, self.targets, self.objective, self.config = features, targets, objective, config
+        self.validation, self.desc, self.num_examples = validation, desc, len(features)
+        self.set_step = getattr(objective, "set_step", None)
 
-    start = time.perf_counter()
-    bar = tqdm(total=config.epochs, desc=desc, unit="epoch", disable=not progress)
-    for epoch in range(1, config.epochs + 1):
-        model.train()
-        order = torch.randperm(n, generator=generator).to(device)
-        x_epoch, t_epoch = features[order], targets[order]
-        for lo in range(0, n, batch_size):
-            if set_step is not None:
-                set_step(step)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                logits = model(x_epoch[lo : lo + batch_size])
-            loss = objective(logits, t_epoch[lo : lo + batch_size])  # losses compute in float32 themselves
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
-            window_sum += loss.detach()
-            window_steps += 1
-            if window_steps == config.log_every_steps:
-                log_window()
-        history.epochs_run, history.steps = epoch, step
-        if validation is not None and (epoch % config.eval_every_epochs == 0 or epoch == config.epochs):
-            accuracy, nll = _validate(model, *validation)
-            history.val_epoch.append(epoch)
-            history.val_accuracy.append(accuracy)
-            history.val_nll.append(nll)
-            if history.best_val_accuracy is None or accuracy > history.best_val_accuracy:
-                history.best_epoch, history.best_val_accuracy = epoch, accuracy
-                evals_without_gain = 0
-                if config.patience is not None:
-                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            else:
-                evals_without_gain += 1
-        if progress:
-            current = float(window_sum) / window_steps if window_steps else None
-            bar.set_postfix(progress_postfix(history.train_loss[-1][1] if history.train_loss else current,
-                                             history.val_accuracy[-1] if history.val_accuracy else None),
-                            refresh=False)
-        bar.update(1)  # after the postfix, so the count and the values shown belong to the same epoch
-        if on_epoch is not None:
-            on_epoch(epoch, history)
-        if config.patience is not None and evals_without_gain >= config.patience:
-            history.stopped_early = True
-            break
-    bar.close()
-    if window_steps:
-        log_window()
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    history.seconds = time.perf_counter() - start
-    history.examples_per_second = history.epochs_run * n / history.seconds
-    return history
+    def epoch_batches(self, epoch: int, generator: torch.Generator) -> list[torch.Tensor]:
+        order = torch.randperm(self.num_examples, generator=generator)
+        return list(order.split(self.config.batch_size))
+
+    def forward(self, model: nn.Module, rows: torch.Tensor) -> torch.Tensor:
+        return model(self.features[rows.to(self.features.device)])
+
+    def loss(self, logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        return self.objective(logits, self.targets[rows.to(self.targets.device)])  # losses compute in fp32 themselves
+
+    def make_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        # The fused kernel is 10-20% faster per step than foreach for these small MLPs on CPU.
+        device = next(model.parameters()).device
+        return torch.optim.Adam(model.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay,
+                                fused=device.type in ("cpu", "cuda"))
+
+    def before_step(self, step: int) -> None:
+        if self.set_step is not None:
+            self.set_step(step)
+
+    def evaluate(self, model: nn.Module) -> tuple[float, float] | None:
+        return None if self.validation is None else _validate(model, *self.validation)
 
 
 def _prepare(
     model: nn.Module, train: FeatureSplit, config: TrainConfig, validation: FeatureSplit | None
-) -> tuple[torch.device, bool, torch.Tensor, int]:
-    """Check the arguments shared by both loops; move the model; return device, bf16, features, C."""
+) -> tuple[torch.device, torch.Tensor, int]:
+    """Check the arguments shared by train_classifier and distill; move the model; return device, features, C."""
     if not isinstance(train, FeatureSplit):
         raise ValueError(f"train: expected a FeatureSplit, got {type(train).__name__}")
     if not isinstance(config, TrainConfig):
@@ -267,10 +185,28 @@ def _prepare(
     if config.patience is not None and validation is None:
         raise ValueError(f"validation: config.patience={config.patience} (early stopping) needs a validation split")
     device = resolve_device(config.device)
-    bf16 = _use_bf16(config.precision, device)
     model.to(device)
     features = torch.tensor(train.features).to(device)
-    return device, bf16, features, _num_outputs(model, features)
+    return device, features, _num_outputs(model, features)
+
+
+def _fit(model: nn.Module, train: FeatureSplit, targets: torch.Tensor, objective: Callable, config: TrainConfig,
+         validation: FeatureSplit | None, features: torch.Tensor, num_classes: int, *,
+         probs: np.ndarray | None, checkpoints: Checkpointer | None, progress: bool,
+         on_epoch: Callable[[int, History], None] | None, desc: str) -> History:
+    """Run the engine on the checked inputs (already on the model's device)."""
+    val = _validation_tensors(validation, train.dim, num_classes, features.device)
+    key = None
+    if checkpoints is not None:
+        identity = run_identity(
+            config, ignore=_NOT_IN_RUN_ID, targets=probs, loss=None if probs is None else objective, model=model,
+            data={"train": train.fingerprint(), "validation": None if validation is None else validation.fingerprint()},
+        )
+        key = (content_key(identity), identity)
+        checkpoints.find(*key)  # a checkpoint of another run is refused before the model is touched
+    task = _FeatureTask(features, targets, objective, config, val, desc)
+    return fit(model, task, config, plan=LoopPlan(eval_every_epochs=config.eval_every_epochs),
+               checkpoints=checkpoints, identity=key, progress=progress, on_epoch=on_epoch)
 
 
 def train_classifier(
@@ -280,18 +216,24 @@ def train_classifier(
     validation: FeatureSplit | None = None,
     progress: bool = False,
     on_epoch: Callable[[int, History], None] | None = None,
+    checkpoints: Checkpointer | None = None,
 ) -> History:
-    """Train ``model`` in place on ``train.labels`` with cross-entropy: the teacher (or a one-hot baseline)."""
+    """Train ``model`` in place on ``train.labels`` with cross-entropy: the teacher (or a one-hot baseline).
+
+    With ``checkpoints`` the run saves its state at every epoch end and resumes from the latest
+    checkpoint of the same run (see :class:`~ptdistill.engine.Checkpointer`); clear them after success.
+    """
     if isinstance(train, FeatureSplit) and train.labels is None:
         raise ValueError("train: has no labels (a distillation split?); train_classifier needs a labeled split")
-    device, bf16, features, num_classes = _prepare(model, train, config, validation)
+    device, features, num_classes = _prepare(model, train, config, validation)
     _check_labels("train.labels", train.labels, num_classes)
-    val = _validation_tensors(validation, train.dim, num_classes, device)
     labels = torch.tensor(train.labels).to(device)
-    return _fit(
-        model, features, labels, lambda logits, y: F.cross_entropy(logits.float(), y), config, val, device, bf16,
-        set_step=None, progress=progress, on_epoch=on_epoch, desc="teacher",
-    )
+    return _fit(model, train, labels, _cross_entropy, config, validation, features, num_classes, probs=None,
+                checkpoints=checkpoints, progress=progress, on_epoch=on_epoch, desc="teacher")
+
+
+def _cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.float(), labels)
 
 
 def distill(
@@ -303,14 +245,16 @@ def distill(
     validation: FeatureSplit | None = None,
     progress: bool = False,
     on_epoch: Callable[[int, History], None] | None = None,
+    checkpoints: Checkpointer | None = None,
 ) -> History:
     """Train ``model`` in place on ``teacher_probs`` (n, C) for ``train.features`` with a registry loss.
 
     ``train.labels`` is never read. If ``loss`` has ``set_step`` (Annealing KD) it is called with
     the global step (0, 1, ...) before each batch. The oracle student is
-    ``distill(model, split, split.p_star, build_loss("kl"), config)``.
+    ``distill(model, split, split.p_star, build_loss("kl"), config)``. ``checkpoints`` as for
+    :func:`train_classifier`.
     """
-    device, bf16, features, num_classes = _prepare(model, train, config, validation)
+    device, features, num_classes = _prepare(model, train, config, validation)
     probs = np.asarray(teacher_probs)
     if probs.shape != (len(train), num_classes):
         raise ValueError(
@@ -319,14 +263,12 @@ def distill(
         )
     if not np.issubdtype(probs.dtype, np.floating):
         raise ValueError(f"teacher_probs: expected floating-point probabilities, got dtype {probs.dtype}")
-    targets = torch.tensor(np.ascontiguousarray(probs, dtype=np.float32)).to(device)
+    probs = np.ascontiguousarray(probs, dtype=np.float32)
+    targets = torch.tensor(probs).to(device)
     check_probs("teacher_probs", targets)
-    val = _validation_tensors(validation, train.dim, num_classes, device)
     loss.to(device)
-    return _fit(
-        model, features, targets, loss, config, val, device, bf16,
-        set_step=getattr(loss, "set_step", None), progress=progress, on_epoch=on_epoch, desc="student",
-    )
+    return _fit(model, train, targets, loss, config, validation, features, num_classes, probs=probs,
+                checkpoints=checkpoints, progress=progress, on_epoch=on_epoch, desc="student")
 
 
 def predict_probs(

@@ -10,7 +10,7 @@ import numpy as np
 from torch import nn
 
 from ptdistill.arrays import softmax_probs
-from ptdistill.engine import History, seed_everything
+from ptdistill.engine import Checkpointer, History, seed_everything
 from ptdistill.experiments import TextConfig
 from ptdistill.families.backend import Backend
 from ptdistill.families.text.split import TextSplit
@@ -43,7 +43,7 @@ class TextBackend(Backend):
             resolve_checkpoint,
             save_model,
         )
-        from ptdistill.families.text.trainer import Checkpointer, fit_text
+        from ptdistill.families.text.trainer import fit_text
         from ptdistill.families.text.verbalizer_model import VerbalizerClassifier
 
         teacher = config.teacher
@@ -114,7 +114,7 @@ class TextBackend(Backend):
                         teacher_probs, validation: TextSplit, out_dir: Path,
                         checkpoints: tuple[str, str]) -> History:
         from ptdistill.families.text.models import load_classifier, load_tokenizer, save_model
-        from ptdistill.families.text.trainer import Checkpointer, fit_text
+        from ptdistill.families.text.trainer import fit_text
 
         student = config.student
         seed_everything(seed)

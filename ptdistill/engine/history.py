@@ -1,9 +1,4 @@
-"""What every family's training shares: the run history, seeding, device choice and progress display.
-
-The MLP loop (:mod:`ptdistill.families.mlp.training`) and the text loop
-(:mod:`ptdistill.families.text.trainer`) both report a :class:`History`, seed with
-:func:`seed_everything` and resolve ``device`` with :func:`resolve_device`.
-"""
+"""The run history every training reports, seeding, device choice and the progress display."""
 
 from __future__ import annotations
 
