@@ -12,6 +12,9 @@ from ptdistill.text.scoring import TeacherScorer, Verbalizer, softmax_probs, tea
 from ptdistill.text.split import TextSplit
 from text_fixtures import tiny_bert, tiny_gpt2, tiny_t5
 
+# slow: builds and scores tiny transformer models.
+pytestmark = pytest.mark.slow
+
 TEXT_A = [
     "the movie was good",
     "an awful, boring film and not fun at all",

@@ -24,7 +24,8 @@ from ptdistill.text.trainer import TextTrainConfig, fit_text
 from ptdistill.text.verbalizer_model import VerbalizerClassifier
 from text_fixtures import tiny_gpt2, tiny_t5
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+# slow: fine-tunes tiny seq2seq models.
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 POSITIVE, NEGATIVE = ("good", "great"), ("bad", "awful")
 FILLER = "the movie film was is it this a very so and of".split()
