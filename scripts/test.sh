@@ -6,8 +6,14 @@
 # as a second pytest process beside the rest, since its image builds mostly wait on disk and
 # network; its output follows the main run's. Arguments go to one pytest run as given
 # (e.g. `bash scripts/test.sh tests/test_losses.py`, `bash scripts/test.sh -m images`).
+# `--fast` first: only the unit and property tests, none of the tiers (markers in pyproject.toml);
+# the arguments after it go to that pytest run.
 source "$(dirname "${BASH_SOURCE[0]}")/venv.sh"
 .venv/bin/ruff check ptdistill components pipelines tests benchmarks
+if [ "${1:-}" = --fast ]; then
+  shift
+  exec .venv/bin/python -m pytest -m "not slow and not pipeline and not browser and not images" "$@"
+fi
 [ $# -eq 0 ] || exec .venv/bin/python -m pytest "$@"
 
 bash images/install-build-tools.sh

@@ -485,8 +485,18 @@ def _launcher() -> PipelineLauncher:
     return _LAUNCHER
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that uses a pipeline fixture ``pipeline``, so ``-m "not pipeline"`` leaves it
+    out without a marker to forget; runs first, before ``-m`` deselects."""
+    for item in items:
+        if PIPELINE_FIXTURES.keys() & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.pipeline)
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """Start the pipeline chains the selected tests need, so they overlap with the other tests."""
+    """Start the pipeline chains the selected tests need (``session.items`` is what is left after
+    ``-m``/``-k`` deselection), so they overlap with the other tests."""
     if session.config.option.collectonly:
         return
     wanted = {name for item in session.items for name in getattr(item, "fixturenames", ())}

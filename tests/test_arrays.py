@@ -27,6 +27,7 @@ def _readme(teacher_probs_val, labels_val, student_logits, teacher_probs):
     return result, loss
 
 
+@pytest.mark.slow
 def test_readme_snippet_runs_on_numpy_inputs_with_the_tensor_value_and_gradients():
     val_probs, val_labels = noisy_teacher(90, 3, seed=1)
     train_probs, _ = noisy_teacher(16, 3, seed=2)

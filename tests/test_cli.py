@@ -130,6 +130,7 @@ def test_csv_rounded_to_six_decimals_converges(tmp_path, teacher):
 # ---------------------------------------------------------------- the console script
 
 
+@pytest.mark.slow
 def test_console_script_help():
     script = Path(sys.executable).parent / "ptdistill"
     if not script.exists():
@@ -139,6 +140,7 @@ def test_console_script_help():
     assert "--teacher-probs" in done.stdout and "--labels-column" in done.stdout
 
 
+@pytest.mark.slow
 def test_python_m_ptdistill_search(tmp_path):
     out = tmp_path / "result.json"
     done = subprocess.run(

@@ -201,6 +201,7 @@ def test_accelerator_type_and_count_come_from_the_config(table, tmp_path):
         assert c.accelerator(c.all_tasks()[name]) == ("NVIDIA_TESLA_T4", 2), name
 
 
+@pytest.mark.slow
 def test_cli_compile_console_script(tmp_path):
     """``ptdistill compile synthetic -o FILE`` as a user runs it; image overrides are honoured."""
     script = Path(sys.executable).with_name("ptdistill")

@@ -35,16 +35,13 @@ from ptdistill.steps.common import RunInfo
 from ptdistill.storage import open_store
 from ptdistill.tracking import CHAMPION_ALIAS, PARENT_TAG, ROLE_TAG, Tracker
 
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:The ``noload`` loader strategy is deprecated:DeprecationWarning",
-)
+# slow: runs every step of a tiny experiment (teacher and student training).
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated:DeprecationWarning"),
+              pytest.mark.usefixtures("one_torch_thread")]
 
 SPLITS = ("teacher_train", "distill", "validation", "test")
 PNG = b"\x89PNG\r\n\x1a\n"
 RUN_NAME = "unit-run"
-
-
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @dataclass

@@ -53,6 +53,7 @@ def test_unreachable_daemon_is_one_line_naming_the_socket(tmp_path, monkeypatch)
     assert "export DOCKER_HOST=unix:///PATH/docker.sock" in message and "--runner subprocess" in message
 
 
+@pytest.mark.slow
 def test_cli_refuses_before_writing_anything(tmp_path):
     """Exit 2 through the CLI's error path; no pipeline root, lock, tracking file or log is created."""
     work = tmp_path / "work"
@@ -274,6 +275,7 @@ def open_tmp():
     shutil.rmtree(folder)
 
 
+@pytest.mark.slow
 @as_root
 def test_image_user_is_told_which_folder_it_cannot_write(open_tmp):
     tmp_path = open_tmp
@@ -289,6 +291,7 @@ def test_image_user_is_told_which_folder_it_cannot_write(open_tmp):
     assert _claim_as(IMAGE_UID, paths["root"]).stdout.strip() == "ok"
 
 
+@pytest.mark.slow
 @as_root
 def test_a_runner_that_is_not_the_image_user_is_refused(open_tmp):
     tmp_path = open_tmp

@@ -98,6 +98,7 @@ def test_posterior_is_stable_far_from_the_means():
         task.posterior(np.zeros((3, 5)))
 
 
+@pytest.mark.slow
 def test_posterior_argmax_reaches_the_bayes_rate_and_beats_a_trained_mlp():
     task = GaussianTask()
     x, y = task.sample(50_000, seed=11)

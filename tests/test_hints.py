@@ -70,6 +70,7 @@ def test_a_named_tracking_uri_is_passed_on_quoted(clone):
     assert ptdistill_command("run", "synthetic", tracking_uri=None) == ".venv/bin/ptdistill run synthetic"
 
 
+@pytest.mark.slow
 def test_compare_with_no_runs_prints_a_runnable_hint(clone, capsys):
     from ptdistill.cli import main
 

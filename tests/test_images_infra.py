@@ -76,6 +76,7 @@ def test_lock_pins_every_runtime_dependency_within_pyproject_specifiers():
         assert req.specifier.contains(Version(pins[name]), prereleases=True), (req, pins[name])
 
 
+@pytest.mark.slow
 def test_lock_matches_the_venv():
     # images/lock.py walks the installed distributions' metadata from pyproject's dependencies:
     # the images must install exactly what this venv runs (the tests' versions).
@@ -319,6 +320,7 @@ def test_build_sh_load_builds_local_tags_and_leaves_images_json_alone(tmp_path):
     assert (repo / "images" / "images.json").read_text() == before
 
 
+@pytest.mark.slow
 def test_build_sh_offline_serves_the_wheel_folder_and_passes_base_and_ca_secret(tmp_path):
     repo, docker, log, sha = _throwaway_repo(tmp_path)
     wheels = tmp_path / "wheels"
@@ -529,6 +531,7 @@ def test_terraform_has_no_open_cidr():
         assert "0.0.0.0/0" not in text, path
 
 
+@pytest.mark.slow
 def test_gpu_pool_is_tainted_autoscaling_with_optional_spot(tf):
     pools = tf["resource"]["google_container_node_pool"]
     assert {"cpu", "gpu"} <= set(pools)

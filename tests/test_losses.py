@@ -61,6 +61,23 @@ def grad_of(fn, z, *args, **kwargs):
     return loss.detach(), g
 
 
+# Hypothesis draws inputs through a seed (torch's generator), shapes and a temperature.
+SEEDS = st.integers(0, 2**31 - 1)
+CLASSES = st.integers(2, 8)
+TEMPERATURES = st.sampled_from([1.0, 0.3, 0.5, 2.0, 4.0])
+
+
+def drawn(seed, b, c, *, dtype=torch.float64):
+    """Student logits and teacher probabilities of ``make``'s kind, and a second teacher row with
+    ``c // 2`` zero entries (classes that the teacher rules out)."""
+    z, p = make(b, c, seed=seed, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(seed + 1)
+    if b > 1:
+        p[1, torch.randperm(c, generator=gen)[: c // 2]] = 0.0
+        p[1] /= p[1].sum()
+    return z.detach().to(dtype).requires_grad_(), p.to(dtype)
+
+
 # ----------------------------------------------------------------------------- hand computations
 
 
@@ -174,14 +191,15 @@ def test_each_loss_matches_hand_computation(name):
         np.testing.assert_allclose(got_rows, rows, rtol=2e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("temperature", [1.0, 2.5])
-def test_ptloss_eps_zero_equals_kl(temperature):
-    z, p = make(9, 6, seed=2)
-    eps = torch.zeros(6, 3)
+@settings(max_examples=20, deadline=None)
+@given(seed=SEEDS, num_classes=CLASSES, order=st.integers(1, 5), temperature=TEMPERATURES)
+def test_ptloss_eps_zero_equals_kl(seed, num_classes, order, temperature):
+    z, p = drawn(seed, 6, num_classes, dtype=torch.float32)
+    eps = torch.zeros(num_classes, order)
     v_pt, g_pt = grad_of(ptloss, z, p, eps, temperature=temperature)
     v_kl, g_kl = grad_of(kl, z, p, temperature=temperature)
     assert torch.equal(v_pt, v_kl)
-    torch.testing.assert_close(g_pt, g_kl, rtol=1e-6, atol=1e-8)
+    torch.testing.assert_close(g_pt, g_kl, rtol=1e-6, atol=1e-7)
 
 
 def test_focal_gamma_zero_and_label_smoothing_delta_zero_equal_kl():
@@ -270,6 +288,48 @@ def test_label_smoothing_approximation_improves_with_order():
     errors = [(per_example_ptloss_ls(z, p, 0.2, m)[1] - g_ls).norm(dim=-1).mean().item() for m in (1, 2, 4, 8, 16)]
     assert all(a > b for a, b in zip(errors, errors[1:])), errors
     assert errors[-1] < 0.5 * errors[0], errors
+
+
+# ----------------------------------------------------------------------------- properties
+
+
+def random_eps(seed, c, order):
+    """PTLoss coefficients (C, M) in [-1, 4), float64."""
+    return torch.empty(c, order, dtype=torch.float64).uniform_(-1, 4, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("name", ALL)
+@settings(max_examples=10, deadline=None)
+@given(seed=SEEDS, batch=st.integers(1, 5), num_classes=CLASSES)
+def test_every_loss_is_equivariant_under_permuting_the_classes(name, seed, batch, num_classes):
+    """Permuting the classes of the logits, the teacher and eps's rows leaves each example's loss
+    as it is and permutes the gradient the same way (no loss treats a class by its index)."""
+    z, p = drawn(seed, batch, num_classes)
+    hparams = dict(HPARAMS[name], eps=random_eps(seed, num_classes, 3)) if name == "ptloss" else HPARAMS[name]
+    perm = torch.randperm(num_classes, generator=torch.Generator().manual_seed(seed))
+    permuted = dict(hparams, eps=hparams["eps"][perm]) if name == "ptloss" else hparams
+    v, g = grad_of(build_loss(name, **hparams, reduction="none"), z, p)
+    v_perm, g_perm = grad_of(build_loss(name, **permuted, reduction="none"), z[:, perm], p[:, perm])
+    torch.testing.assert_close(v_perm, v, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(g_perm, g[:, perm], rtol=1e-10, atol=1e-12)
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=SEEDS, batch=st.integers(1, 6), num_classes=CLASSES, order=st.integers(1, 6), temperature=TEMPERATURES)
+def test_ptloss_gradient_is_the_closed_form(seed, batch, num_classes, order, temperature):
+    """The closed-form gradient (docs/method.md §2.3) of one example's PTLoss wrt its logits, ``g_j = -p_j - h_j + q_j (1 + sum_c h_c)``,
+    ``h_c = p_c q_c phi_c``, ``phi_c = sum_m eps[c,m] m (1-q_c)**(m-1)``, at the tempered p and q;
+    the batch mean divides by N and the temperature adds a factor T (T**2 on the loss, 1/T from z/T)."""
+    z, p = drawn(seed, batch, num_classes)
+    eps = random_eps(seed, num_classes, order)
+    _, grad = grad_of(ptloss, z, p, eps, temperature=temperature)
+    q = torch.softmax(z.detach() / temperature, -1)
+    pt = torch.softmax(torch.log(p) / temperature, -1)
+    m = torch.arange(1, order + 1, dtype=torch.float64)
+    phi = (eps * m * (1 - q).unsqueeze(-1) ** (m - 1)).sum(-1)
+    h = pt * q * phi
+    g = -pt - h + q * (1 + h.sum(-1, keepdim=True))
+    torch.testing.assert_close(grad, temperature * g / batch, rtol=1e-10, atol=1e-12)
 
 
 # ----------------------------------------------------------------------------- reductions, forms, registry

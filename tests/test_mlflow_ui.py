@@ -38,6 +38,8 @@ import pytest
 
 from conftest import free_port, tiny_synthetic
 
+#: A real pipeline run against a real server, read by Chromium.
+pytestmark = [pytest.mark.browser, pytest.mark.pipeline]
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
 ARTIFACTS = TESTS / "artifacts"

@@ -242,7 +242,7 @@ def test_low_corner_reports_honestly_and_converges_given_iterations(case):
     _assert_solution(solve_proxy(t64(p), t64(eps), max_iter=5000, init=sol.logits), p, eps)
 
 
-@pytest.mark.parametrize("case", ["near_one_hot_corners", "peaked_low"])
+@pytest.mark.parametrize("case", ["near_one_hot_corners", pytest.param("peaked_low", marks=pytest.mark.slow)])
 def test_low_corner_converges_within_default_budget(case):
     c = 10
     if case == "near_one_hot_corners":  # found by hypothesis

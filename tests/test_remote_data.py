@@ -123,6 +123,7 @@ print(json.dumps({"loaded": [m for m in heavy if m in sys.modules], "seconds": s
 """
 
 
+@pytest.mark.slow
 def test_every_benchmark_compiles_offline_with_no_data(tmp_path):
     """No hub, an empty Hugging Face cache, a storage endpoint that is down: every benchmark compiles,
     nothing is downloaded or cached, and ``datasets`` is never imported."""
@@ -147,6 +148,7 @@ def test_every_benchmark_compiles_offline_with_no_data(tmp_path):
         assert config.data.path == sets[0].split("=", 1)[1]
 
 
+@pytest.mark.pipeline
 def test_run_of_a_paper_task_without_hub_access_fails_in_one_line(tmp_path):
     """``ptdistill run`` reads the data up front: with no hub and nothing cached, one line says what to do."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "MLFLOW_"))}
@@ -330,6 +332,7 @@ def test_hub_layout_data_folder_from_gcs_equals_the_local_one(gcs_env, tmp_path)
 # --------------------------------------------------------------------------- checkpoint folders
 
 
+@pytest.mark.slow
 def test_checkpoint_folder_from_gcs_has_the_local_folders_revision(gcs_env, tmp_path):
     from text_fixtures import tiny_bert
 
@@ -347,6 +350,7 @@ def test_checkpoint_folder_from_gcs_has_the_local_folders_revision(gcs_env, tmp_
     assert model.config.hidden_size == 32
 
 
+@pytest.mark.slow
 def test_checkpoint_folder_without_config_fails_naming_the_object(gcs_env, tmp_path):
     from text_fixtures import tiny_bert
 
@@ -396,6 +400,7 @@ def test_missing_object_fails_prepare_data_with_one_line_and_writes_nothing(gcs_
     assert list(tmp_path.iterdir()) == []  # no split, run info, MLflow store or cache entry
 
 
+@pytest.mark.pipeline
 def test_run_with_a_missing_object_fails_in_prepare_data(gcs_env, tmp_path, capsys):
     uri = f"gs://{BUCKET}/missing/table.csv"
     with pytest.raises(RuntimeError) as caught:
@@ -408,6 +413,7 @@ def test_run_with_a_missing_object_fails_in_prepare_data(gcs_env, tmp_path, caps
     assert re.search(rf"^    \|\s+ValueError: {re.escape(uri)}: object not found$", capsys.readouterr().out, re.M)
 
 
+@pytest.mark.pipeline
 def test_tabular_pipeline_from_a_csv_in_gcs_equals_the_local_run(gcs_env, tmp_path):
     """The same table in the bucket and on disk: the same splits (the second run's teacher comes
     from the first run's cache, keyed by the data's fingerprint) and the same student."""
@@ -430,6 +436,7 @@ def test_tabular_pipeline_from_a_csv_in_gcs_equals_the_local_run(gcs_env, tmp_pa
     assert gcs == local and [s["method"] for s in gcs] == ["ptloss"]
 
 
+@pytest.mark.pipeline
 def test_text_pipeline_with_teacher_student_and_data_in_gcs(gcs_env, tmp_path):
     from conftest import tiny_text_configs
 

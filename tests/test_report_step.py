@@ -12,6 +12,9 @@ from ptdistill.steps.common import RunInfo
 from ptdistill.steps.report import FLAG_TAG, flag_students, report
 from ptdistill.tracking import Tracker
 
+# slow: MLflow SQLite stores.
+pytestmark = pytest.mark.slow
+
 SEARCH = {"teacher_tvd": 0.1, "proxy_tvd": 0.2, "strategy": "random", "criterion": "q", "order": 1,
           "proxy_flips": 0.6667, "validation_rows": 18, "teacher_accuracy": 17 / 18,
           "warnings": ["validation split too small to rank coefficient candidates: 18 rows (class 0: 6, class 1: 7,"

@@ -115,6 +115,7 @@ def tracker(tmp_path) -> Tracker:
     return _tracker(tmp_path, {"run-a": 0.0, "run-b": 0.01})
 
 
+@pytest.mark.slow
 def test_report_fits_student_accuracy_to_teacher_quality_across_runs(tmp_path):
     runs = {"t1": 0.0, "t2": 0.01, "t3": 0.03}
     text = benchmark_report(_tracker(tmp_path, runs), "synthetic", tmp_path / "out", run_names=list(runs)).read_text()
@@ -126,6 +127,7 @@ def test_report_fits_student_accuracy_to_teacher_quality_across_runs(tmp_path):
     assert "teacher L2 to p*" not in text  # not logged: no column, no plot
 
 
+@pytest.mark.slow
 def test_benchmark_report_from_mlflow(tracker, tmp_path):
     path = benchmark_report(tracker, "synthetic", tmp_path / "out")
     text = path.read_text()
@@ -157,6 +159,7 @@ def test_benchmark_report_from_mlflow(tracker, tmp_path):
         benchmark_report(tracker, "synthetic", tmp_path / "x", run_names=["nope"])
 
 
+@pytest.mark.slow
 def test_report_command(tracker, tmp_path, capsys):
     out = tmp_path / "docs"
     assert main(["report", "synthetic", "--out", str(out), "--tracking-uri", tracker.tracking_uri,

@@ -75,6 +75,7 @@ def _session_processes(sid: int) -> list[psutil.Process]:
     return alive
 
 
+@pytest.mark.pipeline
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_during_distill_student_ends_tasks_and_cleans_up(tmp_path, sig):
     root, cwd, tracking_uri = tmp_path / "runs", tmp_path / "cwd", f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -145,6 +146,7 @@ except RunInterrupted as err:
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
 def test_a_signal_ends_running_and_queued_tasks(sig):
     runner = subprocess.Popen([sys.executable, "-c", POOL_OF_TASKS, sig.name], cwd=REPO, stdout=subprocess.PIPE,
@@ -177,6 +179,7 @@ class _UndeletableStore(LocalStore):
         raise ConnectionError(f"store unreachable deleting {key}")
 
 
+@pytest.mark.slow
 def test_clean_up_marks_the_parent_failed_when_the_store_fails(tmp_path, monkeypatch):
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     parent = _start_parent(tracking_uri, "r1")
@@ -192,6 +195,7 @@ def test_clean_up_marks_the_parent_failed_when_the_store_fails(tmp_path, monkeyp
     assert "\n" not in line
 
 
+@pytest.mark.slow
 def test_clean_up_commands_finish_the_job_by_hand(tmp_path, monkeypatch):
     """The commands a failed clean-up prints do what the clean-up could not."""
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -210,6 +214,7 @@ def test_clean_up_commands_finish_the_job_by_hand(tmp_path, monkeypatch):
     assert set(LocalStore(tmp_path / "store").list()) == checkpoints | others
 
 
+@pytest.mark.slow
 def test_failed_run_clean_up_keeps_only_checkpoints_and_others(tmp_path):
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     parent = _start_parent(tracking_uri, "r1")

@@ -444,6 +444,7 @@ def test_gcs_unreachable_endpoint_is_named_after_the_last_attempt(caplog):
     assert len([r for r in caplog.records if "retrying" in r.getMessage()]) == FAST_RETRY.max_attempts - 1
 
 
+@pytest.mark.slow
 def test_gcs_requests_time_out_by_the_policy():
     # A server that accepts connections (the kernel's backlog) and never answers.
     pytest.importorskip("google.cloud.storage")

@@ -437,6 +437,7 @@ def vertex_requests(monkeypatch):
     return sent
 
 
+@pytest.mark.slow
 @needs_aiplatform
 def test_vertex_job_and_schedule_payloads(vertex_requests, compiled_spec):
     from google.auth.credentials import AnonymousCredentials

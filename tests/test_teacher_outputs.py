@@ -321,6 +321,7 @@ def softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum(1, keepdims=True)
 
 
+@pytest.mark.slow
 def test_the_component_writes_what_teacher_inference_would_and_caches_it(tmp_path):
     from components.import_teacher_outputs import import_teacher_outputs
     from components.prepare_data import prepare_data
@@ -423,6 +424,7 @@ def test_the_compiled_pipeline_has_no_teacher_tasks(tmp_path):
     assert {"train-teacher", "teacher-inference"} <= usual and "import-teacher-outputs" not in usual
 
 
+@pytest.mark.slow
 def test_ptdistill_run_refuses_bad_outputs_before_starting(tmp_path):
     data = tabular_csv(tmp_path / "data.csv")
     bad = write(tmp_path / "teacher.csv", pd.DataFrame({"no": [0.5] * 59, "yes": [0.5] * 59}))
@@ -435,6 +437,7 @@ def test_ptdistill_run_refuses_bad_outputs_before_starting(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("outputs, message", [
     ("missing.parquet", "missing.parquet: file not found"),
     ("empty.csv", "empty.csv: is empty (0 bytes); expected data"),
@@ -455,6 +458,7 @@ def _cli(tmp_path: Path, data: Path | str, outputs: str) -> subprocess.Completed
                           capture_output=True, text=True, env=env, timeout=900)
 
 
+@pytest.mark.pipeline
 def test_ptdistill_run_trains_students_from_the_given_outputs_without_a_teacher(tmp_path):
     from ptdistill.families.mlp.split import FeatureSplit
 
@@ -477,6 +481,7 @@ def test_ptdistill_run_trains_students_from_the_given_outputs_without_a_teacher(
     assert f"(from the given teacher outputs {given}, sha256 " in result.stdout
 
 
+@pytest.mark.slow
 def test_a_text_run_uses_the_outputs_and_never_the_teacher_model(tmp_path):
     """Own text data with the default T5-large teacher (never loaded, nor its prompt needed): the step
     writes the given probabilities for each split, aligned by the data file's row numbers."""

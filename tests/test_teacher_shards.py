@@ -29,7 +29,8 @@ from ptdistill.steps.teacher import (
 )
 from ptdistill.storage import open_store
 
-pytestmark = [pytest.mark.usefixtures("one_torch_thread"),
+# slow: trains a teacher and runs its inference steps.
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread"),
               pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated:DeprecationWarning")]
 
 SPLITS = ("distill", "validation", "test")

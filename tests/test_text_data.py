@@ -386,6 +386,7 @@ def rotten():
     return load_rotten_tomatoes()
 
 
+@pytest.mark.slow
 def test_rotten_tomatoes_corpus(rotten):
     assert 12_500 <= len(rotten) <= 12_900
     assert rotten.text_b is None and set(np.unique(rotten.labels)) == {0, 1}
@@ -398,6 +399,7 @@ def test_rotten_tomatoes_corpus(rotten):
     np.testing.assert_array_equal(categories == "fresh", rotten.labels == 1)
 
 
+@pytest.mark.slow
 def test_rotten_tomatoes_splits(rotten):
     sizes = {"teacher_train": 500, "distill": 1500, "validation": 300, "test": 700}
     splits, report = rotten_tomatoes_splits(sizes, seed=4)

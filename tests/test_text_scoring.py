@@ -13,6 +13,9 @@ from ptdistill.families.text.models import HFModelSpec, load_classifier, load_ge
 from ptdistill.families.text.scoring import TeacherScorer, Verbalizer, teacher_logits, verbalizer_logits
 from ptdistill.families.text.split import TextSplit
 
+# slow: builds and scores tiny transformer models.
+pytestmark = pytest.mark.slow
+
 TEXT_A = [
     "the movie was good",
     "an awful, boring film and not fun at all",

@@ -117,6 +117,7 @@ def data():
 # ----------------------------------------------------------------------------- learning
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss_name, hparams", [("ptloss", {"eps": [[0.5], [0.5]]}), ("kl", {})])
 def test_student_learns_from_teacher_probabilities_without_labels(tokenizer, data, loss_name, hparams):
     train, validation, targets = data
@@ -135,6 +136,7 @@ def test_student_learns_from_teacher_probabilities_without_labels(tokenizer, dat
     assert model.forward.__func__ is type(model).forward  # no accelerate wrapper left behind
 
 
+@pytest.mark.slow
 def test_teacher_learns_from_labels(tokenizer, data):
     train, validation, _ = data
     model = tiny_bert(tokenizer, seed=3)
@@ -143,6 +145,7 @@ def test_teacher_learns_from_labels(tokenizer, data):
     assert history.best_val_accuracy == max(history.val_accuracy)
 
 
+@pytest.mark.slow
 def test_early_stopping_restores_the_best_weights(tokenizer, data):
     train, validation, _ = data
     model = tiny_bert(tokenizer, seed=3)
@@ -158,6 +161,7 @@ def test_early_stopping_restores_the_best_weights(tokenizer, data):
 # ----------------------------------------------------------------------------- checkpoint / resume
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "n, grad_accumulation, every, interrupt_at, patience",
     [
@@ -201,6 +205,7 @@ def test_resume_mid_epoch_is_bit_identical(tokenizer, tmp_path, n, grad_accumula
     assert timeless(history_a) == timeless(history_c)
 
 
+@pytest.mark.slow
 def test_only_the_last_checkpoint_is_kept_and_clear_removes_them(tokenizer, data, tmp_path):
     train, _, targets = data
     checkpoints = Checkpointer(str(tmp_path), "ckpt")
@@ -216,6 +221,7 @@ def test_only_the_last_checkpoint_is_kept_and_clear_removes_them(tokenizer, data
     assert store.list("ckpt/") == ["ckpt/notes.txt"]
 
 
+@pytest.mark.slow
 def test_resume_from_a_gcs_bucket(tokenizer, data, monkeypatch):
     from conftest import GCS_BUCKET, start_gcs_emulator
 
@@ -246,6 +252,7 @@ def test_resume_from_a_gcs_bucket(tokenizer, data, monkeypatch):
         emulator.close()
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_run_is_not_resumed(tokenizer, data, tmp_path, caplog):
     train, _, targets = data
     checkpoints = Checkpointer(str(tmp_path), "ckpt")
@@ -287,6 +294,7 @@ def test_checkpoint_of_another_run_is_not_resumed(tokenizer, data, tmp_path, cap
     assert_same_weights(params(model), params(fresh))
 
 
+@pytest.mark.slow
 def test_gradient_checkpointing_on_cpu_gives_the_same_weights(tokenizer, data):
     train, _, targets = data
     config = TextTrainConfig(epochs=1, **FAST)
@@ -298,6 +306,7 @@ def test_gradient_checkpointing_on_cpu_gives_the_same_weights(tokenizer, data):
     assert_same_weights(params(plain), params(checkpointed))
 
 
+@pytest.mark.slow
 def test_bf16_autocast_on_cpu_then_fp32_in_the_same_process(tokenizer, data):
     train, validation, targets = data
     config = TextTrainConfig(epochs=1, **{**FAST, "precision": "bf16"})
@@ -391,6 +400,7 @@ def test_argument_errors(tokenizer, data, tmp_path):
         Checkpointer(str(tmp_path), "p", on_mismatch="ignore")
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_with_a_clear_error(tokenizer, data):
     train, _, targets = data
     model = tiny_bert(tokenizer)

@@ -23,7 +23,8 @@ from ptdistill.families.text.trainer import TextTrainConfig, fit_text
 from ptdistill.families.text.verbalizer_model import VerbalizerClassifier
 from ptdistill.storage import open_store
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+# slow: fine-tunes tiny seq2seq models.
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 POSITIVE, NEGATIVE = ("good", "great"), ("bad", "awful")
 FILLER = "the movie film was is it this a very so and of".split()

@@ -26,10 +26,11 @@ from ptdistill.tracking import (
     runs_url,
 )
 
-pytestmark = pytest.mark.filterwarnings(
+# slow: MLflow SQLite stores (schema creation, runs).
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings(
     # MLflow's own SQLAlchemy mapping (mlflow 3.17) uses the deprecated ``noload`` strategy.
     "ignore:The ``noload`` loader strategy is deprecated:DeprecationWarning",
-)
+)]
 
 EPS = [[0.1, -0.2, 0.05], [0.0, 0.3, -0.1]]  # C=2 x M=3
 

@@ -36,10 +36,11 @@ from ptdistill.tracking import (
     clean_text,
 )
 
-pytestmark = pytest.mark.filterwarnings(
+# slow: MLflow SQLite stores, several processes opening one file.
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings(
     # MLflow's own SQLAlchemy mapping (mlflow 3.17) uses the deprecated ``noload`` strategy.
     "ignore:The ``noload`` loader strategy is deprecated:DeprecationWarning",
-)
+)]
 
 
 def _tables(db: Path) -> list[str]:

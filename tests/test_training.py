@@ -45,6 +45,7 @@ def same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_train_classifier_learns_a_separable_task(separable):
     model = new_model(5)
     config = TrainConfig(epochs=8, batch_size=32, lr=3e-3, log_every_steps=5, **CPU)
@@ -64,6 +65,7 @@ def test_train_classifier_learns_a_separable_task(separable):
     json.dumps(history.to_dict())
 
 
+@pytest.mark.slow
 def test_distill_kl_on_pstar_approaches_pstar(synthetic):
     """The oracle student: distill on p* with the kl loss, through the same function as every student."""
     train, test = synthetic["distill"], synthetic["test"]
@@ -79,6 +81,7 @@ def test_distill_kl_on_pstar_approaches_pstar(synthetic):
     assert history.train_loss[-1][1] < history.train_loss[0][1]
 
 
+@pytest.mark.slow
 def test_distill_never_reads_train_labels(synthetic):
     unlabeled = synthetic["distill"]
     assert unlabeled.labels is None
@@ -93,6 +96,7 @@ def test_distill_never_reads_train_labels(synthetic):
     assert same_state(state(model), state(other))
 
 
+@pytest.mark.slow
 def test_same_seed_same_weights(synthetic):
     train, validation = synthetic["distill"], synthetic["validation"]
     runs = []
@@ -110,6 +114,7 @@ def test_same_seed_same_weights(synthetic):
     assert not same_state(runs[0][0], state(model))
 
 
+@pytest.mark.slow
 def test_early_stopping_restores_the_best_weights(separable):
     # A high learning rate on a 20-example validation set: accuracy peaks early and then wobbles.
     snapshots: dict[int, dict[str, torch.Tensor]] = {}
@@ -259,6 +264,7 @@ def test_progress_postfix_leaves_out_what_is_not_measured_yet():
     assert progress_postfix(0.25, 0.5) == {"loss": 0.25, "val_acc": 0.5}
 
 
+@pytest.mark.slow
 def test_progress_bar_shows_no_nan_and_counts_the_steps_of_the_epoch_it_describes(separable, capsys, monkeypatch):
     """A loss window longer than an epoch (10 steps here) and validation every other epoch: the
     first epoch's line has the running loss and no val_acc, never ``nan``; the bar counts

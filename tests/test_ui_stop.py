@@ -23,6 +23,9 @@ import psutil
 import pytest
 from conftest import free_port
 
+# slow: real `ptdistill ui` servers and process trees.
+pytestmark = pytest.mark.slow
+
 SERVER_START_TIMEOUT = 300  # MLflow migrates a fresh SQLite file and imports a lot, on a busy 2-core box
 STOP_TIMEOUT = 120  # the stop's own bound is servers.GRACE_SECONDS, then SIGKILL
 
