@@ -454,12 +454,14 @@ class PTLoss(_DistillLoss):
     ) -> None:
         super().__init__(reduction)
         self.temperature = finite_real("temperature", temperature, low=0.0, low_open=True)
+        # Lists become float64 as numpy reads them (as in the functional form), not torch's float32
+        # default: the coefficients are cast to the logits' dtype where they are used.
         try:
-            tensor = torch.as_tensor(eps)
-        except (TypeError, ValueError, RuntimeError) as err:
-            raise ValueError(f"eps: expected a (C, M) array of numbers, got {type(eps).__name__}: {err}") from err
+            tensor = as_tensor("eps", eps)
+        except ValueError as err:
+            raise ValueError(f"eps: expected a (C, M) array of numbers, got {type(eps).__name__}: {err}") from None
         if not tensor.dtype.is_floating_point:
-            tensor = tensor.to(torch.get_default_dtype())
+            tensor = tensor.to(torch.float64)
         if tensor.ndim != 2:
             raise ValueError(f"eps: expected shape (C, M), got {tuple(tensor.shape)}")
         check_eps("eps", tensor, tensor.shape[0])

@@ -403,6 +403,18 @@ def test_ptloss_module_eps_forms_buffer_and_cache():
         module(z, p)
 
 
+def test_ptloss_module_takes_listed_eps_at_float64_like_the_functional_form():
+    """eps given as nested lists (a config's YAML, a JSON result) is read as numpy reads it, float64,
+    as the functional form does; torch's float32 default put float64 losses ~1e-8 off."""
+    z, p = make(6, 3)
+    z, p = z.double(), p.double()
+    eps_list = [[0.1, -0.3], [1.0 / 3.0, 0.7], [-0.2, 0.9]]
+    assert PTLoss(eps_list).eps.dtype == torch.float64
+    want = ptloss(z, p, np.array(eps_list))
+    torch.testing.assert_close(PTLoss(eps_list)(z, p), want, rtol=1e-15, atol=0)
+    torch.testing.assert_close(build_loss("ptloss", eps=eps_list)(z, p), want, rtol=1e-15, atol=0)
+
+
 def test_no_grad_evaluation_matches():
     z, p = make(5, 4)
     eps = torch.ones(4, 3)
