@@ -25,6 +25,10 @@ written all the same. One console at a time per process: it patches module state
 
 from __future__ import annotations
 
+from ptdistill.extras import require
+
+require("pipelines", __name__)  # one line naming the extra, before the imports that need it
+
 import functools
 import inspect
 import io

@@ -13,6 +13,10 @@ temporary file and sends the full pipeline spec with the run's parameters.
 
 from __future__ import annotations
 
+from ptdistill.extras import require
+
+require("pipelines", __name__)  # one line naming the extra, before the imports that need it
+
 import contextlib
 import io
 import json
@@ -242,7 +246,8 @@ def submit(
     return run
 
 
-def _state(run) -> str:
+def run_state(run) -> str:
+    """The state of a KFP run or task (``kfp_server_api`` object) as ``SUCCEEDED``, ``FAILED``, ... (PENDING when unset)."""
     state = getattr(run, "state", None) or "PENDING"
     return str(state).upper().replace("RUNTIME_STATE_", "")
 
@@ -252,7 +257,7 @@ def _task_progress(run) -> str:
     tasks = getattr(details, "task_details", None) or []
     if not tasks:
         return ""
-    done = sum(1 for t in tasks if _state(t) in FINAL_STATES)
+    done = sum(1 for t in tasks if run_state(t) in FINAL_STATES)
     return f", {done}/{len(tasks)} tasks finished"
 
 
@@ -265,7 +270,7 @@ def follow(kfp_client, run_id: str, host: str = "", poll_seconds: float = 10.0, 
     while True:
         with _api_errors(host, "wait"):
             run = kfp_client.get_run(run_id)
-        state = _state(run)
+        state = run_state(run)
         line = f"{state}{_task_progress(run)}"
         if line != last:
             print(f"[{time.monotonic() - t0:6.0f} s] run {run_id}: {line}", file=out, flush=True)

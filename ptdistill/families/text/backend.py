@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from ptdistill.extras import require
+
+require("text", "ptdistill.families.text")  # one line naming the extra, before the imports that need it
+
 import dataclasses
 import json
 from pathlib import Path
