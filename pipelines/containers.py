@@ -37,6 +37,8 @@ from io import BytesIO
 from pathlib import Path
 from typing import Any
 
+from components.images import CPU_IMAGE, GPU_IMAGE
+
 #: Environment variables passed from the runner to every task container, by prefix or exact name:
 #: MLflow's client settings and credentials, Google credentials, project and emulator, the
 #: Hugging Face hub's settings, proxies, and ptdistill's own.
@@ -144,7 +146,6 @@ def check_images(client, images: Mapping[str, list[str]]) -> dict[str, Any]:
     the build command or the environment variable that points at another tag.
     """
     import docker
-    from components.images import CPU_IMAGE, GPU_IMAGE
 
     found, missing = {}, []
     for ref, components in images.items():

@@ -31,10 +31,11 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable
 
+from pipelines.dag import compile_pipeline
 from ptdistill.config import load_config, to_dict
 from ptdistill.experiments import ExperimentConfig, default_config
-from ptdistill.steps.common import check_run_name, new_run_name
 from ptdistill.hints import ptdistill_command
+from ptdistill.steps.common import check_run_name, new_run_name
 from ptdistill.tracking import experiment_name
 
 HOST_ENV = "KFP_HOST"
@@ -193,8 +194,6 @@ def run_arguments(config: ExperimentConfig, tracking_uri: str | None = None, art
 
 @contextlib.contextmanager
 def _compiled(config: ExperimentConfig):
-    from pipelines.dag import compile_pipeline
-
     with tempfile.TemporaryDirectory(prefix="ptdistill-kfp-") as tmp:
         yield str(compile_pipeline(config, Path(tmp) / f"ptdistill-{config.benchmark}.yaml"))
 

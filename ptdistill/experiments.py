@@ -14,11 +14,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
+from ptdistill.checks import check_eps
 from ptdistill.config import ConfigError, from_dict
+from ptdistill.evaluation import TASK_METRICS
 from ptdistill.families.mlp.gaussians import SYNTHETIC_SIZES
 from ptdistill.families.mlp.training import TrainConfig
+from ptdistill.families.text.data import TEXT_TASKS
 from ptdistill.families.text.models import HFModelSpec
+from ptdistill.families.text.scoring import Verbalizer
 from ptdistill.families.text.trainer import TextTrainConfig
+from ptdistill.losses import build_loss
+from ptdistill.proxy import CRITERIA, STRATEGIES
+from ptdistill.teacher_outputs import check_spec
 
 
 @dataclass
@@ -220,11 +227,6 @@ class ExperimentConfig:
         ``num_classes`` None (the data alone tells it, and compile reads no data): the checks that
         need it (a ptloss ``eps`` of one row per class, one label word per class) are left to
         prepare_data, which calls this again with the count."""
-        from ptdistill.checks import check_eps
-        from ptdistill.evaluation import TASK_METRICS
-        from ptdistill.losses import build_loss
-        from ptdistill.proxy import CRITERIA, STRATEGIES
-
         if not self.methods:
             raise ConfigError("methods: expected at least one method")
         self._check_fan_out()
@@ -273,8 +275,6 @@ class ExperimentConfig:
 
     def _check_teacher_outputs(self) -> None:
         """``teacher.outputs`` / ``outputs_kind`` as values (file type, URI syntax, kind), reading nothing."""
-        from ptdistill.teacher_outputs import check_spec
-
         try:
             check_spec(self.teacher.outputs, self.teacher.outputs_kind)
         except ValueError as err:
@@ -449,9 +449,6 @@ class TextConfig(ExperimentConfig):
 
     def verbalizer(self):
         """The generative teacher's prompt and label words: the config's, else the task's T5 ones."""
-        from ptdistill.families.text.data import TEXT_TASKS
-        from ptdistill.families.text.scoring import Verbalizer
-
         task = TEXT_TASKS.get(self.data.task)
         prompt = self.teacher.prompt or (task.prompt if task else None)
         words = self.teacher.label_words or (list(task.label_words) if task else None)
@@ -490,8 +487,6 @@ QUICK_TEXT_SIZES = {"teacher_train": 200, "distill": 400, "validation": 200, "te
 
 def _paper_task(config: TextConfig, quick: bool) -> None:
     """A paper benchmark: the task's data protocol and metric, the T5-large teacher, the BERT-base student."""
-    from ptdistill.families.text.data import TEXT_TASKS
-
     task = TEXT_TASKS[config.benchmark]
     config.data.task = task.name
     config.task_metric = task.task_metric
