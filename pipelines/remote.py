@@ -21,6 +21,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import socket
 import sys
 import tempfile
@@ -30,6 +31,10 @@ import urllib.request
 import warnings
 from pathlib import Path
 from typing import Any, Callable
+
+import kfp
+import kfp_server_api
+import urllib3
 
 from pipelines.dag import compile_pipeline
 from ptdistill.config import load_config, to_dict
@@ -113,8 +118,6 @@ def check_reachable(host: str, existing_token: str | None = None, timeout: float
 def client(host: str | None, existing_token: str | None = None, namespace: str | None = None,
            timeout: float = 5.0):
     """A ``kfp.Client`` for a host that answered its health check (see :func:`check_reachable`)."""
-    import kfp
-
     host = resolve_host(host)
     existing_token = existing_token or os.environ.get(TOKEN_ENV) or None
     namespace = namespace or os.environ.get(NAMESPACE_ENV) or "kubeflow"
@@ -135,9 +138,6 @@ def _quiet():
 @contextlib.contextmanager
 def _api_errors(host: str, what: str):
     """Turn kfp_server_api / urllib3 failures during a request into one-line RemoteErrors."""
-    import kfp_server_api
-    import urllib3
-
     try:
         yield
     except kfp_server_api.ApiException as err:
@@ -406,8 +406,6 @@ def vertex_cron(cron: str) -> str:
 
 
 def _job_id(name: str) -> str:
-    import re
-
     return re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")[:128]
 
 

@@ -384,7 +384,7 @@ def _mixed_precision(config: TextTrainConfig, device: torch.device) -> str:
 
 
 def _accelerator(config: TextTrainConfig):
-    from accelerate import Accelerator
+    from accelerate import Accelerator  # text extra: imported when used, so configs import without it
     from accelerate.state import AcceleratorState, PartialState
     from accelerate.utils import DataLoaderConfiguration
 
