@@ -228,3 +228,20 @@ def test_every_module_imports_in_a_random_order(seed):
     random.Random(seed).shuffle(order)
     proc = python("import importlib, sys\nfor name in sys.argv[1:]:\n    importlib.import_module(name)\n", *order)
     assert proc.returncode == 0, f"order (seed {seed}): {order}\n{proc.stderr[-3000:]}"
+
+
+def test_text_data_without_the_text_extra_fails_with_one_line_naming_it():
+    script = BLOCKER.replace(repr(BLOCKED), repr(list(EXTRAS["text"]))) + textwrap.dedent("""
+        from ptdistill.experiments import default_config
+        from ptdistill.extras import MissingExtra
+        from ptdistill.steps.data import build_splits
+        try:
+            build_splits(default_config("rotten-tomatoes", quick=True))
+        except MissingExtra as err:
+            print(err)
+    """)
+    proc = python(script)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [
+        "ptdistill.families.text needs the 'text' extra (missing transformers, datasets, accelerate, safetensors):"
+        " pip install 'ptdistill[text]'"]

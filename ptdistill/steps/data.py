@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ptdistill.experiments import ExperimentConfig, GaussianData, TabularData, TextData
+from ptdistill.extras import require
 from ptdistill.families.mlp.gaussians import GaussianTask, make_splits
 from ptdistill.families.mlp.split import FeatureSplit
 from ptdistill.families.mlp.tabular import SUFFIXES as TABULAR_SUFFIXES
@@ -102,6 +103,7 @@ def build_splits(config: ExperimentConfig) -> tuple[dict[str, FeatureSplit], lis
         # Scaled with teacher-train statistics only: no model sees validation/test statistics.
         splits = standardize(splits)[0]
     elif isinstance(data, TextData):
+        require("text", "ptdistill.families.text")  # one line naming the extra, before any text is read
         splits, class_names = _text_splits(data)
         _check_text_models(config)
     else:
