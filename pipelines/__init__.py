@@ -1,8 +1,3 @@
-"""The distillation DAG, built once and parameterised per benchmark: compile, run locally, submit."""
-
-from pipelines.dag import build_pipeline, compile_pipeline
-from pipelines.local import RunResult, run_local
-from pipelines.remote import RemoteError, list_schedules, resolve_host, schedule, submit
-
-__all__ = ["RemoteError", "RunResult", "build_pipeline", "compile_pipeline", "list_schedules", "resolve_host",
-           "run_local", "schedule", "submit"]
+"""The pipeline layer: the distillation DAG built once (``dag``), run locally (``local``), compiled,
+submitted and scheduled (``remote``), and the commands that do it (``cli``, added to ``ptdistill``
+through an entry point). Every module but ``cli`` needs the ``pipelines`` extra."""

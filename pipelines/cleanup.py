@@ -12,6 +12,10 @@ prefix) is never touched.
 
 from __future__ import annotations
 
+from ptdistill.extras import require
+
+require("pipelines", __name__)  # one line naming the extra, before the imports that need it
+
 import json
 import shlex
 import shutil

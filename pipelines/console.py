@@ -25,6 +25,10 @@ written all the same. One console at a time per process: it patches module state
 
 from __future__ import annotations
 
+from ptdistill.extras import require
+
+require("pipelines", __name__)  # one line naming the extra, before the imports that need it
+
 import functools
 import inspect
 import io
@@ -38,6 +42,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
+
+from kfp.local.orchestrator import task_executor
 
 #: Least seconds between two progress lines of one task on the console.
 PROGRESS_SECONDS = 30.0
@@ -164,8 +170,6 @@ class TaskConsole:
     # ------------------------------------------------------------------ entering and leaving
 
     def __enter__(self) -> TaskConsole:
-        from kfp.local.orchestrator import task_executor
-
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self._pipeline_log = self._open(self.log_dir / PIPELINE_LOG, "pipeline")
         self._saved = (sys.stdout, sys.stderr, task_executor.execute_single_task)
@@ -177,8 +181,6 @@ class TaskConsole:
         return self
 
     def __exit__(self, kind, error, traceback) -> None:
-        from kfp.local.orchestrator import task_executor
-
         assert self._saved is not None and self._pipeline_log is not None
         sys.stdout, sys.stderr, task_executor.execute_single_task = self._saved
         self._restore_root_logger()

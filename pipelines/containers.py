@@ -26,6 +26,10 @@ daemon whose host network is a VM's, as with Docker Desktop, ``127.0.0.1`` is th
 
 from __future__ import annotations
 
+from ptdistill.extras import require
+
+require("pipelines", __name__)  # one line naming the extra, before the imports that need it
+
 import os
 import socket
 import stat
@@ -37,6 +41,9 @@ from io import BytesIO
 from pathlib import Path
 from typing import Any
 
+from kfp import local
+
+from components.images import CPU_IMAGE, GPU_IMAGE
 from ptdistill import defaults
 
 #: Environment variables passed from the runner to every task container, by prefix or exact name:
@@ -85,7 +92,7 @@ def connect(timeout_s: int = 10):
     Raises DockerCheckError naming the address when the SDK is missing or the daemon does not answer.
     """
     try:
-        import docker
+        import docker  # docker extra: only --runner docker needs it
     except ImportError:
         raise DockerCheckError("--runner docker needs the docker Python SDK: pip install 'ptdistill[docker]'") from None
     host = docker_host()
@@ -145,8 +152,7 @@ def check_images(client, images: Mapping[str, list[str]]) -> dict[str, Any]:
     Raises DockerCheckError naming every missing one: which image, which components run in it,
     the build command or the environment variable that points at another tag.
     """
-    import docker
-    from components.images import CPU_IMAGE, GPU_IMAGE
+    import docker  # docker extra: only --runner docker needs it
 
     found, missing = {}, []
     for ref, components in images.items():
@@ -288,7 +294,7 @@ def credentials_plan(environ: Mapping[str, str], uris: list[str], uid: int, gid:
     a key file (the containers cannot see gcloud's own credentials in the runner's home), or the key
     file is missing or cannot be read by the image's user.
     """
-    from docker.types import Mount
+    from docker.types import Mount  # docker extra, as above
 
     plan = DockerPlan(uid=uid, gid=gid)
     key_file = environ.get("GOOGLE_APPLICATION_CREDENTIALS")
@@ -396,8 +402,6 @@ def run_label(run_name: str) -> str:
 def docker_runner(plan: DockerPlan, run_name: str, environ: Mapping[str, str]):
     """A ``kfp.local.DockerRunner`` for the run: host network, the run label, the pass-through environment of ``environ`` (read now: the runner's
     task environment) and the read-only mounts of the plan."""
-    from kfp import local
-
     return local.DockerRunner(network_mode="host", labels={RUN_LABEL: run_label(run_name)},
                               environment={**task_environment(environ), **plan.environment}, mounts=list(plan.mounts))
 
@@ -411,7 +415,7 @@ def end_containers(run_name: str, wait_s: float = GRACE_SECONDS) -> int:
     Returns how many there were; a daemon that does not answer counts as none (its containers
     cannot be reached either).
     """
-    import docker
+    import docker  # docker extra: only --runner docker needs it
 
     try:
         client = docker.from_env(timeout=10)
@@ -437,7 +441,7 @@ def end_containers(run_name: str, wait_s: float = GRACE_SECONDS) -> int:
 
 
 def _running(container) -> bool:
-    import docker
+    import docker  # docker extra: only --runner docker needs it
 
     try:
         container.reload()

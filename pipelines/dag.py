@@ -14,6 +14,9 @@ kfp.local 2.17 replaces any upstream *parameter* output passed into a ParallelFo
 loop item, so facts such as the parent run id travel in the ``run_info`` artifact.
 """
 
+from ptdistill.extras import require
+
+require("pipelines", __name__)  # one line naming the extra, before the imports that need it
 
 import json
 from pathlib import Path

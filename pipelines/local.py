@@ -7,6 +7,10 @@ Two runners: ``subprocess`` (each task a process on this environment's ptdistill
 
 from __future__ import annotations
 
+from ptdistill.extras import require
+
+require("pipelines", __name__)  # one line naming the extra, before the imports that need it
+
 import builtins
 import contextlib
 import json

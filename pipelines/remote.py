@@ -13,10 +13,15 @@ temporary file and sends the full pipeline spec with the run's parameters.
 
 from __future__ import annotations
 
+from ptdistill.extras import require
+
+require("pipelines", __name__)  # one line naming the extra, before the imports that need it
+
 import contextlib
 import io
 import json
 import os
+import re
 import socket
 import sys
 import tempfile
@@ -27,11 +32,16 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable
 
+import kfp
+import kfp_server_api
+import urllib3
+
+from pipelines.dag import compile_pipeline
 from ptdistill import defaults
 from ptdistill.config import load_config, to_dict
 from ptdistill.experiments import ExperimentConfig, default_config
-from ptdistill.steps.common import check_run_name, new_run_name
 from ptdistill.hints import ptdistill_command
+from ptdistill.steps.common import check_run_name, new_run_name
 from ptdistill.tracking import experiment_name
 
 HOST_ENV = "KFP_HOST"
@@ -109,8 +119,6 @@ def check_reachable(host: str, existing_token: str | None = None, timeout: float
 def client(host: str | None, existing_token: str | None = None, namespace: str | None = None,
            timeout: float = 5.0):
     """A ``kfp.Client`` for a host that answered its health check (see :func:`check_reachable`)."""
-    import kfp
-
     host = resolve_host(host)
     existing_token = existing_token or os.environ.get(TOKEN_ENV) or None
     namespace = namespace or os.environ.get(NAMESPACE_ENV) or "kubeflow"
@@ -131,9 +139,6 @@ def _quiet():
 @contextlib.contextmanager
 def _api_errors(host: str, what: str):
     """Turn kfp_server_api / urllib3 failures during a request into one-line RemoteErrors."""
-    import kfp_server_api
-    import urllib3
-
     try:
         yield
     except kfp_server_api.ApiException as err:
@@ -190,8 +195,6 @@ def run_arguments(config: ExperimentConfig, tracking_uri: str | None = None, art
 
 @contextlib.contextmanager
 def _compiled(config: ExperimentConfig):
-    from pipelines.dag import compile_pipeline
-
     with tempfile.TemporaryDirectory(prefix="ptdistill-kfp-") as tmp:
         yield str(compile_pipeline(config, Path(tmp) / f"ptdistill-{config.benchmark}.yaml"))
 
@@ -243,7 +246,8 @@ def submit(
     return run
 
 
-def _state(run) -> str:
+def run_state(run) -> str:
+    """The state of a KFP run or task (``kfp_server_api`` object) as ``SUCCEEDED``, ``FAILED``, ... (PENDING when unset)."""
     state = getattr(run, "state", None) or "PENDING"
     return str(state).upper().replace("RUNTIME_STATE_", "")
 
@@ -253,7 +257,7 @@ def _task_progress(run) -> str:
     tasks = getattr(details, "task_details", None) or []
     if not tasks:
         return ""
-    done = sum(1 for t in tasks if _state(t) in FINAL_STATES)
+    done = sum(1 for t in tasks if run_state(t) in FINAL_STATES)
     return f", {done}/{len(tasks)} tasks finished"
 
 
@@ -266,7 +270,7 @@ def follow(kfp_client, run_id: str, host: str = "", poll_seconds: float = 10.0, 
     while True:
         with _api_errors(host, "wait"):
             run = kfp_client.get_run(run_id)
-        state = _state(run)
+        state = run_state(run)
         line = f"{state}{_task_progress(run)}"
         if line != last:
             print(f"[{time.monotonic() - t0:6.0f} s] run {run_id}: {line}", file=out, flush=True)
@@ -403,8 +407,6 @@ def vertex_cron(cron: str) -> str:
 
 
 def _job_id(name: str) -> str:
-    import re
-
     return re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")[:128]
 
 

@@ -12,6 +12,10 @@ CLI may share it with whatever started it (a shell script, a test).
 
 from __future__ import annotations
 
+from ptdistill.extras import require
+
+require("pipelines", __name__)  # one line naming the extra, before the imports that need it
+
 import logging
 import signal
 import threading

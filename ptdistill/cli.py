@@ -1,4 +1,9 @@
-"""The ``ptdistill`` command line."""
+"""The ``ptdistill`` command line: ``ptdistill search`` here, more commands from other layers.
+
+A layer adds commands through the ``ptdistill.commands`` entry-point group: each entry names a
+function ``add_commands(subparsers)`` (the pipeline layer registers ``pipelines.cli:add_commands``
+in ``pyproject.toml``). The library itself imports no layer above it.
+"""
 
 from __future__ import annotations
 
@@ -8,16 +13,21 @@ import math
 import os
 import sys
 import warnings
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import torch
 
+import ptdistill
 from ptdistill.checks import check_labels, check_probs
-from ptdistill.cli_pipelines import add_pipeline_commands
+from ptdistill.extras import MissingExtra
 from ptdistill.io import load_labels, load_teacher_probs, write_json_atomic
 from ptdistill.proxy import CRITERIA, STRATEGIES, proxy_teacher, search
 from ptdistill.proxy.plot import plot_proxy
 from ptdistill.synthetic import noisy_teacher
+
+#: Entry-point group of the functions that add subcommands (see the module docstring).
+COMMANDS_GROUP = "ptdistill.commands"
 
 
 def _synthetic_size(text: str) -> tuple[int, int]:
@@ -136,19 +146,21 @@ def _search(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
-    parser = argparse.ArgumentParser(prog="ptdistill", description=__doc__)
+    parser = argparse.ArgumentParser(prog="ptdistill", description=ptdistill.__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_search(sub)
-    add_pipeline_commands(sub)
+    for entry in sorted(entry_points(group=COMMANDS_GROUP), key=lambda e: e.name):
+        entry.load()(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the console script; bad input exits 2 with a one-line message."""
+    """Entry point of the console script; bad input, and a command whose extra is missing, exit 2
+    with a one-line message."""
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, MissingExtra) as err:
         print(f"ptdistill {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C outside a pipeline run (which handles it itself)

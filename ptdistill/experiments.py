@@ -17,11 +17,17 @@ from typing import Any, ClassVar, Self
 
 from ptdistill.checks import check_eps, int_at_least, int_in_range
 from ptdistill.config import ConfigError, from_dict
+from ptdistill.evaluation import TASK_METRICS
 from ptdistill.families.mlp.gaussians import SYNTHETIC_SIZES
 from ptdistill.families.mlp.training import TrainConfig
+from ptdistill.families.text.data import TEXT_TASKS
 from ptdistill.families.text.models import HFModelSpec
+from ptdistill.families.text.scoring import Verbalizer
 from ptdistill.families.text.trainer import TextTrainConfig
+from ptdistill.losses import build_loss
+from ptdistill.proxy import CRITERIA, STRATEGIES
 from ptdistill.splits import DEFAULT_FRACTIONS
+from ptdistill.teacher_outputs import check_spec
 
 
 @dataclass
@@ -251,8 +257,6 @@ class ExperimentConfig:
     def _check_loss(self, i: int, m: MethodSpec, num_classes: int | None) -> None:
         """Method ``i``'s loss builds from its params; a ptloss ``eps`` has one row per class when
         ``num_classes`` is known (PTLoss takes (C, M))."""
-        from ptdistill.losses import build_loss
-
         params = {k: v for k, v in m.params.items() if k not in EPS_CHOICE}
         if m.loss == "ptloss":
             self._check_eps_choice(i, m)
@@ -278,9 +282,6 @@ class ExperimentConfig:
 
     def _check_metric_and_search(self) -> None:
         """``task_metric`` and ``search`` name known metrics, strategies and criteria, in range."""
-        from ptdistill.evaluation import TASK_METRICS
-        from ptdistill.proxy import CRITERIA, STRATEGIES
-
         if self.task_metric not in TASK_METRICS:
             raise ConfigError(f"task_metric: expected one of {', '.join(TASK_METRICS)}, got {self.task_metric!r}")
         s = self.search
@@ -298,8 +299,6 @@ class ExperimentConfig:
 
     def _check_teacher_outputs(self) -> None:
         """``teacher.outputs`` / ``outputs_kind`` as values (file type, URI syntax, kind), reading nothing."""
-        from ptdistill.teacher_outputs import check_spec
-
         try:
             check_spec(self.teacher.outputs, self.teacher.outputs_kind)
         except ValueError as err:
@@ -459,9 +458,6 @@ class TextConfig(ExperimentConfig):
 
     def verbalizer(self):
         """The generative teacher's prompt and label words: the config's, else the task's T5 ones."""
-        from ptdistill.families.text.data import TEXT_TASKS
-        from ptdistill.families.text.scoring import Verbalizer
-
         task = TEXT_TASKS.get(self.data.task)
         prompt = self.teacher.prompt or (task.prompt if task else None)
         words = self.teacher.label_words or (list(task.label_words) if task else None)
@@ -500,8 +496,6 @@ QUICK_TEXT_SIZES = {"teacher_train": 200, "distill": 400, "validation": 200, "te
 
 def _paper_task(config: TextConfig, quick: bool) -> None:
     """A paper benchmark: the task's data protocol and metric, the T5-large teacher, the BERT-base student."""
-    from ptdistill.families.text.data import TEXT_TASKS
-
     task = TEXT_TASKS[config.benchmark]
     config.data.task = task.name
     config.task_metric = task.task_metric

@@ -11,6 +11,10 @@ the interval excludes 0.
 
 from __future__ import annotations
 
+from ptdistill.extras import require
+
+require("pipelines", __name__)  # one line naming the extra, before the imports that need it
+
 import os
 from collections.abc import Sequence
 from pathlib import Path

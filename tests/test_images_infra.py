@@ -88,7 +88,7 @@ def test_lock_matches_the_venv():
     try:
         installed = lock.closure()
     except lock.metadata.PackageNotFoundError as e:
-        pytest.fail(f"dependency {e} is not installed in this venv: pip install -e '.[gcs,offline-models]'")
+        pytest.fail(f"dependency {e} is not installed in this venv: pip install -e '.[all,dev]'")
     changed = lock.drift(lock.read_lock(), installed)
     assert not changed, (f"images/requirements.lock differs from the venv in {len(changed)} packages "
                          f"({'; '.join(changed)}): rewrite it with .venv/bin/python images/lock.py")

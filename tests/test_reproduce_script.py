@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from ptdistill.cli import build_parser
-from ptdistill.cli_pipelines import _config
+from pipelines.cli import _config
 from ptdistill.experiments import default_config
 
 ROOT = Path(__file__).resolve().parents[1]

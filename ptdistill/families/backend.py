@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from ptdistill.config import to_dict
 from ptdistill.engine import History
 from ptdistill.experiments import ExperimentConfig
 
@@ -47,8 +48,6 @@ class Backend(ABC):
         """Everything besides the data that determines the teacher :meth:`train_teacher` makes, as
         JSON (part of the trained-teacher cache key); None when nothing is trained, so nothing is
         cached (a pretrained teacher is re-pinned every run)."""
-        from ptdistill.config import to_dict
-
         teacher = {k: v for k, v in to_dict(config.teacher).items() if k not in ("outputs", "outputs_kind")}
         return {"family": config.family, "teacher": teacher}  # as before those keys existed: caches stay valid
 

@@ -10,6 +10,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import torch
+
 from ptdistill.storage import open_store
 
 log = logging.getLogger("ptdistill.steps")
@@ -26,8 +28,6 @@ def solo_threads() -> None:
     """Let a step that runs alone (teacher training and inference) use the threads the runner allows."""
     threads = os.environ.get(SOLO_THREADS)
     if threads:
-        import torch
-
         torch.set_num_threads(int(threads))
 
 

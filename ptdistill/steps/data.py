@@ -5,10 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from ptdistill.experiments import ExperimentConfig, GaussianData, TabularData, TextData
+from ptdistill.extras import require
 from ptdistill.families.mlp.gaussians import GaussianTask, make_splits
 from ptdistill.families.mlp.split import FeatureSplit
 from ptdistill.families.mlp.tabular import SUFFIXES as TABULAR_SUFFIXES
 from ptdistill.families.mlp.tabular import load_tabular, split_tabular, standardize
+from ptdistill.families.text import data as text
+from ptdistill.families.text.data import TEXT_TASKS
+from ptdistill.families.text.models import check_max_length
 from ptdistill.steps.common import RunInfo, log
 from ptdistill.storage import check_location, content_key, is_remote
 from ptdistill.tracking import Tracker, git_commit
@@ -48,8 +52,6 @@ def _check_location(key: str, location: str, **kwargs) -> None:
 
 
 def _check_text_data(data: TextData) -> None:
-    from ptdistill.families.text import data as text
-
     if data.task and data.path:
         raise ValueError(f"data: set either data.task ({data.task!r}) or data.path ({data.path!r}), not both")
     if data.path:
@@ -67,8 +69,6 @@ def _check_text_data(data: TextData) -> None:
 
 def _known_num_classes(config: ExperimentConfig) -> int | None:
     """The class count the config alone gives, or None when only the data tells (a table, a text file)."""
-    from ptdistill.families.text.data import TEXT_TASKS
-
     data = config.data
     if isinstance(data, GaussianData):
         return data.num_classes
@@ -103,6 +103,7 @@ def build_splits(config: ExperimentConfig) -> tuple[dict[str, FeatureSplit], lis
         # Scaled with teacher-train statistics only: no model sees validation/test statistics.
         splits = standardize(splits)[0]
     elif isinstance(data, TextData):
+        require("text", "ptdistill.families.text")  # one line naming the extra, before any text is read
         splits, class_names = _text_splits(data)
         _check_text_models(config)
     else:
@@ -113,8 +114,6 @@ def build_splits(config: ExperimentConfig) -> tuple[dict[str, FeatureSplit], lis
 
 def _check_text_models(config: ExperimentConfig) -> None:
     """Each model's max_length against its checkpoint's position limit (only its config is read)."""
-    from ptdistill.families.text.models import check_max_length
-
     for key in ("student",) if config.teacher.outputs else ("teacher", "student"):  # given outputs: no teacher
         check_max_length(getattr(config, key).model, f"{key}.model")
 
@@ -122,8 +121,6 @@ def _check_text_models(config: ExperimentConfig) -> None:
 def _text_splits(data: TextData) -> tuple[dict, list[str]]:
     """A paper task through ``datasets`` (docs/method.md §7.3), rotten-tomatoes, or your own text file
     (keys checked by :func:`check_config`)."""
-    from ptdistill.families.text import data as text
-
     if data.path:
         split, class_names = text.load_text_file(data.path, data.text_columns, data.label_column, data.class_names)
         try:

@@ -37,6 +37,8 @@ from ptdistill.families import backend_for
 from ptdistill.families.backend import Backend
 from ptdistill.steps.common import RunInfo, checkpoint_prefix, clear_checkpoints, log, publish, solo_threads
 from ptdistill.storage import Store, content_key, open_store
+from ptdistill.teacher_outputs import CACHE_VERSION as OUTPUTS_VERSION
+from ptdistill.teacher_outputs import NEEDED, teacher_outputs
 from ptdistill.tracking import Tracker
 
 #: Bumped when the teacher-output format or the inference code changes meaning.
@@ -306,9 +308,6 @@ def import_teacher_outputs(config: ExperimentConfig, info: RunInfo, splits: dict
     of the file's sha256, the declared kind, the class names and each split's fingerprint; the
     report gives the test metrics of the given outputs and ``source`` (URI, sha256, kind).
     """
-    from ptdistill.teacher_outputs import CACHE_VERSION as OUTPUTS_VERSION
-    from ptdistill.teacher_outputs import NEEDED, teacher_outputs
-
     solo_threads()
     spec = config.teacher
     if not spec.outputs:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from ptdistill.extras import require
+
+require("text", "ptdistill.families.text")  # one line naming the extra, before the imports that need it
+
 import dataclasses
 import json
 from pathlib import Path
@@ -13,7 +17,19 @@ from ptdistill.arrays import softmax_probs
 from ptdistill.engine import Checkpointer, History, seed_everything
 from ptdistill.experiments import TextConfig
 from ptdistill.families.backend import Backend
+from ptdistill.families.text.batching import classification_logits
+from ptdistill.families.text.models import (
+    HFModelSpec,
+    load_classifier,
+    load_generative,
+    load_tokenizer,
+    resolve_checkpoint,
+    save_model,
+)
+from ptdistill.families.text.scoring import teacher_logits
 from ptdistill.families.text.split import TextSplit
+from ptdistill.families.text.trainer import fit_text
+from ptdistill.families.text.verbalizer_model import VerbalizerClassifier
 from ptdistill.io import write_json_atomic
 
 #: Written into the teacher directory: which checkpoint (and revision) the run's teacher is.
@@ -36,16 +52,6 @@ class TextBackend(Backend):
         the same way. ``TextConfig.validate`` has refused causal fine-tuning and label words that
         do not match the classes before the run started.
         """
-        from ptdistill.families.text.models import (
-            load_classifier,
-            load_generative,
-            load_tokenizer,
-            resolve_checkpoint,
-            save_model,
-        )
-        from ptdistill.families.text.trainer import fit_text
-        from ptdistill.families.text.verbalizer_model import VerbalizerClassifier
-
         teacher = config.teacher
         verbalizer = config.verbalizer() if teacher.fine_tune and teacher.model.kind != "classification" else None
         source_id, revision = resolve_checkpoint(teacher.model)
@@ -74,8 +80,6 @@ class TextBackend(Backend):
     def teacher_recipe(self, config: TextConfig) -> dict | None:
         """A fine-tuned teacher's recipe includes the exact base checkpoint (a moved hub branch is a
         different teacher) and the verbalizer it learns through; a pretrained one is not cached."""
-        from ptdistill.families.text.models import resolve_checkpoint
-
         if not config.teacher.fine_tune:
             return None
         verbalizer = config.verbalizer() if config.teacher.model.kind != "classification" else None
@@ -84,8 +88,6 @@ class TextBackend(Backend):
 
     def _pinned(self, config: TextConfig, teacher_dir: Path):
         """The teacher's model spec at the exact weights this run uses."""
-        from ptdistill.families.text.models import resolve_checkpoint
-
         record = json.loads((Path(teacher_dir) / TEACHER_FILE).read_text())
         spec = config.teacher.model
         if record["fine_tuned"]:  # same kind: a fine-tuned seq2seq teacher is scored through its verbalizer
@@ -104,8 +106,6 @@ class TextBackend(Backend):
                 "verbalizer": dataclasses.asdict(config.verbalizer()) if model.kind != "classification" else None}
 
     def teacher_logits(self, config: TextConfig, num_classes, teacher_dir, split: TextSplit) -> np.ndarray:
-        from ptdistill.families.text.scoring import teacher_logits
-
         spec, _, _ = self._pinned(config, teacher_dir)
         verbalizer = None if spec.kind == "classification" else config.verbalizer()
         return teacher_logits(spec, split, verbalizer, num_classes, progress=True)
@@ -113,9 +113,6 @@ class TextBackend(Backend):
     def distill_student(self, config: TextConfig, num_classes, seed, loss: nn.Module, split: TextSplit,
                         teacher_probs, validation: TextSplit, out_dir: Path,
                         checkpoints: tuple[str, str]) -> History:
-        from ptdistill.families.text.models import load_classifier, load_tokenizer, save_model
-        from ptdistill.families.text.trainer import fit_text
-
         student = config.student
         seed_everything(seed)
         tokenizer = load_tokenizer(student.model)
@@ -128,9 +125,6 @@ class TextBackend(Backend):
         return history
 
     def student_probs(self, config: TextConfig, student_dir, split: TextSplit) -> np.ndarray:
-        from ptdistill.families.text.batching import classification_logits
-        from ptdistill.families.text.models import HFModelSpec, load_classifier, load_tokenizer
-
         spec = HFModelSpec(str(student_dir), max_length=config.student.model.max_length)
         model = load_classifier(spec, num_labels=None, training=False)
         logits = classification_logits(model, load_tokenizer(spec), split, batch_size=config.student.train.eval_batch_size,

@@ -34,7 +34,7 @@ from ptdistill.splits import DEFAULT_FRACTIONS, MIN_ROWS, SPLITS, stratified_row
 from ptdistill.storage import is_remote, local_copy
 
 if TYPE_CHECKING:
-    import datasets
+    import datasets  # text extra: imported when used, so configs import without it
 
 __all__ = [
     "TEXT_SUFFIXES",
@@ -214,7 +214,7 @@ def load_task(
     within each official split; labels must all be in ``[0, C)`` (GLUE's unlabeled test
     splits, label -1, are rejected).
     """
-    import datasets  # heavy; only text tasks need it
+    import datasets  # text extra: imported when used, so configs import without it
 
     info = _task(task)
     if not info.dataset:
@@ -280,7 +280,7 @@ def _parquet_rows(path: Path) -> int:
 
 def _to_text_split(dataset: datasets.Dataset, info: TaskInfo, origin: str) -> TextSplit:
     """Check one ``datasets.Dataset`` against ``info`` and convert it; errors name ``origin``."""
-    import datasets
+    import datasets  # text extra: imported when used, so configs import without it
 
     columns = list(dataset.column_names)
     for column in (*info.text_columns, info.label_column):

@@ -170,7 +170,7 @@ class AccelerateRuntime(TorchRuntime):
 
 
 def _accelerator(config: TextTrainConfig):
-    from accelerate import Accelerator
+    from accelerate import Accelerator  # text extra: imported when used, so configs import without it
     from accelerate.state import AcceleratorState, PartialState
     from accelerate.utils import DataLoaderConfiguration
 

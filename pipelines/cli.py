@@ -1,7 +1,11 @@
-"""``ptdistill run | compile | benchmarks | compare | ui | submit | schedule``: the pipeline side of the command line.
+"""``ptdistill run | compile | benchmarks | compare | report | ui | submit | schedule``: the pipeline
+side of the command line.
 
-kfp and the ``pipelines`` package are imported inside the commands, so the library and
-``ptdistill search`` work without them.
+``ptdistill.cli`` adds these commands through the ``ptdistill.commands`` entry-point group
+(``pyproject.toml`` registers :func:`add_commands`); the library never imports this layer. The
+modules that need the ``pipelines`` extra (kfp, mlflow, ...) are imported inside the commands, so
+``ptdistill --help`` lists them without the extra, and a command run without it fails with one
+line naming the extra (:class:`ptdistill.extras.MissingExtra`).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from pathlib import Path
 from ptdistill.config import load_config
 from ptdistill.experiments import BENCHMARKS, ExperimentConfig, config_class, default_config
 from ptdistill.hints import ptdistill_command
+from ptdistill.teacher_outputs import check_before_run
 
 
 def _config(args: argparse.Namespace, read_data: bool = False) -> ExperimentConfig:
@@ -32,8 +37,8 @@ def _check_inputs(config: ExperimentConfig, read_data: bool) -> None:
     the same errors. ``ptdistill run`` also reads the data up front when it is local (``gs://``
     data is read by prepare_data, which runs on this machine too).
     """
+    # the pipeline steps (they record to MLflow): pipelines extra, imported here as in the commands
     from ptdistill.steps.data import build_splits, check_config, remote_data
-    from ptdistill.teacher_outputs import check_before_run
 
     if read_data and not remote_data(config):
         splits, class_names = build_splits(config)
@@ -52,11 +57,12 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    config = _config(args, read_data=True)
+    # pipelines extra, imported here so that `ptdistill --help` works without it (and before any data is read)
     from pipelines.local import default_tracking_uri, run_local
     from pipelines.signals import RunInterrupted
     from ptdistill.tracking import Tracker, experiment_name
 
+    config = _config(args, read_data=True)
     tracking_uri = args.tracking_uri or default_tracking_uri(args.runner, args.pipeline_root)
     print(f"ptdistill run {config.benchmark}: {len(config.runs())} students "
           f"({', '.join(m.name for m in config.methods)} x seeds {config.seeds}) via kfp.local "
@@ -83,6 +89,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _named_uri(tracking_uri: str) -> str | None:
     """``tracking_uri`` unless it is what ``ptdistill ui`` opens by default (the subprocess runner's default)."""
+    # pipelines extra, imported here so that `ptdistill --help` works without it
     from pipelines.local import default_tracking_uri
 
     return None if tracking_uri == default_tracking_uri() else tracking_uri
@@ -94,6 +101,7 @@ def _clean_up_note(err: BaseException) -> str:
 
 
 def _compile(args: argparse.Namespace) -> int:
+    # pipelines extra, imported here so that `ptdistill --help` works without it
     from pipelines.dag import compile_pipeline
 
     path = compile_pipeline(_config(args), args.output)
@@ -111,6 +119,7 @@ def _benchmarks(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
+    # pipelines extra, imported here so that `ptdistill --help` works without it
     from pipelines.local import default_tracking_uri
     from ptdistill.tracking import Tracker
 
@@ -134,6 +143,7 @@ def _pair(text: str) -> tuple[str, str]:
 
 
 def _report(args: argparse.Namespace) -> int:
+    # pipelines extra, imported here so that `ptdistill --help` works without it
     from pipelines.local import default_tracking_uri
     from ptdistill.results import benchmark_report
     from ptdistill.tracking import Tracker
@@ -150,6 +160,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _ui(args: argparse.Namespace) -> int:
+    # pipelines extra, imported here so that `ptdistill --help` works without it
     from pipelines.local import default_tracking_uri
     from ptdistill.servers import run_server
     from ptdistill.tracking import Tracker
@@ -203,6 +214,7 @@ def _vertex_args(args: argparse.Namespace) -> dict:
 
 
 def _remote_config(args: argparse.Namespace) -> ExperimentConfig:
+    # pipelines extra, imported here so that `ptdistill --help` works without it
     from pipelines.remote import resolve_host
 
     config = _config(args)
@@ -211,10 +223,11 @@ def _remote_config(args: argparse.Namespace) -> ExperimentConfig:
 
 
 def _submit(args: argparse.Namespace) -> int:
+    # pipelines extra, imported here so that `ptdistill --help` works without it
     from pipelines.remote import run_url, submit
 
     if args.vertex:
-        from pipelines.remote import vertex_submit
+        from pipelines.remote import vertex_submit  # pipelines extra, as above
 
         job = vertex_submit(_config(args), run_name=args.run_name, wait=args.wait, **_vertex_args(args))
         print(f"run id: {job.resource_name}")
@@ -233,16 +246,17 @@ def _submit(args: argparse.Namespace) -> int:
     print(f"url: {run_url(args.host, run.run_id)}", flush=True)
     if not args.wait:
         return 0
-    from pipelines.remote import _state, client, follow
+    from pipelines.remote import client, follow, run_state  # pipelines extra, as above
 
     final = follow(client(args.host, args.token, args.namespace), run.run_id, host=args.host,
                    poll_seconds=args.poll_seconds)
-    state = _state(final)
+    state = run_state(final)
     print(f"run {run.run_id} finished: {state}")
     return 0 if state == "SUCCEEDED" else 1
 
 
 def _schedule(args: argparse.Namespace) -> int:
+    # pipelines extra, imported here so that `ptdistill --help` works without it
     from pipelines import remote
 
     target = args.target
@@ -291,8 +305,9 @@ def _schedule(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_pipeline_commands(sub: argparse._SubParsersAction) -> None:
-    """Register run, compile, benchmarks, compare, report, ui, submit and schedule."""
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """Register run, compile, benchmarks, compare, report, ui, submit and schedule on ``sub`` (the
+    subparsers of ``ptdistill``'s parser): the ``ptdistill.commands`` entry point of this layer."""
     p = sub.add_parser("run", help="run a benchmark pipeline locally (kfp.local) and print its results")
     _add_config_args(p)
     p.add_argument("--pipeline-root", default="runs", help="local folder for KFP outputs (default ./runs)")
