@@ -296,33 +296,6 @@ def _epoch_batches(seed: int, epoch: int, lengths: torch.Tensor, batch_size: int
     return [batches[i] for i in shuffle]
 
 
-#: ``group_by_length`` sorts by length within windows of this many batches.
-LENGTH_WINDOW_BATCHES = 50
-
-
-def _generator(*entropy: int) -> torch.Generator:
-    seed = int(np.random.SeedSequence(list(entropy)).generate_state(1, dtype=np.uint64)[0])
-    return torch.Generator().manual_seed(seed)
-
-
-def _epoch_batches(seed: int, epoch: int, lengths: torch.Tensor, batch_size: int,
-                   group_by_length: bool) -> list[torch.Tensor]:
-    """The batches (row indices) of epoch ``epoch`` (0-based): a function of (seed, epoch) only, so a
-    resumed run redraws them without replaying earlier epochs. ``ceil(n / batch_size)`` batches."""
-    n = len(lengths)
-    order = torch.randperm(n, generator=_generator(seed, epoch))
-    if not group_by_length:
-        return [order[lo : lo + batch_size] for lo in range(0, n, batch_size)]
-    window = LENGTH_WINDOW_BATCHES * batch_size
-    batches = []
-    for lo in range(0, n, window):
-        rows = order[lo : lo + window]
-        rows = rows[torch.argsort(lengths[rows], descending=True, stable=True)]
-        batches += [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
-    shuffle = torch.randperm(len(batches), generator=_generator(seed, epoch, 1))
-    return [batches[i] for i in shuffle]
-
-
 def fit_text(
     model: nn.Module,
     tokenizer,
