@@ -15,6 +15,7 @@ import os
 import sys
 from pathlib import Path
 
+from ptdistill import defaults
 from ptdistill.config import load_config
 from ptdistill.experiments import BENCHMARKS, ExperimentConfig, config_class, default_config
 from ptdistill.hints import ptdistill_command
@@ -310,11 +311,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     subparsers of ``ptdistill``'s parser): the ``ptdistill.commands`` entry point of this layer."""
     p = sub.add_parser("run", help="run a benchmark pipeline locally (kfp.local) and print its results")
     _add_config_args(p)
-    p.add_argument("--pipeline-root", default="runs", help="local folder for KFP outputs (default ./runs)")
+    p.add_argument("--pipeline-root", default=defaults.PIPELINE_ROOT,
+                   help=f"local folder for KFP outputs (default ./{defaults.PIPELINE_ROOT})")
     p.add_argument("--artifact-store", help="where components publish outputs and the teacher cache "
                    "(a folder, file:// or gs://bucket/prefix; default: the pipeline root)")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db; "
-                   "with --runner docker, mlflow.db in the pipeline root)")
+    p.add_argument("--tracking-uri", help=f"MLflow tracking URI (default ${defaults.TRACKING_URI_ENV} or {defaults.TRACKING_URI}; "
+                   f"with --runner docker, {defaults.TRACKING_DB} in the pipeline root)")
     p.add_argument("--runner", choices=("subprocess", "docker"), default="subprocess",
                    help="subprocess: each task a process on this Python (default); docker: each task in its container "
                    "image, as on a cluster (needs a Docker daemon and the images, see README 'Run in containers')")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
 import sys
 import warnings
@@ -19,7 +18,7 @@ from pathlib import Path
 import torch
 
 import ptdistill
-from ptdistill.checks import check_labels, check_probs
+from ptdistill.checks import check_labels, check_probs, finite_real
 from ptdistill.extras import MissingExtra
 from ptdistill.io import load_labels, load_teacher_probs, write_json_atomic
 from ptdistill.proxy import CRITERIA, STRATEGIES, proxy_teacher, search
@@ -41,13 +40,11 @@ def _synthetic_size(text: str) -> tuple[int, int]:
 
 
 def _finite(text: str) -> float:
+    """An argparse type: ``text`` as a finite float (:func:`ptdistill.checks.finite_real`)."""
     try:
-        value = float(text)
+        return finite_real("value", float(text))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-    return value
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}") from None
 
 
 def _check_out(out: Path) -> None:
