@@ -22,7 +22,8 @@ def as_tensor(name: str, value: Any, device: torch.device | str | None = None) -
 
     A tensor is returned as it is (same object: its autograd graph, dtype and device are kept;
     ``device`` is ignored). A numpy array, list or tuple becomes a tensor of numpy's dtype for it
-    (Python floats float64, ints int64; an array shares its memory) on ``device`` (default CPU).
+    (Python floats float64, ints int64; a writable array shares its memory, a read-only one is copied)
+    on ``device`` (default CPU).
     Raises ValueError naming ``name`` for anything else: ragged lists, strings, objects.
     """
     if isinstance(value, torch.Tensor):
@@ -35,6 +36,8 @@ def as_tensor(name: str, value: Any, device: torch.device | str | None = None) -
         raise ValueError(f"{name}: expected a rectangular array of numbers ({err})") from None
     if array.dtype.kind not in "biuf":
         raise ValueError(f"{name}: expected numbers, got an array of dtype {array.dtype}")
+    if not array.flags.writeable:  # e.g. a parquet column: torch warns on read-only memory, so copy it
+        array = array.copy()
     return torch.as_tensor(np.ascontiguousarray(array), device=device)  # torch takes no negative strides
 
 

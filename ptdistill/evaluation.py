@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ptdistill.arrays import as_tensor
 from ptdistill.checks import check_labels, check_probs
 from ptdistill.metrics import ECE_BINS, ece, tvd
 
@@ -80,7 +81,7 @@ def evaluate(
     """
     if task_metric not in TASK_METRICS:
         raise ValueError(f"task_metric: expected one of {', '.join(TASK_METRICS)}, got {task_metric!r}")
-    probs_t = torch.from_numpy(np.ascontiguousarray(probs, dtype=np.float64))
+    probs_t = as_tensor("probs", np.asarray(probs, dtype=np.float64))
     check_probs("probs", probs_t)
     n, num_classes = probs_t.shape
     labels = np.asarray(labels)
@@ -89,7 +90,7 @@ def evaluate(
     labels_t = torch.tensor(labels.astype(np.int64))
     check_labels("labels", labels_t, n, num_classes)
     if p_star is not None:
-        p_star_t = torch.from_numpy(np.ascontiguousarray(p_star, dtype=np.float64))
+        p_star_t = as_tensor("p_star", np.asarray(p_star, dtype=np.float64))
         check_probs("p_star", p_star_t)
         if p_star_t.shape != probs_t.shape:
             raise ValueError(

@@ -98,3 +98,14 @@ def test_as_tensor_passes_tensors_through_and_names_bad_input():
         as_tensor("labels", ["a", "b"])
     with pytest.raises(ValueError, match="teacher_probs: expected a rectangular array of numbers"):
         search([[0.5, 0.5], [1.0]], [0, 1])
+
+
+def test_read_only_arrays_become_tensors_without_a_warning_and_keep_their_values(recwarn):
+    """A parquet column is read-only memory: torch warns on it ("not writable") unless it is copied."""
+    array = np.array([[0.25, 0.75], [0.5, 0.5]])
+    array.flags.writeable = False
+    tensor = as_tensor("probs", array)
+    assert torch.equal(tensor, torch.tensor([[0.25, 0.75], [0.5, 0.5]], dtype=torch.float64))
+    assert not [w for w in recwarn if "not writable" in str(w.message)]
+    writable = np.array([1.0, 2.0])
+    assert as_tensor("x", writable).data_ptr() == writable.ctypes.data  # no copy where none is needed
