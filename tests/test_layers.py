@@ -58,6 +58,7 @@ def readme_snippet() -> str:
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
+@pytest.mark.slow  # fresh interpreters importing torch
 def test_the_core_and_the_readme_snippet_run_without_any_extra():
     script = BLOCKER + textwrap.dedent(f"""
         import importlib
@@ -84,6 +85,7 @@ def test_the_core_and_the_readme_snippet_run_without_any_extra():
     assert proc.stdout.strip().endswith("ok")
 
 
+@pytest.mark.slow  # fresh interpreters importing torch
 def test_a_part_without_its_extra_fails_with_one_line_naming_it():
     script = BLOCKER + textwrap.dedent("""
         from ptdistill.extras import MissingExtra
@@ -105,6 +107,7 @@ def test_a_part_without_its_extra_fails_with_one_line_naming_it():
     ]
 
 
+@pytest.mark.slow  # fresh interpreters importing torch
 def test_the_cli_without_the_pipelines_extra_lists_its_commands_and_names_the_extra(tmp_path):
     cli = BLOCKER + "from ptdistill.cli import main\nsys.argv[0] = 'ptdistill'\nraise SystemExit(main(sys.argv[1:]))\n"
     help_ = python(cli, "--help")
@@ -222,6 +225,7 @@ def test_the_library_never_imports_the_pipeline_layer():
     assert offenders == []
 
 
+@pytest.mark.slow  # fresh interpreters importing torch
 @pytest.mark.parametrize("seed", [0, 1])
 def test_every_module_imports_in_a_random_order(seed):
     order = sorted(name for name in modules() if not name.endswith("__main__"))  # those run the CLI
@@ -230,6 +234,7 @@ def test_every_module_imports_in_a_random_order(seed):
     assert proc.returncode == 0, f"order (seed {seed}): {order}\n{proc.stderr[-3000:]}"
 
 
+@pytest.mark.slow  # fresh interpreters importing torch
 def test_text_data_without_the_text_extra_fails_with_one_line_naming_it():
     script = BLOCKER.replace(repr(BLOCKED), repr(list(EXTRAS["text"]))) + textwrap.dedent("""
         from ptdistill.experiments import default_config

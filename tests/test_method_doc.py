@@ -4,8 +4,10 @@ section it has, and nothing may cite the team's spec outside the repository inst
 from __future__ import annotations
 
 import ast
+import functools
 import re
-from pathlib import Path, PurePosixPath
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -44,29 +46,15 @@ def own_sections(text: str) -> list[str]:
             if not PAPER_SECTION.search(body[max(0, m.start() - 20):m.start()])]
 
 
-def _ignored_folders() -> list[str]:
-    """The folder patterns of .gitignore (``runs/``, ``build/``, ``tests/artifacts/``): run outputs, not sources."""
-    lines = (ROOT / ".gitignore").read_text(encoding="utf-8").splitlines()
-    return [line.strip().rstrip("/") for line in lines if line.strip().endswith("/")]
-
-
+@functools.cache
 def repository_files() -> list[Path]:
-    """Text files of the repository: not in hidden folders (.git, .venv), ignored folders or caches; not this test."""
-    ignored = _ignored_folders()
-    files = []
-    for path in ROOT.rglob("*"):
-        rel = path.relative_to(ROOT)
-        if not path.is_file() or path == Path(__file__).resolve():
-            continue
-        if not (path.suffix in SUFFIXES or path.name.startswith("Dockerfile")):
-            continue
-        if any(part.startswith(".") for part in rel.parts):
-            continue
-        folders = [PurePosixPath(*rel.parts[:i]) for i in range(1, len(rel.parts))]
-        if any(folder.match(pattern) for folder in folders for pattern in ignored):
-            continue
-        files.append(path)
-    return sorted(files)
+    """Text files of the repository as git sees them: tracked, or untracked and not ignored (so no
+    .venv, no run outputs under ``runs/``); not this test."""
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=ROOT,
+                            check=True, capture_output=True).stdout.decode().split("\0")
+    paths = [ROOT / name for name in listed if name]
+    return sorted(path for path in paths if path.is_file() and path != Path(__file__).resolve()
+                  and (path.suffix in SUFFIXES or path.name.startswith("Dockerfile")))
 
 
 def resolves(dotted: str) -> bool:
