@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
+import tempfile
 import warnings
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -19,6 +19,7 @@ import torch
 
 import ptdistill
 from ptdistill.checks import check_labels, check_probs, finite_real
+from ptdistill.engine import resolve_device
 from ptdistill.extras import MissingExtra
 from ptdistill.io import load_labels, load_teacher_probs, write_json_atomic
 from ptdistill.proxy import CRITERIA, STRATEGIES, proxy_teacher, search
@@ -49,15 +50,17 @@ def _finite(text: str) -> float:
 
 def _check_out(out: Path) -> None:
     """Raise ValueError unless the result JSON and its plot (``out`` with ``.png``) can be written,
-    so that a bad ``--out`` fails before the search runs and leaves nothing behind."""
+    so that a bad ``--out`` fails before the search runs: its folder is made (as the write would)
+    and a probe file is created and removed in it."""
     for path in (out, out.with_suffix(".png")):
         if path.is_dir():
             raise ValueError(f"--out {path}: is a directory; expected a file path such as {path / 'search.json'}")
-    parent = out.parent.absolute()
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise ValueError(f"--out {out}: cannot be written ({parent} is not a writable directory)")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out.parent, prefix=".ptdistill-probe-"):
+            pass
+    except OSError as err:
+        raise ValueError(f"--out {out}: cannot be written ({err.strerror or err}: {err.filename or out.parent})") from None
 
 
 def _add_search(sub: argparse._SubParsersAction) -> None:
@@ -75,16 +78,19 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--labels", type=Path, help="labels file (.npy, CSV or parquet)")
     p.add_argument("--labels-column", help="labels column (in --labels, else in --teacher-probs)")
     p.add_argument("--prob-columns", help="comma-separated probability columns of a CSV/parquet teacher file")
-    p.add_argument("--max-order", type=int, default=5)
-    p.add_argument("--trials", type=int, default=100)
+    p.add_argument("--max-order", type=int, default=5,
+                   help="try PTLoss orders 1..M (default %(default)s; docs/method.md §6.1)")
+    p.add_argument("--trials", type=int, default=100, help="random coefficient sets per order (default %(default)s)")
     p.add_argument("--low", type=_finite, default=-1.0, help="lowest coefficient drawn (finite, below --high)")
     p.add_argument("--high", type=_finite, default=10.0, help="highest coefficient drawn (finite)")
-    p.add_argument("--strategy", choices=sorted(STRATEGIES), default="random")
-    p.add_argument("--criterion", choices=sorted(CRITERIA), default="q")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--strategy", choices=sorted(STRATEGIES), default="random",
+                   help="random: the paper's Algorithm 1; implicit: then gradient refinement (default %(default)s)")
+    p.add_argument("--criterion", choices=sorted(CRITERIA), default="q",
+                   help="score of a proxy teacher on validation, lower is better (default %(default)s; §5)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the coefficient draws (default %(default)s)")
     p.add_argument("--max-flips", type=float, default=0.5,
                    help="choose no coefficients whose proxy overturns more than this share of the teacher's decisions")
-    p.add_argument("--device", default="cpu", help="torch device for the solver (e.g. cuda)")
+    p.add_argument("--device", default="cpu", help="torch device for the solver: cpu, cuda, cuda:1 or auto (default cpu)")
     p.add_argument("--out", type=Path, required=True, help="result JSON path; the plot goes beside it as .png")
     p.set_defaults(run=_run_search)
 
@@ -106,6 +112,10 @@ def _run_search(args: argparse.Namespace) -> int:
 def _search(args: argparse.Namespace) -> int:
     if not args.low < args.high:
         raise ValueError(f"--low/--high: expected --low below --high, got {args.low} and {args.high}")
+    try:
+        device = resolve_device(args.device)
+    except ValueError as err:
+        raise ValueError(f"--device: {str(err).removeprefix('device: ')}") from None
     _check_out(args.out)
     if args.synthetic:
         teacher, labels = noisy_teacher(*args.synthetic, seed=args.seed)
@@ -119,7 +129,7 @@ def _search(args: argparse.Namespace) -> int:
             raise ValueError("labels: pass --labels FILE or --labels-column NAME (a column of --teacher-probs)")
         check_probs(f"--teacher-probs {args.teacher_probs}", teacher)
         check_labels(f"labels ({args.labels or args.teacher_probs})", labels, *teacher.shape)
-    teacher, labels = teacher.to(args.device), labels.to(args.device)
+    teacher, labels = teacher.to(device), labels.to(device)
     with warnings.catch_warnings():  # printed below as one line each, without Python's source-line echo
         warnings.simplefilter("ignore", UserWarning)
         result = search(teacher, labels, max_order=args.max_order, trials=args.trials, low=args.low, high=args.high,

@@ -334,8 +334,26 @@ def test_out_under_a_file_fails_before_the_search(tmp_path, capsys):
     out = tmp_path / "notes.txt" / "sub" / "result.json"
     assert main(_search_args(out, "--synthetic", "40x3")) == 2
     assert capsys.readouterr().err.strip() == (f"ptdistill search: error: --out {out}: cannot be written"
-                                               f" ({tmp_path / 'notes.txt'} is not a writable directory)")
+                                               f" (Not a directory: {tmp_path / 'notes.txt' / 'sub'})")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_out_whose_folder_cannot_be_made_fails_before_the_search(capsys):
+    """A folder the kernel refuses (even to root, who passes every permission check) is found by
+    making it, not by asking os.access."""
+    out = Path("/proc/no-such-folder/result.json")
+    assert main(_search_args(out, "--synthetic", "40x3")) == 2
+    assert capsys.readouterr().err.strip() == (f"ptdistill search: error: --out {out}: cannot be written"
+                                               " (No such file or directory: /proc/no-such-folder)")
+
+
+def test_a_device_this_machine_lacks_is_one_line_before_the_search(tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert main(_search_args(tmp_path / "r.json", "--synthetic", "40x3", "--device", "cuda")) == 2
+    assert capsys.readouterr().err.strip() == ("ptdistill search: error: --device: 'cuda' requested but CUDA is"
+                                               " not available; use 'auto' or 'cpu'")
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize(("bound", "value"), [("--high", "inf"), ("--low", "-inf"), ("--high", "nan")])
