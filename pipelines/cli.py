@@ -15,8 +15,11 @@ import os
 import sys
 from pathlib import Path
 
+import torch
+
 from ptdistill import defaults
 from ptdistill.config import load_config
+from ptdistill.engine import autocast_dtype, resolve_device
 from ptdistill.experiments import BENCHMARKS, ExperimentConfig, config_class, default_config
 from ptdistill.hints import ptdistill_command
 from ptdistill.teacher_outputs import check_before_run
@@ -50,6 +53,30 @@ def _check_inputs(config: ExperimentConfig, read_data: bool) -> None:
             check_before_run(config.teacher)
 
 
+def _training_settings(config: ExperimentConfig) -> list[tuple[str, object]]:
+    """(config key, train settings) of every model the run trains: the teacher (unless it is given by
+    its outputs or used as pretrained) and each method's students."""
+    teacher = config.teacher
+    trained = not teacher.outputs and getattr(teacher, "fine_tune", True)
+    settings = [("teacher.train", teacher.train)] if trained else []
+    return settings + [(f"methods ({m.name}): student.train", config.student_train(m)) for m in config.methods]
+
+
+def _check_precision_here(config: ExperimentConfig, containers: bool) -> None:
+    """A local run trains on this machine (on its CPU in ``containers``, which get no GPU): a
+    precision its device cannot run (``fp16`` off CUDA) is refused now, not minutes later in a
+    task. A device this machine lacks is left to the task that would use it, which names it."""
+    for key, settings in _training_settings(config):
+        try:
+            device = torch.device("cpu") if containers and settings.device == "auto" else resolve_device(settings.device)
+        except ValueError:
+            continue
+        try:
+            autocast_dtype(settings.precision, device)
+        except ValueError as err:
+            raise ValueError(f"{key}.{err}") from None
+
+
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("benchmark", help=f"one of: {', '.join(BENCHMARKS)}")
     p.add_argument("--config", type=Path, help="YAML file overriding the benchmark's defaults")
@@ -64,6 +91,7 @@ def _run(args: argparse.Namespace) -> int:
     from ptdistill.tracking import Tracker, experiment_name
 
     config = _config(args, read_data=True)
+    _check_precision_here(config, containers=args.runner == "docker")
     tracking_uri = args.tracking_uri or default_tracking_uri(args.runner, args.pipeline_root)
     print(f"ptdistill run {config.benchmark}: {len(config.runs())} students "
           f"({', '.join(m.name for m in config.methods)} x seeds {config.seeds}) via kfp.local "

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from ptdistill.cli import main
 from ptdistill.config import ConfigError, from_dict, load_config, parse_override, to_dict
@@ -414,6 +415,14 @@ LATE_FAILURES = [
     pytest.param("methods=[{name: x, loss: no_such_loss}]", "unknown loss 'no_such_loss'", id="unknown-loss"),
     pytest.param("data.sizes={teacher_train: 100}", "data.sizes: missing", id="synthetic-sizes-missing-splits"),
     pytest.param("task_metric=bogus", "task_metric", id="unknown-task-metric"),
+    # A local run trains here: a precision this machine's device cannot run fails now, not in a task.
+    *[pytest.param(override, message, id=name, marks=pytest.mark.skipif(torch.cuda.is_available(), reason="has CUDA"))
+      for name, override, message in [
+          ("fp16-student", "student.train.precision=fp16",
+           "methods (ptloss): student.train.precision: 'fp16' needs CUDA"),
+          ("fp16-teacher", "teacher.train.precision=fp16", "teacher.train.precision: 'fp16' needs CUDA"),
+          ("fp16-method", "methods=[{name: half, loss: kl, train: {precision: fp16}}]",
+           "methods (half): student.train.precision: 'fp16' needs CUDA")]],
 ]
 
 
