@@ -24,6 +24,7 @@ from ptdistill.extras import MissingExtra
 from ptdistill.io import load_labels, load_teacher_probs, write_json_atomic
 from ptdistill.proxy import CRITERIA, STRATEGIES, proxy_teacher, search
 from ptdistill.proxy.plot import plot_proxy
+from ptdistill.storage import check_location, local_copy
 from ptdistill.synthetic import noisy_teacher
 
 #: Entry-point group of the functions that add subcommands (see the module docstring).
@@ -72,10 +73,10 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
         "table as JSON, and a teacher-vs-proxy plot next to it.",
     )
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--teacher-probs", type=Path, help="teacher probabilities: .npy (N, C), CSV or parquet")
+    src.add_argument("--teacher-probs", help="teacher probabilities: .npy (N, C), CSV or parquet; a path or gs:// URI")
     src.add_argument("--synthetic", type=_synthetic_size, metavar="NxC",
                      help="use a synthetic over-confident teacher of N examples and C classes instead")
-    p.add_argument("--labels", type=Path, help="labels file (.npy, CSV or parquet)")
+    p.add_argument("--labels", help="labels file (.npy, CSV or parquet); a path or gs:// URI")
     p.add_argument("--labels-column", help="labels column (in --labels, else in --teacher-probs)")
     p.add_argument("--prob-columns", help="comma-separated probability columns of a CSV/parquet teacher file")
     p.add_argument("--max-order", type=int, default=5,
@@ -122,9 +123,13 @@ def _search(args: argparse.Namespace) -> int:
     else:
         in_file = args.labels_column if args.labels is None else None
         prob_columns = args.prob_columns.split(",") if args.prob_columns else None
-        teacher, labels = load_teacher_probs(args.teacher_probs, labels_column=in_file, prob_columns=prob_columns)
+        for location in filter(None, (args.teacher_probs, args.labels)):
+            check_location(location)
+        with local_copy(args.teacher_probs) as path:
+            teacher, labels = load_teacher_probs(path, labels_column=in_file, prob_columns=prob_columns)
         if args.labels is not None:
-            labels = load_labels(args.labels, args.labels_column)
+            with local_copy(args.labels) as path:
+                labels = load_labels(path, args.labels_column)
         if labels is None:
             raise ValueError("labels: pass --labels FILE or --labels-column NAME (a column of --teacher-probs)")
         check_probs(f"--teacher-probs {args.teacher_probs}", teacher)

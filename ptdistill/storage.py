@@ -61,6 +61,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ptdistill import defaults
+from ptdistill.extras import MissingExtra
 from ptdistill.io import TMP_PREFIX, write_atomic
 
 if TYPE_CHECKING:
@@ -500,7 +501,8 @@ class GCSStore(Store):
             import google.cloud.storage as gcs
             import requests
         except ImportError as exc:
-            raise ImportError(f"opening {uri!r} needs google-cloud-storage: pip install 'ptdistill[gcs]'") from exc
+            raise MissingExtra(f"opening {uri!r} needs the 'gcs' extra (google-cloud-storage):"
+                               " pip install 'ptdistill[gcs]'", name=exc.name) from exc
         bucket, prefix = parse_gs_uri(uri)
         self.bucket_name = bucket
         self.prefix = prefix

@@ -464,3 +464,28 @@ def test_text_pipeline_with_teacher_student_and_data_in_gcs(gcs_env, tmp_path):
     # Nothing of the bucket's was written to a local folder named like it.
     assert not Path("gs:").exists() and not (tmp_path / "runs" / "gs:").exists()
 
+
+
+def test_search_reads_teacher_probabilities_and_labels_from_a_bucket(gcs_env, tmp_path, capsys):
+    """``ptdistill search`` takes gs:// inputs like every other data location, with the same result
+    as the local files; a URI missing its ``//`` is refused by name (it used to become ``gs:/b/x``)."""
+    from ptdistill.synthetic import noisy_teacher
+
+    probs, labels = (t.numpy() for t in noisy_teacher(200, 3, seed=4))
+    np.save(tmp_path / "probs.npy", probs)
+    np.save(tmp_path / "labels.npy", labels)
+    probs_uri = _upload(gcs_env, "search/probs.npy", tmp_path / "probs.npy")
+    labels_uri = _upload(gcs_env, "search/labels.npy", tmp_path / "labels.npy")
+    common = ["--trials", "8", "--max-order", "2"]
+    assert main(["search", "--teacher-probs", probs_uri, "--labels", labels_uri, *common,
+                 "--out", str(tmp_path / "remote.json")]) == 0
+    assert main(["search", "--teacher-probs", str(tmp_path / "probs.npy"), "--labels", str(tmp_path / "labels.npy"),
+                 *common, "--out", str(tmp_path / "local.json")]) == 0
+    remote, local = (json.loads((tmp_path / f"{name}.json").read_text()) for name in ("remote", "local"))
+    assert remote["eps"] == local["eps"] and remote["score"] == local["score"]
+    capsys.readouterr()
+    assert main(["search", "--teacher-probs", f"gs:/{BUCKET}/search/probs.npy", "--labels", labels_uri, *common,
+                 "--out", str(tmp_path / "bad.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"gs:/{BUCKET}/search/probs.npy" in err and "gs://" in err, err
+    assert not (tmp_path / "bad.json").exists()
