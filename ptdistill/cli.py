@@ -117,14 +117,14 @@ def _search(args: argparse.Namespace) -> int:
         device = resolve_device(args.device)
     except ValueError as err:
         raise ValueError(f"--device: {str(err).removeprefix('device: ')}") from None
+    for location in filter(None, (args.teacher_probs, args.labels)):
+        check_location(location)
     _check_out(args.out)
     if args.synthetic:
         teacher, labels = noisy_teacher(*args.synthetic, seed=args.seed)
     else:
         in_file = args.labels_column if args.labels is None else None
         prob_columns = args.prob_columns.split(",") if args.prob_columns else None
-        for location in filter(None, (args.teacher_probs, args.labels)):
-            check_location(location)
         with local_copy(args.teacher_probs) as path:
             teacher, labels = load_teacher_probs(path, labels_column=in_file, prob_columns=prob_columns)
         if args.labels is not None:
