@@ -91,12 +91,25 @@ def test_a_part_without_its_extra_fails_with_one_line_naming_it():
                 print(err)
             else:
                 raise AssertionError(name + " imported without its extra")
+        # The text family's modules import (the configs need their classes); using them names the extra.
+        from ptdistill.families.text import data, models, trainer
+        from ptdistill.families.text.models import HFModelSpec
+        for use in (lambda: models.load_tokenizer(HFModelSpec(name_or_path="x")),
+                    lambda: data.load_task("sst2"), lambda: trainer._accelerator(None)):
+            try:
+                use()
+            except MissingExtra as err:
+                print(err)
+            else:
+                raise AssertionError("a text function ran without the extra")
     """)
     proc = python(script)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.splitlines() == [
-        "ptdistill.families.text needs the 'text' extra (missing transformers, datasets, accelerate, safetensors):"
-        " pip install 'ptdistill[text]'",
+    text_line = ("ptdistill.families.text needs the 'text' extra (missing transformers, datasets, accelerate,"
+                 " safetensors): pip install 'ptdistill[text]'")
+    assert proc.stdout.splitlines()[4:] == [text_line] * 3
+    assert proc.stdout.splitlines()[:4] == [
+        text_line,
         *(f"{name} needs the 'pipelines' extra (missing kfp, mlflow, google.cloud.storage, filelock, psutil, scipy):"
           " pip install 'ptdistill[pipelines]'" for name in ("ptdistill.tracking", "pipelines.local", "components")),
     ]

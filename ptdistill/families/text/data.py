@@ -28,12 +28,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ptdistill.checks import int_at_least
+from ptdistill.extras import require
 from ptdistill.families.text.split import TextSplit
 from ptdistill.io import read_table
 from ptdistill.splits import DEFAULT_FRACTIONS, MIN_ROWS, SPLITS, stratified_rows
 from ptdistill.storage import is_remote, local_copy
 
 if TYPE_CHECKING:
+    require("text", "ptdistill.families.text")  # one line naming the extra when it is missing
     import datasets  # text extra: imported when used, so configs import without it
 
 __all__ = [
@@ -214,6 +216,7 @@ def load_task(
     within each official split; labels must all be in ``[0, C)`` (GLUE's unlabeled test
     splits, label -1, are rejected).
     """
+    require("text", "ptdistill.families.text")  # one line naming the extra when it is missing
     import datasets  # text extra: imported when used, so configs import without it
 
     info = _task(task)
@@ -280,6 +283,7 @@ def _parquet_rows(path: Path) -> int:
 
 def _to_text_split(dataset: datasets.Dataset, info: TaskInfo, origin: str) -> TextSplit:
     """Check one ``datasets.Dataset`` against ``info`` and convert it; errors name ``origin``."""
+    require("text", "ptdistill.families.text")  # one line naming the extra when it is missing
     import datasets  # text extra: imported when used, so configs import without it
 
     columns = list(dataset.column_names)

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from ptdistill.checks import int_at_least
+from ptdistill.extras import require
 from ptdistill.storage import check_location, fetch, is_remote
 
 __all__ = [
@@ -216,6 +217,7 @@ def _local_dir(spec: HFModelSpec) -> Path | None:
 
 
 def _looks_like_hub_id(name: str) -> bool:
+    require("text", "ptdistill.families.text")  # one line naming the extra when it is missing
     from huggingface_hub.utils import validate_repo_id  # text extra: imported when used, so configs import without it
 
     if name.startswith(("/", ".", "~")) or "\\" in name or name.count("/") > 1:
@@ -288,7 +290,12 @@ def resolve_checkpoint(spec: HFModelSpec) -> tuple[str, str]:
 
 
 def _hub_commit(repo_id: str, revision: str | None) -> str:
-    from huggingface_hub import HfApi, constants, snapshot_download  # text extra: imported when used, so configs import without it
+    require("text", "ptdistill.families.text")  # one line naming the extra when it is missing
+    from huggingface_hub import (  # text extra: imported when used, so configs import without it
+        HfApi,
+        constants,
+        snapshot_download,
+    )
     from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 
     asked = f"{repo_id!r}" + (f" at revision {revision!r}" if revision else "")
@@ -330,6 +337,7 @@ def _hub_kwargs(spec: HFModelSpec) -> dict[str, Any]:
 
 def checkpoint_num_labels(spec: HFModelSpec) -> int:
     """The number of classes of the checkpoint's config (``num_labels``; 2 when it has no head)."""
+    require("text", "ptdistill.families.text")  # one line naming the extra when it is missing
     from transformers import AutoConfig  # text extra: imported when used, so configs import without it
 
     return int(AutoConfig.from_pretrained(spec.location, **_hub_kwargs(spec)).num_labels)
@@ -378,6 +386,7 @@ def check_max_length(spec: HFModelSpec, key: str) -> None:
     loaded model's config before any training or scoring. A ``gs://`` folder's config.json is
     fetched (nothing else): a folder without one fails here, naming the object.
     """
+    require("text", "ptdistill.families.text")  # one line naming the extra when it is missing
     from transformers import AutoConfig  # text extra: imported when used, so configs import without it
 
     if is_remote(spec.name_or_path):
@@ -409,6 +418,7 @@ def _check_positions(spec: HFModelSpec, config: Any, key: str = "max_length") ->
 
 def load_tokenizer(spec: HFModelSpec):
     """``AutoTokenizer.from_pretrained``; decoder LMs without a pad token get ``pad_token = eos_token``."""
+    require("text", "ptdistill.families.text")  # one line naming the extra when it is missing
     from transformers import AutoTokenizer  # text extra: imported when used, so configs import without it
 
     tokenizer = AutoTokenizer.from_pretrained(spec.location, **_hub_kwargs(spec))
@@ -434,6 +444,7 @@ class _CaptureLoadReport(logging.Filter):
 @contextlib.contextmanager
 def _held_load_report() -> Iterator[_CaptureLoadReport]:
     """While loading, capture the load report; on an error re-emit it (the error message points at it)."""
+    require("text", "ptdistill.families.text")  # one line naming the extra when it is missing
     from transformers.utils import logging as hf_logging  # text extra: imported when used, so configs import without it
 
     logger = hf_logging.get_logger("transformers.modeling_utils")
@@ -495,7 +506,11 @@ def load_classifier(
     ``spec.device_map`` is set. A ``spec.max_length`` above the model's position limit is a
     ValueError (:func:`position_limit`), as in :func:`load_generative`.
     """
-    from transformers import AutoConfig, AutoModelForSequenceClassification  # text extra: imported when used, so configs import without it
+    require("text", "ptdistill.families.text")  # one line naming the extra when it is missing
+    from transformers import (  # text extra: imported when used, so configs import without it
+        AutoConfig,
+        AutoModelForSequenceClassification,
+    )
 
     if spec.kind != "classification":
         raise ValueError(f"load_classifier: spec.kind is {spec.kind!r}; use load_generative for seq2seq / causal")
@@ -546,7 +561,11 @@ def load_generative(spec: HFModelSpec, device: torch.device | str | None = None,
     under ``dtype="auto"``, returned in train mode) with ``spec.device_map``, or moved to
     ``device`` (default CUDA if available) when there is no device map.
     """
-    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM  # text extra: imported when used, so configs import without it
+    require("text", "ptdistill.families.text")  # one line naming the extra when it is missing
+    from transformers import (  # text extra: imported when used, so configs import without it
+        AutoModelForCausalLM,
+        AutoModelForSeq2SeqLM,
+    )
 
     if spec.kind not in ("seq2seq", "causal"):
         raise ValueError(f"load_generative: spec.kind is {spec.kind!r}; expected 'seq2seq' or 'causal'")

@@ -52,6 +52,7 @@ from ptdistill.engine import (
     resolve_device,
     run_identity,
 )
+from ptdistill.extras import require
 from ptdistill.families.text.batching import classification_logits, collate, encode
 from ptdistill.families.text.split import TextSplit
 from ptdistill.storage import content_key
@@ -170,6 +171,7 @@ class AccelerateRuntime(TorchRuntime):
 
 
 def _accelerator(config: TextTrainConfig):
+    require("text", "ptdistill.families.text")  # one line naming the extra when it is missing
     from accelerate import Accelerator  # text extra: imported when used, so configs import without it
     from accelerate.state import AcceleratorState, PartialState
     from accelerate.utils import DataLoaderConfiguration
