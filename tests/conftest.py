@@ -81,6 +81,24 @@ def object_cache(tmp_path_factory) -> Path:
 # --------------------------------------------------------------------------- tiny configs
 
 
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test (the training loops' golden hashes were recorded so), then as before."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def new_mlp(dim: int, hidden=(32,), seed: int = 0):
+    """A 3-class MLP on ``dim`` features, its initial weights drawn from ``seed``."""
+    from ptdistill.engine import seed_everything
+    from ptdistill.families.mlp.models import MLP, MLPConfig
+
+    seed_everything(seed)
+    return MLP(MLPConfig(input_dim=dim, num_classes=3, hidden=hidden))
+
+
 def free_port() -> int:
     """A loopback TCP port nothing listens on (bound and released): a server that is down."""
     with socket.socket() as s:

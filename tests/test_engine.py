@@ -9,10 +9,10 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import new_mlp
 
-from ptdistill.engine import Checkpointer, History, LoopState, autocast_dtype, seed_everything
+from ptdistill.engine import Checkpointer, History, LoopState, autocast_dtype
 from ptdistill.families.mlp.gaussians import GaussianTask, make_splits
-from ptdistill.families.mlp.models import MLP, MLPConfig
 from ptdistill.families.mlp.split import FeatureSplit
 from ptdistill.families.mlp.training import TrainConfig, distill, train_classifier
 from ptdistill.losses import build_loss
@@ -36,11 +36,8 @@ def history_sha(history: History) -> str:
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_thread):
+    """Every test of this file on one thread (conftest's one_thread)."""
 
 
 @pytest.fixture(scope="module")
@@ -54,15 +51,10 @@ def synthetic():
     return make_splits(GaussianTask(), {"distill": 1000, "validation": 200, "test": 2000}, seed=1)
 
 
-def mlp(dim: int, hidden=(32,), seed: int = 0) -> MLP:
-    seed_everything(seed)
-    return MLP(MLPConfig(input_dim=dim, num_classes=3, hidden=hidden))
-
-
 # Recorded from commit b7feba3's loop (ptdistill/families/mlp/training.py::_fit, before the
 # engine) on CPU with one thread: the engine must give the same weights and history bit for bit.
 def test_teacher_matches_the_old_loop(separable):
-    model = mlp(5)
+    model = new_mlp(5)
     history = train_classifier(model, separable["teacher_train"],
                                TrainConfig(epochs=8, lr=3e-3, log_every_steps=5, **CPU),
                                validation=separable["validation"])
@@ -70,7 +62,7 @@ def test_teacher_matches_the_old_loop(separable):
 
 
 def test_early_stopped_teacher_matches_the_old_loop(separable):
-    model = mlp(5)
+    model = new_mlp(5)
     validation = FeatureSplit(separable["validation"].features[:20], separable["validation"].labels[:20])
     history = train_classifier(model, separable["teacher_train"], TrainConfig(epochs=40, lr=0.05, patience=2, **CPU),
                                validation=validation)
@@ -79,7 +71,7 @@ def test_early_stopped_teacher_matches_the_old_loop(separable):
 
 
 def test_ptloss_student_matches_the_old_loop(synthetic):
-    model = mlp(30, (64,), seed=7)
+    model = new_mlp(30, (64,), seed=7)
     history = distill(model, synthetic["distill"], synthetic["distill"].p_star,
                       build_loss("ptloss", eps=[[1.0, 0.5]] * 3),
                       TrainConfig(epochs=3, seed=3, log_every_steps=7, **CPU), synthetic["validation"])
@@ -89,7 +81,7 @@ def test_ptloss_student_matches_the_old_loop(synthetic):
 def test_annealing_student_with_sparse_validation_matches_the_old_loop(synthetic):
     config = TrainConfig(epochs=3, batch_size=32, eval_every_epochs=2, **CPU)
     loss = build_loss("annealing_kd", max_temperature=3, total_steps=config.total_steps(1000))
-    model = mlp(30, (64,), seed=2)
+    model = new_mlp(30, (64,), seed=2)
     history = distill(model, synthetic["distill"], synthetic["distill"].p_star, loss, config, synthetic["validation"])
     assert history.val_epoch == [2, 3]
     assert (weights_sha(model), history_sha(history)) == ("6479081b0c9fad70", "455fa46e0f699e49")
@@ -120,7 +112,7 @@ def test_an_mlp_run_killed_mid_training_resumes_bit_identically(synthetic, tmp_p
     config = TrainConfig(epochs=6, batch_size=100, lr=0.02, log_every_steps=7, patience=patience, seed=5, **CPU)
 
     def run(checkpoints=None, at=None):
-        model = mlp(30, (64,), seed=11)
+        model = new_mlp(30, (64,), seed=11)
         loss = StopAt(build_loss("ptloss", eps=[[1.0, 0.5]] * 3), at)
         history = distill(model, train, train.p_star, loss, config, validation, checkpoints=checkpoints)
         return model, history, loss
@@ -150,9 +142,9 @@ def test_an_mlp_run_killed_mid_training_resumes_bit_identically(synthetic, tmp_p
 def test_a_checkpoint_of_another_mlp_run_is_refused(synthetic, tmp_path):
     train = synthetic["distill"]
     checkpoints = Checkpointer(str(tmp_path), "ckpt")
-    distill(mlp(30), train, train.p_star, build_loss("kl"), TrainConfig(epochs=1, **CPU), checkpoints=checkpoints)
+    distill(new_mlp(30), train, train.p_star, build_loss("kl"), TrainConfig(epochs=1, **CPU), checkpoints=checkpoints)
     with pytest.raises(ValueError, match=r"checkpoint of a different run: it differs in config.lr: 0.0005 -> 0.001"):
-        distill(mlp(30), train, train.p_star, build_loss("kl"), TrainConfig(epochs=1, lr=1e-3, **CPU),
+        distill(new_mlp(30), train, train.p_star, build_loss("kl"), TrainConfig(epochs=1, lr=1e-3, **CPU),
                 checkpoints=checkpoints)
 
 
@@ -182,7 +174,7 @@ def test_one_precision_rule_for_every_device():
 
 
 def test_bf16_autocast_now_trains_an_mlp_on_cpu(separable):
-    model = mlp(5)
+    model = new_mlp(5)
     history = train_classifier(model, separable["teacher_train"], TrainConfig(epochs=2, precision="bf16", **CPU))
     assert history.steps == 20 and np.isfinite([v for _, v in history.train_loss]).all()
     assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast: fp32 weights, bf16 matmuls

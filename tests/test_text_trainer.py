@@ -31,11 +31,8 @@ FAST = dict(lr=5e-3, batch_size=16, warmup_ratio=0.1, weight_decay=0.01, device=
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_thread):
+    """Every test of this file on one thread (conftest's one_thread)."""
 
 
 @pytest.fixture(scope="module")

@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import new_mlp
 
 from ptdistill.config import from_dict, to_dict
-from ptdistill.engine import History, progress_postfix, resolve_device, seed_everything
+from ptdistill.engine import History, progress_postfix, resolve_device
 from ptdistill.families.mlp.gaussians import GaussianTask, make_splits
-from ptdistill.families.mlp.models import MLP, MLPConfig
 from ptdistill.families.mlp.split import FeatureSplit
 from ptdistill.families.mlp.training import TrainConfig, distill, predict_probs, train_classifier
 from ptdistill.losses import build_loss
@@ -32,11 +32,6 @@ def synthetic():
     return make_splits(GaussianTask(), {"distill": 1000, "validation": 200, "test": 2000}, seed=1)
 
 
-def new_model(dim: int, hidden=(32,), seed: int = 0) -> MLP:
-    seed_everything(seed)
-    return MLP(MLPConfig(input_dim=dim, num_classes=3, hidden=hidden))
-
-
 def state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
@@ -47,7 +42,7 @@ def same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 
 @pytest.mark.slow
 def test_train_classifier_learns_a_separable_task(separable):
-    model = new_model(5)
+    model = new_mlp(5)
     config = TrainConfig(epochs=8, batch_size=32, lr=3e-3, log_every_steps=5, **CPU)
     history = train_classifier(model, separable["teacher_train"], config, validation=separable["validation"])
     losses = [value for _, value in history.train_loss]
@@ -69,7 +64,7 @@ def test_train_classifier_learns_a_separable_task(separable):
 def test_distill_kl_on_pstar_approaches_pstar(synthetic):
     """The oracle student: distill on p* with the kl loss, through the same function as every student."""
     train, test = synthetic["distill"], synthetic["test"]
-    model = new_model(30, hidden=(64,))
+    model = new_mlp(30, hidden=(64,))
 
     def l2_to_pstar() -> float:
         return float(np.linalg.norm(predict_probs(model, test.features, device="cpu") - test.p_star, axis=1).mean())
@@ -87,11 +82,11 @@ def test_distill_never_reads_train_labels(synthetic):
     assert unlabeled.labels is None
     probs = unlabeled.p_star
     config = TrainConfig(epochs=2, **CPU)
-    model = new_model(30)
+    model = new_mlp(30)
     distill(model, unlabeled, probs, build_loss("ptloss", eps=[[1.0, 0.5]] * 3), config)
     # With (wrong) labels attached the result is bit-for-bit the same: they are not used.
     labeled = FeatureSplit(features=unlabeled.features, labels=np.zeros(len(unlabeled), dtype=np.int64))
-    other = new_model(30)
+    other = new_mlp(30)
     distill(other, labeled, probs, build_loss("ptloss", eps=[[1.0, 0.5]] * 3), config)
     assert same_state(state(model), state(other))
 
@@ -101,7 +96,7 @@ def test_same_seed_same_weights(synthetic):
     train, validation = synthetic["distill"], synthetic["validation"]
     runs = []
     for _ in range(2):
-        model = new_model(30, seed=7)
+        model = new_mlp(30, seed=7)
         config = TrainConfig(epochs=2, seed=3, **CPU)
         history = distill(model, train, train.p_star, build_loss("kl"), config, validation)
         runs.append((state(model), history))
@@ -109,7 +104,7 @@ def test_same_seed_same_weights(synthetic):
     assert runs[0][1].train_loss == runs[1][1].train_loss
     assert runs[0][1].val_accuracy == runs[1][1].val_accuracy
     # Another shuffling seed gives other weights from the same initialisation.
-    model = new_model(30, seed=7)
+    model = new_mlp(30, seed=7)
     distill(model, train, train.p_star, build_loss("kl"), TrainConfig(epochs=2, seed=4, **CPU))
     assert not same_state(runs[0][0], state(model))
 
@@ -118,7 +113,7 @@ def test_same_seed_same_weights(synthetic):
 def test_early_stopping_restores_the_best_weights(separable):
     # A high learning rate on a 20-example validation set: accuracy peaks early and then wobbles.
     snapshots: dict[int, dict[str, torch.Tensor]] = {}
-    model = new_model(5)
+    model = new_mlp(5)
     history = train_classifier(
         model,
         separable["teacher_train"],
@@ -136,7 +131,7 @@ def test_early_stopping_restores_the_best_weights(separable):
 
 def test_without_patience_the_final_weights_are_kept(separable):
     snapshots: dict[int, dict[str, torch.Tensor]] = {}
-    model = new_model(5)
+    model = new_mlp(5)
     history = train_classifier(
         model,
         separable["teacher_train"],
@@ -158,13 +153,13 @@ def test_annealing_kd_gets_the_global_step(synthetic):
     calls: list[int] = []
     set_step = loss.set_step
     loss.set_step = lambda step: (calls.append(step), set_step(step))
-    history = distill(new_model(30), train, probs, loss, config)
+    history = distill(new_mlp(30), train, probs, loss, config)
     assert calls == list(range(3 * 4)) == list(range(history.steps))
     assert loss.step == history.steps - 1
 
 
 def test_predict_probs_float64_rows_and_mode(synthetic):
-    model = new_model(30)
+    model = new_mlp(30)
     model.train()
     probs = predict_probs(model, synthetic["test"].features[:50], batch_size=7, device="cpu")
     assert probs.dtype == np.float64 and probs.shape == (50, 3)
@@ -213,25 +208,25 @@ def test_bad_inputs_fail_before_training(synthetic, separable):
     labeled = separable["teacher_train"]
     kl = build_loss("kl")
     with pytest.raises(ValueError, match="train: has no labels"):
-        train_classifier(new_model(30), unlabeled, TrainConfig(epochs=1, **CPU))
+        train_classifier(new_mlp(30), unlabeled, TrainConfig(epochs=1, **CPU))
     with pytest.raises(ValueError, match=r"teacher_probs: expected shape \(1000, 3\)"):
-        distill(new_model(30), unlabeled, unlabeled.p_star[:10], kl, TrainConfig(epochs=1, **CPU))
+        distill(new_mlp(30), unlabeled, unlabeled.p_star[:10], kl, TrainConfig(epochs=1, **CPU))
     with pytest.raises(ValueError, match="teacher_probs: rows must sum to 1"):
-        distill(new_model(30), unlabeled, 2 * unlabeled.p_star, kl, TrainConfig(epochs=1, **CPU))
+        distill(new_mlp(30), unlabeled, 2 * unlabeled.p_star, kl, TrainConfig(epochs=1, **CPU))
     with pytest.raises(ValueError, match="validation: config.patience=3"):
-        distill(new_model(30), unlabeled, unlabeled.p_star, kl, TrainConfig(epochs=1, patience=3, **CPU))
+        distill(new_mlp(30), unlabeled, unlabeled.p_star, kl, TrainConfig(epochs=1, patience=3, **CPU))
     with pytest.raises(ValueError, match="validation: has no labels"):
-        distill(new_model(30), unlabeled, unlabeled.p_star, kl, TrainConfig(epochs=1, **CPU), validation=unlabeled)
+        distill(new_mlp(30), unlabeled, unlabeled.p_star, kl, TrainConfig(epochs=1, **CPU), validation=unlabeled)
     with pytest.raises(ValueError, match="validation.features: expected 5 features"):
-        train_classifier(new_model(5), labeled, TrainConfig(epochs=1, **CPU), validation=synthetic["validation"])
+        train_classifier(new_mlp(5), labeled, TrainConfig(epochs=1, **CPU), validation=synthetic["validation"])
     bad_labels = FeatureSplit(labeled.features, np.full(len(labeled), 3))
     with pytest.raises(ValueError, match=r"train.labels: labels must lie in \[0, 3\)"):
-        train_classifier(new_model(5), bad_labels, TrainConfig(epochs=1, **CPU))
+        train_classifier(new_mlp(5), bad_labels, TrainConfig(epochs=1, **CPU))
     with pytest.raises(ValueError, match="train: expected a FeatureSplit"):
-        train_classifier(new_model(5), labeled.features, TrainConfig(epochs=1, **CPU))
+        train_classifier(new_mlp(5), labeled.features, TrainConfig(epochs=1, **CPU))
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="precision: 'fp16' needs CUDA"):
-            train_classifier(new_model(5), labeled, TrainConfig(epochs=1, precision="fp16"))
+            train_classifier(new_mlp(5), labeled, TrainConfig(epochs=1, precision="fp16"))
 
 
 class NaNLogits(torch.nn.Module):
@@ -276,7 +271,7 @@ def test_progress_bar_shows_no_nan_and_counts_the_steps_of_the_epoch_it_describe
     # Every update drawn (not every 0.1 s), so each epoch's line is there to check.
     monkeypatch.setattr(loop, "tqdm", functools.partial(loop.tqdm, mininterval=0, miniters=1))
     config = TrainConfig(epochs=3, batch_size=32, log_every_steps=25, eval_every_epochs=2, **CPU)
-    train_classifier(new_model(5), separable["teacher_train"], config, validation=separable["validation"],
+    train_classifier(new_mlp(5), separable["teacher_train"], config, validation=separable["validation"],
                      progress=True)
     lines = [line for line in capsys.readouterr().err.replace("\r", "\n").splitlines()
              if line.startswith("teacher:")]
