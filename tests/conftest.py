@@ -99,6 +99,32 @@ def new_mlp(dim: int, hidden=(32,), seed: int = 0):
     return MLP(MLPConfig(input_dim=dim, num_classes=3, hidden=hidden))
 
 
+def weights_sha(model) -> str:
+    """First 16 hex digits of the SHA-256 of every tensor's bytes of ``model``, in name order."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode() + tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def history_sha(history) -> str:
+    """First 16 hex digits of the SHA-256 of a training History without its wall-clock figures, in the
+    layout the engine's goldens were recorded in: before checkpoint selection (``select``),
+    ``best_epoch`` was always the first epoch of highest validation accuracy, and the ECE curve,
+    ``select`` and ``best_val_nll``/``best_val_ece`` did not exist."""
+    import hashlib
+
+    out = history.to_dict()
+    for key in ("seconds", "examples_per_second", "val_ece", "select", "best_val_nll", "best_val_ece"):
+        del out[key]
+    if out["val_accuracy"]:
+        best = max(range(len(out["val_accuracy"])), key=lambda i: (out["val_accuracy"][i], -i))
+        out["best_epoch"], out["best_val_accuracy"] = out["val_epoch"][best], out["val_accuracy"][best]
+    return hashlib.sha256(json.dumps(out, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def free_port() -> int:
     """A loopback TCP port nothing listens on (bound and released): a server that is down."""
     with socket.socket() as s:

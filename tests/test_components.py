@@ -432,7 +432,7 @@ def test_distill_student_rejects_an_unknown_method(env, prepared, inference, sea
 VARIANTS = [
     MethodSpec("onehot", "kl", targets="labels"),
     MethodSpec("oracle", "kl", targets="p_star"),
-    MethodSpec("kl_early", "kl", train={"patience": 1}),
+    MethodSpec("kl_early", "kl", train={"patience": 1, "select": "accuracy"}),
     MethodSpec("pt_order2", "ptloss", {"order": 2}),
     MethodSpec("pt_rank1", "ptloss", {"rank": 1}),
     MethodSpec("pt_random", "ptloss", {"random_seed": 3, "order": 2}),
@@ -467,7 +467,7 @@ def test_onehot_and_oracle_students_train_on_labels_and_p_star(env, prepared, va
 
 
 def test_train_overrides_reach_the_student(variant_records):
-    assert variant_records["kl_early"]["train"] == {"patience": 1}
+    assert variant_records["kl_early"]["train"] == {"patience": 1, "select": "accuracy"}
 
 
 def test_ptloss_coefficient_choices(env, searched, variant_records):

@@ -117,7 +117,7 @@ def test_unknown_benchmark():
         ("seeds=[0,1]", lambda c: c.seeds, [0, 1]),
         ("seeds=[0, 1.0]", lambda c: c.seeds, [0, 1]),
         ("student.hidden=[8, 4]", lambda c: c.student.hidden, [8, 4]),
-        ("student.train.patience=2", lambda c: c.student.train.patience, 2),
+        ("student.train.select=nll", lambda c: c.student.train.select, "nll"),
         ("student.train.patience=null", lambda c: c.student.train.patience, None),
         ("search.strategy=implicit", lambda c: c.search.strategy, "implicit"),
         ("data.sizes.test=500", lambda c: c.data.sizes, {"teacher_train": 2000, "distill": 7000,
@@ -134,6 +134,16 @@ def test_set_overrides(override, get, expected):
     assert type(value) is type(expected)
     if isinstance(expected, list) and expected and isinstance(expected[0], int):
         assert all(type(v) is int for v in value)
+
+
+def test_patience_needs_a_score_to_watch():
+    config = load_config(SyntheticConfig, None, ["student.train.select=nll", "student.train.patience=2"])
+    assert (config.student.train.select, config.student.train.patience) == ("nll", 2)
+    with pytest.raises(ConfigError, match=r"student\.train\.patience: early stopping \(patience=2\) watches a"
+                                          r" validation score, but select='last'"):
+        load_config(SyntheticConfig, None, ["student.train.patience=2"])
+    with pytest.raises(ConfigError, match=r"teacher\.train.*select: expected one of last, accuracy, nll, got 'loss'"):
+        load_config(SyntheticConfig, None, ["teacher.train.select=loss"])
 
 
 def test_set_tabular_path_and_columns(tmp_path):

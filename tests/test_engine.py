@@ -3,13 +3,11 @@ the loop state's round trip, the precision rule and early stopping in epochs."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 
 import numpy as np
 import pytest
 import torch
-from conftest import new_mlp
+from conftest import history_sha, new_mlp, weights_sha
 
 from ptdistill.engine import Checkpointer, History, LoopState, autocast_dtype
 from ptdistill.families.mlp.gaussians import GaussianTask, make_splits
@@ -18,21 +16,6 @@ from ptdistill.families.mlp.training import TrainConfig, distill, train_classifi
 from ptdistill.losses import build_loss
 
 CPU = {"device": "cpu"}
-
-
-def weights_sha(model: torch.nn.Module) -> str:
-    """First 16 hex digits of the SHA-256 of every tensor's bytes, in name order."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode() + tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
-def history_sha(history: History) -> str:
-    """First 16 hex digits of the SHA-256 of the history without its wall-clock figures."""
-    out = history.to_dict()
-    del out["seconds"], out["examples_per_second"]
-    return hashlib.sha256(json.dumps(out, sort_keys=True).encode()).hexdigest()[:16]
 
 
 @pytest.fixture(autouse=True)
@@ -64,7 +47,7 @@ def test_teacher_matches_the_old_loop(separable):
 def test_early_stopped_teacher_matches_the_old_loop(separable):
     model = new_mlp(5)
     validation = FeatureSplit(separable["validation"].features[:20], separable["validation"].labels[:20])
-    history = train_classifier(model, separable["teacher_train"], TrainConfig(epochs=40, lr=0.05, patience=2, **CPU),
+    history = train_classifier(model, separable["teacher_train"], TrainConfig(epochs=40, lr=0.05, patience=2, select="accuracy", **CPU),
                                validation=validation)
     assert history.epochs_run == 3 and history.stopped_early
     assert (weights_sha(model), history_sha(history)) == ("4cc93aab71068050", "0ebb025ae5aa8f2b")
@@ -109,7 +92,7 @@ class StopAt(torch.nn.Module):
 def test_an_mlp_run_killed_mid_training_resumes_bit_identically(synthetic, tmp_path, patience):
     train, validation = synthetic["distill"], FeatureSplit(synthetic["validation"].features[:30],
                                                            synthetic["validation"].labels[:30])
-    config = TrainConfig(epochs=6, batch_size=100, lr=0.02, log_every_steps=7, patience=patience, seed=5, **CPU)
+    config = TrainConfig(epochs=6, batch_size=100, lr=0.02, log_every_steps=7, patience=patience, select="last" if patience is None else "accuracy", seed=5, **CPU)
 
     def run(checkpoints=None, at=None):
         model = new_mlp(30, (64,), seed=11)

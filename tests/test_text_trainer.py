@@ -11,6 +11,7 @@ import dataclasses
 import numpy as np
 import pytest
 import text_fixtures
+from conftest import history_sha, weights_sha
 import torch
 from torch import nn
 
@@ -147,7 +148,7 @@ def test_early_stopping_restores_the_best_weights(tokenizer, data):
     train, validation, _ = data
     model = tiny_bert(tokenizer, seed=3)
     # lr 0 after warm-up would be invalid; a tiny lr keeps validation accuracy flat, so patience 1 stops at epoch 2.
-    config = TextTrainConfig(epochs=5, patience=1, **{**FAST, "lr": 1e-9})
+    config = TextTrainConfig(epochs=5, patience=1, select="accuracy", **{**FAST, "lr": 1e-9})
     before = params(model)
     history = fit_text(model, tokenizer, train, config, validation=validation)
     assert history.stopped_early and history.epochs_run == 2 and history.best_epoch == 1
@@ -170,7 +171,7 @@ def test_resume_mid_epoch_is_bit_identical(tokenizer, tmp_path, n, grad_accumula
     train, validation = toy_split(n, seed=4), toy_split(32, seed=5)
     targets = soft_targets(train.labels, 0.7)
     config = TextTrainConfig(epochs=3, grad_accumulation=grad_accumulation, checkpoint_every_steps=every,
-                             patience=patience, **FAST)
+                             patience=patience, select="last" if patience is None else "accuracy", **FAST)
 
     def run(checkpoints=None, at=None):
         model = tiny_bert(tokenizer, seed=7)
@@ -383,7 +384,7 @@ def test_argument_errors(tokenizer, data, tmp_path):
     with pytest.raises(ValueError, match="validation: has no labels"):
         fit(targets=targets, loss=kl, validation=validation.take(np.arange(64), drop_labels=True))
     with pytest.raises(ValueError, match="early stopping.*needs a validation split"):
-        fit(cfg=dataclasses.replace(config, patience=2))
+        fit(cfg=dataclasses.replace(config, patience=2, select="accuracy"))
     three = TextSplit(text_a=train.text_a, labels=np.where(train.labels == 1, 2, 0))
     with pytest.raises(ValueError, match=r"train.labels: must lie in \[0, 2\)"):
         fit(split=three)
@@ -434,23 +435,6 @@ def test_length_grouped_batches_cover_every_row_once_and_pad_less():
 # ----------------------------------------------------------------------------- golden outputs
 
 
-def weights_sha(model: nn.Module) -> str:
-    """First 16 hex digits of the SHA-256 of every tensor's bytes, in name order."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode() + tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
-def history_sha(history) -> str:
-    import hashlib
-    import json
-
-    return hashlib.sha256(json.dumps(timeless(history), sort_keys=True).encode()).hexdigest()[:16]
-
-
 # Recorded from commit b7feba3's loop (ptdistill/families/text/trainer.py::_train, before the
 # engine) on CPU with one thread: the engine must give the same weights and history bit for bit.
 def test_teacher_matches_the_old_loop(tokenizer, data):
@@ -463,7 +447,7 @@ def test_teacher_matches_the_old_loop(tokenizer, data):
 def test_accumulating_early_stopped_student_matches_the_old_loop(tokenizer, data):
     train, validation, targets = data
     model = tiny_bert(tokenizer, seed=7)
-    history = fit_text(model, tokenizer, train, TextTrainConfig(epochs=3, grad_accumulation=2, patience=1, **FAST),
+    history = fit_text(model, tokenizer, train, TextTrainConfig(epochs=3, grad_accumulation=2, patience=1, select="accuracy", **FAST),
                        targets=targets, loss=build_loss("ptloss", eps=[[0.5], [0.5]]), validation=validation)
     assert history.epochs_run == 2 and history.stopped_early
     assert (weights_sha(model), history_sha(history)) == ("98ac5119c596e8e0", "b276c169660ca382")

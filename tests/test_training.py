@@ -117,7 +117,7 @@ def test_early_stopping_restores_the_best_weights(separable):
     history = train_classifier(
         model,
         separable["teacher_train"],
-        TrainConfig(epochs=40, lr=0.05, patience=2, **CPU),
+        TrainConfig(epochs=40, lr=0.05, patience=2, select="accuracy", **CPU),
         validation=FeatureSplit(separable["validation"].features[:20], separable["validation"].labels[:20]),
         on_epoch=lambda epoch, h: snapshots.__setitem__(epoch, state(model)),
     )
@@ -173,7 +173,7 @@ def test_predict_probs_float64_rows_and_mode(synthetic):
 
 
 def test_train_config_round_trip_and_validation():
-    config = TrainConfig(epochs=3, patience=2)
+    config = TrainConfig(epochs=3, patience=2, select="accuracy")
     assert from_dict(TrainConfig, json.loads(json.dumps(to_dict(config)))) == config
     assert config.steps_per_epoch(65) == 3 and config.total_steps(64) == 6
     with pytest.raises(ValueError, match=r"unknown key momentum"):
@@ -187,7 +187,7 @@ def test_train_config_round_trip_and_validation():
         ({"patience": 0}, "patience"),
         ({"precision": "fp8"}, "precision: expected one of auto, fp32, bf16, fp16"),
         # patience counts epochs; with validation every 2 epochs its old meaning (evaluations) is refused
-        ({"patience": 3, "eval_every_epochs": 2}, "patience: counts epochs .* needs eval_every_epochs=1"),
+        ({"patience": 3, "select": "accuracy", "eval_every_epochs": 2}, "patience: counts epochs .* needs eval_every_epochs=1"),
     ]:
         with pytest.raises(ValueError, match=match):
             TrainConfig(**kwargs)
@@ -214,7 +214,7 @@ def test_bad_inputs_fail_before_training(synthetic, separable):
     with pytest.raises(ValueError, match="teacher_probs: rows must sum to 1"):
         distill(new_mlp(30), unlabeled, 2 * unlabeled.p_star, kl, TrainConfig(epochs=1, **CPU))
     with pytest.raises(ValueError, match="validation: config.patience=3"):
-        distill(new_mlp(30), unlabeled, unlabeled.p_star, kl, TrainConfig(epochs=1, patience=3, **CPU))
+        distill(new_mlp(30), unlabeled, unlabeled.p_star, kl, TrainConfig(epochs=1, patience=3, select="nll", **CPU))
     with pytest.raises(ValueError, match="validation: has no labels"):
         distill(new_mlp(30), unlabeled, unlabeled.p_star, kl, TrainConfig(epochs=1, **CPU), validation=unlabeled)
     with pytest.raises(ValueError, match="validation.features: expected 5 features"):

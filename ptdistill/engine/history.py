@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import random
 from dataclasses import asdict, dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from ptdistill.checks import int_at_least
 
-__all__ = ["History", "progress_postfix", "resolve_device", "seed_everything"]
+__all__ = ["History", "ValidationScores", "progress_postfix", "resolve_device", "seed_everything"]
+
+
+class ValidationScores(NamedTuple):
+    """A model's scores on the validation split: accuracy in [0, 1], mean NLL in nats, ECE in [0, 1]
+    (15 bins, :func:`ptdistill.metrics.ece`)."""
+
+    accuracy: float
+    nll: float
+    ece: float
 
 
 @dataclass
@@ -18,7 +28,10 @@ class History:
     """What a training run did; ``to_dict`` is JSON-ready.
 
     ``train_loss`` holds ``(step, mean loss over the window ending at step)`` pairs;
-    ``val_*`` are per evaluated epoch (listed in ``val_epoch``). ``seconds`` is wall-clock
+    ``val_*`` are per evaluated epoch (listed in ``val_epoch``): the validation curve.
+    ``best_epoch`` is the selected epoch (``select``, see :class:`~ptdistill.engine.TrainSettings`),
+    whose weights the run ended with, and ``best_val_*`` its scores (None without validation).
+    ``seconds`` is wall-clock
     including evaluation; ``examples_per_second`` counts training examples over those seconds.
     """
 
@@ -26,8 +39,12 @@ class History:
     val_epoch: list[int] = field(default_factory=list)
     val_accuracy: list[float] = field(default_factory=list)
     val_nll: list[float] = field(default_factory=list)
+    val_ece: list[float] = field(default_factory=list)
+    select: str = "last"
     best_epoch: int | None = None
     best_val_accuracy: float | None = None
+    best_val_nll: float | None = None
+    best_val_ece: float | None = None
     stopped_early: bool = False
     epochs_run: int = 0
     steps: int = 0

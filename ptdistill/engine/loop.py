@@ -5,8 +5,9 @@ A family describes its run as a :class:`TrainingTask` (batch order, forward pass
 optimiser and schedule, validation) and calls :func:`fit`. An optimiser step averages
 ``LoopPlan.grad_accumulation`` batches (the last, partial group of an epoch still steps); the
 loss of each step is checked to be finite before it is applied. Validation runs every
-``LoopPlan.eval_every_epochs`` epochs and after the last; ``patience`` epochs without a gain
-in validation accuracy stop the run and restore the best weights. With a
+``LoopPlan.eval_every_epochs`` epochs and after the last; the run ends with the weights of the
+epoch that ``TrainSettings.select`` chooses (the last, or the best validation accuracy or NLL),
+and ``patience`` epochs without a gain in that score stop it early. With a
 :class:`~ptdistill.engine.checkpoints.Checkpointer` the whole :class:`LoopState` is saved every
 ``LoopPlan.checkpoint_every_steps`` optimiser steps (0: never mid-epoch) and at every epoch end,
 and a restarted run resumes from the latest checkpoint, mid-epoch if that is where it stopped;
@@ -33,7 +34,7 @@ from tqdm.auto import tqdm
 
 from ptdistill.checks import finite_real, int_at_least
 from ptdistill.engine.checkpoints import Checkpointer, rng_state, set_rng_state
-from ptdistill.engine.history import History, progress_postfix, resolve_device, seed_everything
+from ptdistill.engine.history import History, ValidationScores, progress_postfix, resolve_device, seed_everything
 from ptdistill.engine.settings import TrainSettings, autocast_dtype
 from ptdistill.engine.state import LoopState
 
@@ -100,8 +101,8 @@ class TrainingTask(ABC):
     def before_step(self, step: int) -> None:
         """Called with the global step (0, 1, ...) before each optimiser step (e.g. Annealing KD's temperature)."""
 
-    def evaluate(self, model: nn.Module) -> tuple[float, float] | None:
-        """(accuracy, mean NLL) on the validation split, or None when there is none."""
+    def evaluate(self, model: nn.Module) -> ValidationScores | None:
+        """``model``'s scores on the validation split, or None when there is none."""
         return None
 
 
@@ -177,7 +178,8 @@ def fit(model: nn.Module, task: TrainingTask, settings: TrainSettings, *, plan: 
     and a checkpoint of another run is refused (see :class:`Checkpointer`). ``on_epoch(epoch,
     history)`` is called after each epoch (1-based) with the weights of that epoch. A resumed run's
     ``History.seconds`` and ``examples_per_second`` include earlier sessions up to their last checkpoint.
-    Raises ``FloatingPointError`` when a step's loss is not finite (the step is not applied).
+    Raises ``FloatingPointError`` when a step's loss is not finite (the step is not applied), and
+    ``ValueError`` when ``settings.select`` needs validation scores the task does not give.
     """
     if settings.patience is not None and plan.eval_every_epochs != 1:
         raise ValueError(f"patience: early stopping counts epochs and validates after each one; got"
@@ -308,25 +310,33 @@ class _Loop:
         state.window_sum, state.window_steps = torch.zeros((), device=self.runtime.device), 0
 
     def _evaluate(self) -> None:
-        """Validate after epoch ``state.epoch`` if due; track the best epoch; decide early stopping."""
-        state, history, patience = self.state, self.state.history, self.settings.patience
-        if state.epoch % self.plan.eval_every_epochs and state.epoch != self.settings.epochs:
+        """Validate after epoch ``state.epoch`` if due; track the selected epoch; decide early stopping."""
+        state, history, settings = self.state, self.state.history, self.settings
+        if state.epoch % self.plan.eval_every_epochs and state.epoch != settings.epochs:
             return
-        result = self.task.evaluate(self.model)
-        if result is None:
+        scores = self.task.evaluate(self.model)
+        if scores is None:
+            if settings.select != "last":
+                raise ValueError(f"select: {settings.select!r} chooses the epoch on validation scores, and this"
+                                 " run has no validation split; give one or use select='last'")
             return
-        accuracy, nll = result
+        scores = ValidationScores(*scores)
         history.val_epoch.append(state.epoch)
-        history.val_accuracy.append(accuracy)
-        history.val_nll.append(nll)
-        if history.best_val_accuracy is None or accuracy > history.best_val_accuracy:
-            history.best_epoch, history.best_val_accuracy = state.epoch, accuracy
+        history.val_accuracy.append(scores.accuracy)
+        history.val_nll.append(scores.nll)
+        history.val_ece.append(scores.ece)
+        history.select = settings.select
+        if history.best_epoch is None or _better(settings.select, scores, history):
+            history.best_epoch = state.epoch
+            history.best_val_accuracy, history.best_val_nll, history.best_val_ece = scores
             state.epochs_without_gain = 0
-            if patience is not None:
+            if settings.select != "last" and state.epoch != settings.epochs:
                 state.best_weights = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+            elif settings.select != "last":
+                state.best_weights = None  # the final weights are the selected ones
         else:
             state.epochs_without_gain += 1
-        if patience is not None and state.epochs_without_gain >= patience:
+        if settings.patience is not None and state.epochs_without_gain >= settings.patience:
             history.stopped_early = True
 
     def _save(self) -> None:
@@ -343,3 +353,12 @@ class _Loop:
             run_hash, identity = self.identity
             self.checkpoints.save(blob.to_blob(), run=run_hash, identity=identity, position=state.position())
         self.runtime.wait_for_everyone()
+
+
+def _better(select: str, scores: ValidationScores, history: History) -> bool:
+    """Whether ``scores`` beat the selected epoch's under ``select`` (a tie keeps the earlier epoch)."""
+    if select == "accuracy":
+        return scores.accuracy > history.best_val_accuracy
+    if select == "nll":
+        return scores.nll < history.best_val_nll
+    return True  # "last": every evaluated epoch replaces the one before

@@ -14,19 +14,27 @@ import torch
 
 from ptdistill.checks import finite_real, int_at_least
 
-__all__ = ["PRECISIONS", "TrainSettings", "autocast_dtype"]
+__all__ = ["PRECISIONS", "SELECTIONS", "TrainSettings", "autocast_dtype", "check_selection"]
 
 #: Precision choices of every family: ``auto``, full ``fp32``, ``bf16`` or ``fp16`` autocast.
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+#: Which epoch's weights a run keeps (``TrainSettings.select``): the last epoch's, or the epoch with
+#: the best validation accuracy or the lowest validation NLL (a proper score: docs/method.md §9).
+SELECTIONS = ("last", "accuracy", "nll")
 
 
 @dataclass
 class TrainSettings:
-    """What every training run is told: length, batch, optimiser, early stopping, seed, device, precision.
+    """What every training run is told: length, batch, optimiser, checkpoint selection, early stopping,
+    seed, device, precision.
 
-    ``patience`` counts epochs without a gain in validation accuracy; it turns on early stopping
-    with the best weights restored at the end (``None``: all epochs run, the final weights are
-    kept, ``History.best_epoch`` is still reported). The training loss is averaged over windows
+    ``select`` chooses the epoch whose weights the run ends with (:data:`SELECTIONS`): ``"last"``
+    keeps the final weights (the paper's protocol); ``"accuracy"`` or ``"nll"`` validates every
+    evaluated epoch and restores the weights of the epoch with the highest validation accuracy
+    or the lowest validation NLL (the first such epoch on a tie), which needs a validation split.
+    ``patience`` counts epochs without a gain in that score and stops the run (early stopping);
+    ``None`` runs every epoch. It needs ``select`` ``"accuracy"`` or ``"nll"``: with ``"last"``
+    there is no score to watch. The training loss is averaged over windows
     of ``log_every_steps`` optimiser steps for ``History.train_loss``. ``seed`` seeds the batch
     order and, at the start of the loop, Python's, NumPy's and torch's RNGs (dropout); the
     initial weights are the caller's. ``precision``: see :func:`autocast_dtype`.
@@ -41,14 +49,21 @@ class TrainSettings:
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"
+    select: str = "last"
 
     def __post_init__(self) -> None:
         int_at_least("epochs", self.epochs, 1)
         int_at_least("batch_size", self.batch_size, 1)
         int_at_least("log_every_steps", self.log_every_steps, 1)
         int_at_least("seed", self.seed, 0)
+        if self.select not in SELECTIONS:
+            raise ValueError(f"select: expected one of {', '.join(SELECTIONS)}, got {self.select!r}")
         if self.patience is not None:
             int_at_least("patience", self.patience, 1)
+            if self.select == "last":
+                raise ValueError(f"patience: early stopping (patience={self.patience}) watches a validation score,"
+                                 " but select='last' keeps the final weights; set select to 'nll' (validation NLL,"
+                                 " a proper score) or 'accuracy' (how patience worked before select existed)")
         finite_real("lr", self.lr, low=0, low_open=True)
         finite_real("weight_decay", self.weight_decay, low=0)
         if not isinstance(self.device, str):
@@ -90,3 +105,15 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return None
+
+
+def check_selection(settings: TrainSettings, has_validation: bool) -> None:
+    """ValueError, before training, when ``settings`` choose the epoch on validation (``select``,
+    ``patience``) and the run has no validation split."""
+    if has_validation:
+        return
+    if settings.patience is not None:
+        raise ValueError(f"validation: config.patience={settings.patience} (early stopping) needs a validation split")
+    if settings.select != "last":
+        raise ValueError(f"validation: config.select={settings.select!r} (checkpoint selection) needs a validation"
+                         " split; give one or use select='last'")

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ptdistill.metrics import ece
 from ptdistill.checks import check_probs, int_at_least
 from ptdistill.engine import (
     Checkpointer,
@@ -33,6 +34,8 @@ from ptdistill.engine import (
     LoopPlan,
     TrainingTask,
     TrainSettings,
+    check_selection,
+    ValidationScores,
     fit,
     resolve_device,
     run_identity,
@@ -126,19 +129,20 @@ def _validation_tensors(
 
 def _validate(
     model: nn.Module, features: torch.Tensor, labels: torch.Tensor, batch_size: int = 1024
-) -> tuple[float, float]:
-    """Validation accuracy and NLL, in fp32."""
+) -> ValidationScores:
+    """Validation accuracy, NLL and ECE, in fp32 (NLL summed per batch, as the goldens of tests/test_engine.py)."""
     was_training = model.training
     model.eval()
-    correct, nll = 0.0, 0.0
+    correct, nll, probs = 0.0, 0.0, []
     with torch.inference_mode():
         for lo in range(0, len(features), batch_size):
             log_q = torch.log_softmax(model(features[lo : lo + batch_size]).float(), -1)
             y = labels[lo : lo + batch_size]
             correct += float((log_q.argmax(-1) == y).sum())
             nll += float(F.nll_loss(log_q, y, reduction="sum"))
+            probs.append(log_q.exp())
     model.train(was_training)
-    return correct / len(features), nll / len(features)
+    return ValidationScores(correct / len(features), nll / len(features), ece(torch.cat(probs), labels))
 
 
 class _FeatureTask(TrainingTask):
@@ -170,7 +174,7 @@ class _FeatureTask(TrainingTask):
         if self.set_step is not None:
             self.set_step(step)
 
-    def evaluate(self, model: nn.Module) -> tuple[float, float] | None:
+    def evaluate(self, model: nn.Module) -> ValidationScores | None:
         return None if self.validation is None else _validate(model, *self.validation)
 
 
@@ -182,8 +186,7 @@ def _prepare(
         raise ValueError(f"train: expected a FeatureSplit, got {type(train).__name__}")
     if not isinstance(config, TrainConfig):
         raise ValueError(f"config: expected a TrainConfig, got {type(config).__name__}")
-    if config.patience is not None and validation is None:
-        raise ValueError(f"validation: config.patience={config.patience} (early stopping) needs a validation split")
+    check_selection(config, validation is not None)
     device = resolve_device(config.device)
     model.to(device)
     features = torch.tensor(train.features).to(device)

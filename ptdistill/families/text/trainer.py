@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ptdistill.metrics import ece
 from ptdistill.checks import check_probs, finite_real, int_at_least
 from ptdistill.engine import (
     Checkpointer,
@@ -46,7 +47,9 @@ from ptdistill.engine import (
     TorchRuntime,
     TrainingTask,
     TrainSettings,
+    ValidationScores,
     autocast_dtype,
+    check_selection,
     fit,
     linear_warmup_decay,
     resolve_device,
@@ -338,8 +341,7 @@ def fit_text(
         if validation.labels is None:
             raise ValueError("validation: has no labels; validation metrics and early stopping need a labeled split")
         _check_split_labels("validation", validation, num_classes)
-    if config.patience is not None and validation is None:
-        raise ValueError(f"validation: config.patience={config.patience} (early stopping) needs a validation split")
+    check_selection(config, validation is not None)
     probs, target_tensor, objective = _objective(train, targets, loss, num_classes)
 
     sequences = encode(tokenizer, train, max_length)
@@ -429,7 +431,7 @@ class _TextTask(TrainingTask):
         if self.set_step is not None:
             self.set_step(step)
 
-    def evaluate(self, model: nn.Module) -> tuple[float, float] | None:
+    def evaluate(self, model: nn.Module) -> ValidationScores | None:
         validation = self.validation
         if validation is None:
             return None
@@ -437,7 +439,8 @@ class _TextTask(TrainingTask):
                                        max_length=self.max_length)
         log_q = torch.log_softmax(torch.from_numpy(logits).double(), -1)
         y = torch.from_numpy(validation.labels)
-        return float((log_q.argmax(-1) == y).double().mean()), float(F.nll_loss(log_q, y))
+        return ValidationScores(float((log_q.argmax(-1) == y).double().mean()), float(F.nll_loss(log_q, y)),
+                                ece(log_q.exp(), y))
 
 
 def _data_identity(train: TextSplit, sequences: list, validation: TextSplit | None) -> dict:
