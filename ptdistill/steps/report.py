@@ -27,7 +27,7 @@ import pandas as pd  # noqa: E402
 from ptdistill.experiments import ExperimentConfig  # noqa: E402
 from ptdistill.results import mean_std, pair_differences  # noqa: E402
 from ptdistill.steps.common import RunInfo, log, publish  # noqa: E402
-from ptdistill.tracking import Tracker  # noqa: E402
+from ptdistill.tracking import RECOMMENDED_TAG, Tracker  # noqa: E402
 
 COLUMNS = ("accuracy", "nll", "ece", "l2_to_pstar")
 #: MLflow tag on a flagged student's run: why it is flagged.
@@ -38,8 +38,6 @@ FLAG_MIN_GAP = 0.05
 FLAG_RULE = (f"validation accuracy below the same-seed plain KL student's (the teacher's, for that KL student and"
              f" where the run has no plain KL method) by more than max({FLAG_MIN_GAP}, 2 binomial standard errors"
              f" of that accuracy on the validation rows)")
-#: MLflow tag on the parent run: the recommended method's name (see recommend).
-RECOMMENDED_TAG = "ptdistill.recommended"
 #: The recommendation rule, as the report states it ({metric}: the run's task metric).
 RECOMMEND_RULE = ("the highest mean over seeds of the validation {metric}; on a tie, the run's plain KL method, then"
                   " the method listed first in the config (with lr_grid: methods × rates, in that order)")
