@@ -85,23 +85,28 @@ class Recommendation(NamedTuple):
     #: other than the method itself
 
 
+def _validation_means(summaries: list[dict]) -> pd.Series:
+    """Method -> mean ``val_task`` over its seeds, rounded to 12 decimals: the means of equal scores in another
+    order can differ in the last bit, and must tie."""
+    return pd.DataFrame(summaries).groupby("method")["val_task"].mean().round(12)
+
+
 def recommend(config: ExperimentConfig, summaries: list[dict]) -> Recommendation:
     """The method to deploy: the highest mean ``val_task`` over seeds, never a test metric (RECOMMEND_RULE).
 
     Every method and ``lr_grid`` variant competes (the variant with the best validation score is also
-    the rate :func:`lr_choices` picks for its method). On an exact tie the run's plain KL method wins
-    (the simpler baseline), then the variant that comes first in ``config.variants()``; means equal to
-    12 decimals are a tie. The paired
-    differences to plain KL (:func:`_kl_references`) are over the seeds both have, on the validation
-    task metric and, for information, on test accuracy, with a 95% Student-t interval (NaN for one seed).
+    the rate :func:`lr_choices` picks for its method). On a tie (:func:`_validation_means`) the run's
+    plain KL method wins (the simpler baseline), then the variant that comes first in
+    ``config.variants()``. The paired differences to plain KL (:func:`_kl_references`) are over the
+    seeds both have, on the validation task metric and, for information, on test accuracy, with a 95%
+    Student-t interval (NaN for one seed).
     """
     frame = pd.DataFrame(summaries)
-    means = frame.groupby("method")["val_task"].mean()
+    means = _validation_means(summaries)
     references = _kl_references(config)
     plain = set(references.values())
     order = [v.name for v in config.variants() if v.name in means.index]
-    # equal to 12 decimals is a tie (the means of equal scores can differ in the last bit); max keeps the first
-    method = max(order, key=lambda name: (round(means[name], 12), name in plain))
+    method = max(order, key=lambda name: (means[name], name in plain))  # max keeps the first of equal keys
     baseline = references.get(method)
     paired = None
     if baseline is not None and baseline != method:
@@ -110,9 +115,8 @@ def recommend(config: ExperimentConfig, summaries: list[dict]) -> Recommendation
     return Recommendation(method, float(means[method]), int((frame["method"] == method).sum()), baseline, paired)
 
 
-def recommendation_lines(recommendation: Recommendation, task_metric: str) -> list[str]:
+def recommendation_lines(rec: Recommendation, task_metric: str) -> list[str]:
     """Markdown lines stating the recommended method, the rule, and its paired differences to plain KL."""
-    rec = recommendation
     lines = ["", f"**Recommended: {rec.method}** (★), chosen on validation only: mean validation {task_metric}"
                  f" {rec.val_task_mean:.4f} over {rec.seeds} seed{'s' if rec.seeds > 1 else ''}.",
              f"Rule: {RECOMMEND_RULE.format(metric=task_metric)}. Test figures are for information only; they play"
@@ -229,7 +233,7 @@ def lr_choices(config: ExperimentConfig, summaries: list[dict], table: pd.DataFr
     """With ``lr_grid``: each method's learning rate chosen on mean validation task metric (paper protocol)."""
     if not config.lr_grid:
         return []
-    validation = pd.DataFrame(summaries).groupby("method")["val_task"].mean()
+    validation = _validation_means(summaries)
     lines = ["", f"Learning rate chosen per method on validation {config.task_metric} (mean over seeds):"]
     variants = config.variants()
     for i, method in enumerate(config.methods):
