@@ -28,6 +28,7 @@ import pandas as pd  # noqa: E402
 from scipy import stats  # noqa: E402
 
 from ptdistill.hints import ptdistill_command  # noqa: E402
+from ptdistill.tracking import RECOMMENDED_TAG  # noqa: E402
 
 __all__ = ["benchmark_report", "linear_fit", "markdown_table", "mean_std", "method_table", "pair_differences",
            "paired_differences", "plot_methods", "plot_paired", "plot_scatter", "plot_teacher_quality", "runs_table"]
@@ -230,7 +231,8 @@ def benchmark_report(tracker, benchmark: str, out_dir: Path, run_names: list[str
 
     With several runs, methods are labelled ``<run>:<method>``; a bare ``baseline`` is then each
     run's own (paired within the run: same teacher, same seeds), and a section compares the runs'
-    teachers and searches with their students. ``pairs`` adds a table of ``a - b`` paired by seed
+    teachers and searches with their students. A method the run's report recommended (parent tag
+    RECOMMENDED_TAG) is marked ★ in the table. ``pairs`` adds a table of ``a - b`` paired by seed
     for each (a, b), e.g. searched against random coefficients of the same order. Raises
     ValueError when MLflow has no such runs or a pair names a method they lack.
     """
@@ -241,17 +243,27 @@ def benchmark_report(tracker, benchmark: str, out_dir: Path, run_names: list[str
         raise ValueError(f"{benchmark}: no {wanted} with students in MLflow ({tracker.tracking_uri}); run "
                          f"`{ptdistill_command('run', benchmark)}` first")
     runs = list(dict.fromkeys(frame["parent_run_name"]))
-    parents = {run_name: tracker.client.get_run(parent_id).data.metrics
-               for parent_id, run_name in zip(dict.fromkeys(frame["parent_run_id"]), runs)}
+    parent_runs = {run_name: tracker.client.get_run(parent_id)
+                   for parent_id, run_name in zip(dict.fromkeys(frame["parent_run_id"]), runs)}
+    parents = {run_name: run.data.metrics for run_name, run in parent_runs.items()}
+    recommended = {run_name: run.data.tags[RECOMMENDED_TAG] for run_name, run in parent_runs.items()
+                   if RECOMMENDED_TAG in run.data.tags}
     bare = frame
     if len(runs) > 1:
         frame = frame.assign(method=frame["parent_run_name"] + ":" + frame["method"])
+        recommended = {run_name: f"{run_name}:{method}" for run_name, method in recommended.items()}
     compared = pair_differences(frame, pairs) if pairs else None  # a bad pair fails before any file is written
     lines = [f"# {benchmark}", "", f"Runs: {', '.join(f'`{r}`' for r in runs)} (MLflow experiment "
              f"`ptdistill-{benchmark}`). Students: mean ± std over seeds on the test split.", ""]
     same = "test_task" in frame.columns and frame["test_task"].equals(frame["test_accuracy"])
     table = method_table(frame, [m for m in REPORT_METRICS if not (same and m == "test_task")])
-    lines += markdown_table(table)
+    if recommended:  # runs from before the tag existed have no recommendation
+        marks = set(recommended.values())
+        lines += markdown_table(table.assign(recommended=["★" if m in marks else "" for m in table.index]))
+        lines += ["", "★: the method each run's report recommends, chosen on validation only (highest mean"
+                  " validation task metric over seeds), never on these test figures."]
+    else:
+        lines += markdown_table(table)
     lines += ["", f"![{benchmark}: test accuracy]({plot_methods(table, out_dir / f'{benchmark}-accuracy.png', title=benchmark).name})"]
     for run, metrics in parents.items():
         quoted = ", ".join(f"{k} {metrics[k]:.0f}" if k == "search_order" else f"{k} {metrics[k]:.4f}"

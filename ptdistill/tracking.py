@@ -80,6 +80,8 @@ PID_TAG = "ptdistill.pid"
 #: The local runner sets this to its own pid; start_parent, running in a task subprocess, records it.
 RUNNER_PID_ENV = "PTDISTILL_RUNNER_PID"
 CHAMPION_ALIAS = "champion"
+#: On a parent: the method its report recommends, chosen on validation (ptdistill.steps.report.recommend).
+RECOMMENDED_TAG = "ptdistill.recommended"
 SCORE_TAG = "validation_score"
 MODEL_ARTIFACT = "model"
 #: Metrics every student reports first, in this order; other test_* / val_* metrics follow.

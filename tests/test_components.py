@@ -32,6 +32,7 @@ from ptdistill.experiments import MethodSpec, TabularConfig
 from ptdistill.families.mlp.models import MLP
 from ptdistill.families.mlp.split import FeatureSplit
 from ptdistill.steps.common import RunInfo
+from ptdistill.steps.report import RECOMMENDED_TAG, recommend
 from ptdistill.storage import open_store
 from ptdistill.tracking import CHAMPION_ALIAS, PARENT_TAG, ROLE_TAG, Tracker
 
@@ -539,12 +540,15 @@ def test_report_writes_markdown_and_html(reported, info, evaluated):
     assert json.loads((folder / "students.json").read_text()) == [e["row"] for e in evaluated.values()]
 
 
-def test_report_registers_the_champion_and_closes_the_parent(env, info, evaluated, reported):
+def test_report_registers_the_recommended_champion_and_closes_the_parent(env, info, evaluated, reported):
     client = env.tracker().client
     version = client.get_model_version_by_alias("ptdistill-synthetic", CHAMPION_ALIAS)
-    best = max(evaluated.values(), key=lambda e: e["row"]["val_task"])["row"]
+    rows = [e["row"] for e in evaluated.values()]
+    recommended = recommend(env.config, rows).method
+    best = max((row for row in rows if row["method"] == recommended), key=lambda row: row["val_task"])
     assert version.run_id == best["run_id"]
     parent = client.get_run(info.parent_run_id)
+    assert parent.data.tags[RECOMMENDED_TAG] == recommended
     assert parent.info.status == "FINISHED"
     for method in ("ptloss", "kl"):
         assert f"test_accuracy_mean_{method}" in parent.data.metrics

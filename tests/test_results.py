@@ -10,7 +10,7 @@ import pytest
 from ptdistill.cli import main
 from ptdistill.results import (benchmark_report, linear_fit, markdown_table, mean_std, method_table, pair_differences,
                                paired_differences, runs_table)
-from ptdistill.tracking import Tracker
+from ptdistill.tracking import RECOMMENDED_TAG, Tracker
 
 pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated:DeprecationWarning")
 
@@ -93,11 +93,14 @@ def test_linear_fit_matches_numpy():
     assert fit["r2"] == pytest.approx(np.corrcoef(x, y)[0, 1] ** 2) and fit["n"] == 5
 
 
-def _tracker(path, shifts: dict[str, float]) -> Tracker:
-    """Runs (name -> accuracy shift) of ACCURACY's students; a better run has a lower teacher TVD."""
+def _tracker(path, shifts: dict[str, float], recommended: dict[str, str] | None = None) -> Tracker:
+    """Runs (name -> accuracy shift) of ACCURACY's students; a better run has a lower teacher TVD;
+    ``recommended``: run name -> the method its parent's RECOMMENDED_TAG names."""
     tracker = Tracker(f"sqlite:///{path}/mlflow.db")
     for run, shift in shifts.items():
         parent = tracker.start_parent("synthetic", run, tags={}, params={})
+        if run in (recommended or {}):
+            tracker.set_tags(parent, {RECOMMENDED_TAG: recommended[run]})
         tracker.log_metrics(parent, {"teacher_test_accuracy": 0.85, "search_order": 3,
                                      "search_teacher_tvd": 0.3 - shift})
         for method, values in ACCURACY.items():
@@ -157,6 +160,21 @@ def test_benchmark_report_from_mlflow(tracker, tmp_path):
     assert not (tmp_path / "bad").exists()  # nothing written: the pair is checked before any plot
     with pytest.raises(ValueError, match="synthetic: no runs \\['nope'\\] with students in MLflow"):
         benchmark_report(tracker, "synthetic", tmp_path / "x", run_names=["nope"])
+
+
+@pytest.mark.slow
+def test_benchmark_report_marks_each_runs_recommended_method(tmp_path):
+    """The mark comes from the parent's tag, set by the run's own report; a run without one (older) has none."""
+    tracker = _tracker(tmp_path, {"run-a": 0.0, "run-b": 0.01, "run-c": 0.02}, recommended={"run-a": "kl",
+                                                                                           "run-b": "focal"})
+    one = benchmark_report(tracker, "synthetic", tmp_path / "one", run_names=["run-b"]).read_text()
+    assert "| method | seeds | recommended | test_accuracy | test_nll | test_ece | proxy_l2_to_pstar |" in one
+    assert "| focal | 3 | ★ | 0.8167 ± 0.0208 |" in one and "| ptloss | 3 |  | 0.8517 ± 0.0104 |" in one
+    assert "★: the method each run's report recommends, chosen on validation only" in one
+    both = benchmark_report(tracker, "synthetic", tmp_path / "both", run_names=["run-a", "run-b"]).read_text()
+    assert [line.split(" | ")[0] for line in both.splitlines() if "| ★ |" in line] == ["| run-b:focal", "| run-a:kl"]
+    untagged = benchmark_report(tracker, "synthetic", tmp_path / "c", run_names=["run-c"]).read_text()
+    assert "recommended" not in untagged and "| ptloss | 3 | 0.8617 ± 0.0104 |" in untagged
 
 
 @pytest.mark.slow
