@@ -174,6 +174,7 @@ def report(
     flags = flag_students(config, summaries, search)
     lines = [f"# ptdistill {info.benchmark}: {info.run_name}", "",
              f"Student test metrics over seeds {config.seeds} (data fingerprint `{info.fingerprint[:12]}`).", "",
+             config.recipe_line(), "",
              *format_table(table, teacher, search, flags), *lr_choices(config, summaries, table)]
     plot = _plot(table, out_dir / "accuracy.png")
     markdown = "\n".join(lines) + "\n"
