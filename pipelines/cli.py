@@ -18,17 +18,16 @@ from pathlib import Path
 import torch
 
 from ptdistill import defaults
-from ptdistill.config import load_config
 from ptdistill.engine import autocast_dtype, resolve_device
-from ptdistill.experiments import BENCHMARKS, ExperimentConfig, config_class, default_config
+from ptdistill.experiments import BENCHMARKS, ExperimentConfig, build_config, config_class
 from ptdistill.hints import ptdistill_command
 from ptdistill.teacher_outputs import check_before_run
 
 
 def _config(args: argparse.Namespace, read_data: bool = False) -> ExperimentConfig:
-    """The benchmark's config with ``--config`` and ``--set`` applied, checked (:func:`_check_inputs`)."""
-    base = default_config(args.benchmark, quick=getattr(args, "quick", False))
-    config = load_config(type(base), args.config, args.set or [], base=base)
+    """The benchmark's config under its recipe with ``--config`` and ``--set`` applied
+    (:func:`~ptdistill.experiments.build_config`), checked (:func:`_check_inputs`)."""
+    config = build_config(args.benchmark, args.set or [], args.config, quick=getattr(args, "quick", False))
     _check_inputs(config, read_data)
     return config
 
@@ -56,9 +55,7 @@ def _check_inputs(config: ExperimentConfig, read_data: bool) -> None:
 def _training_settings(config: ExperimentConfig) -> list[tuple[str, object]]:
     """(config key, train settings) of every model the run trains: the teacher (unless it is given by
     its outputs or used as pretrained) and each method's students."""
-    teacher = config.teacher
-    trained = not teacher.outputs and getattr(teacher, "fine_tune", True)
-    settings = [("teacher.train", teacher.train)] if trained else []
+    settings = [("teacher.train", config.teacher.train)] if config.trains_teacher() else []
     return settings + [(f"methods ({m.name}): student.train", config.student_train(m)) for m in config.methods]
 
 

@@ -38,8 +38,8 @@ import urllib3
 
 from pipelines.dag import compile_pipeline
 from ptdistill import defaults
-from ptdistill.config import load_config, to_dict
-from ptdistill.experiments import ExperimentConfig, default_config
+from ptdistill.config import to_dict
+from ptdistill.experiments import ExperimentConfig, build_config
 from ptdistill.hints import ptdistill_command
 from ptdistill.steps.common import check_run_name, new_run_name
 from ptdistill.tracking import experiment_name
@@ -158,18 +158,12 @@ def _api_errors(host: str, what: str):
 
 def resolve_config(config: ExperimentConfig | str, overrides: list[str] | None = None,
                    config_file: str | Path | None = None, quick: bool = False) -> ExperimentConfig:
-    """A config object from a config or a benchmark name, a YAML file and ``key=value`` overrides.
+    """A config object from a config or a benchmark name, a YAML file and ``key=value`` overrides,
+    recipe first (:func:`~ptdistill.experiments.build_config`).
 
-    An unknown benchmark or a bad override raises ConfigError here, before any request.
+    An unknown benchmark or recipe or a bad override raises ConfigError here, before any request.
     """
-    if isinstance(config, str):
-        base = default_config(config, quick=quick)
-        cls = type(base)
-    else:
-        cls, base = type(config), config
-    if overrides or config_file is not None:
-        return load_config(cls, config_file, list(overrides or []), base=base)
-    return base
+    return build_config(config, list(overrides or []), config_file, quick=quick)
 
 
 def run_arguments(config: ExperimentConfig, tracking_uri: str | None = None, artifact_store: str | None = None,

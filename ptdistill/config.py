@@ -8,6 +8,7 @@ travel to pipeline components as plain JSON dicts and come back with :func:`from
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import re
@@ -249,7 +250,17 @@ def load_config(
     cls: type[T], yaml_path: str | Path | None = None, overrides: list[str] = (), base: T | None = None
 ) -> T:
     """``base`` (default: ``cls()``), then the YAML file, then each ``key=value`` override, checked strictly."""
-    data = to_dict(base if base is not None else cls())
+    return from_dict(cls, layer(to_dict(base if base is not None else cls()), yaml_path, overrides))
+
+
+def layer(data: dict[str, Any], yaml_path: str | Path | None = None, overrides: list[str] = ()) -> dict[str, Any]:
+    """``data`` (a config as :func:`to_dict` gives it) with the YAML file merged in, then each
+    ``key=value`` override set; nothing is checked against a class yet (:func:`from_dict` does).
+
+    Raises ConfigError for an unreadable or non-mapping YAML file, a bad override, or an override
+    whose parent key is not a mapping in ``data``; ``data`` itself is left as it was.
+    """
+    data = copy.deepcopy(data)
     if yaml_path is not None:
         path = Path(yaml_path)
         try:  # an empty file is an empty config; anything else must be a readable UTF-8 file
@@ -271,4 +282,4 @@ def load_config(
                 raise ConfigError(f"unknown key {'.'.join(path_keys[: i + 1])} in --set {text!r}")
             node = node[part]
         node[path_keys[-1]] = value
-    return from_dict(cls, data)
+    return data

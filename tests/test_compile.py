@@ -21,7 +21,7 @@ from pipelines.dag import compile_pipeline
 from ptdistill import defaults
 from ptdistill.cli import main
 from ptdistill.config import load_config, to_dict
-from ptdistill.experiments import BENCHMARKS, config_from_dict
+from ptdistill.experiments import BENCHMARKS, build_config, config_from_dict
 
 TOP_TASKS = {"prepare-data", "train-teacher", "teacher-inference", "proxy-search", "report"}
 LOOP_TASKS = {"distill-student", "evaluate"}
@@ -227,7 +227,8 @@ def test_cli_compile_tabular_checks_and_compiles(table, tmp_path, capsys):
     assert capsys.readouterr().out.strip() == f"wrote {out}"
     config = config_from_dict(json.loads(Compiled(out).root_default("config_json")))
     assert config.data.path == str(table)
-    assert to_dict(config) == to_dict(_config("tabular", table))
+    assert to_dict(config) == to_dict(build_config("tabular", [f"data.path={table}"]))  # the default recipe, best
+    assert config.recipe == "best" and config.student.train.select == "nll"
 
 
 def test_cli_compile_reads_no_data(tmp_path, capsys):

@@ -156,7 +156,7 @@ def prepare_data(
         config.benchmark,
         run_name,
         tags={"kfp.run_name": run_name, "kfp.pipeline_name": f"ptdistill-{config.benchmark}",
-              "benchmark": config.benchmark, "data_fingerprint": fingerprint,
+              "benchmark": config.benchmark, "data_fingerprint": fingerprint, "ptdistill.recipe": config.recipe,
               "git_commit": git_commit() or "unknown"},
         params={"seeds": config.seeds, "methods": [m.name for m in config.methods],
                 **{f"data.{k}": v for k, v in vars(config.data).items()}},

@@ -270,6 +270,7 @@ def report(
     recommended = recommend(config, summaries)
     lines = [f"# ptdistill {info.benchmark}: {info.run_name}", "",
              f"Student test metrics over seeds {config.seeds} (data fingerprint `{info.fingerprint[:12]}`).", "",
+             config.recipe_line(), "",
              *format_table(table, teacher, search, flags, recommended, config.task_metric),
              *lr_choices(config, summaries, table)]
     plot = _plot(table, out_dir / "accuracy.png")

@@ -32,6 +32,7 @@ import hashlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -87,6 +88,10 @@ class TextTrainConfig(TrainSettings):
     is shuffled again. Batches then pad to their own length, not to a random long example's: on
     review snippets (mean 27 tokens, longest 68) that is half the tokens of random batches.
     """
+
+    #: The ``patience`` of early stopping in the ``best`` recipe (:data:`ptdistill.experiments.RECIPES`):
+    #: 1 epoch, because fine-tunes run 2-3 epochs; a longer patience could never stop one early.
+    early_stopping_patience: ClassVar[int] = 1
 
     epochs: int = 3
     batch_size: int = 32
