@@ -14,7 +14,10 @@ Naming conventions the rest of the pipeline relies on:
   ``mlflow.parentRunId`` (what the MLflow UI nests on);
 * student metrics: ``test_*`` (``test_accuracy``, ``test_nll``, ``test_ece`` and the task
   metric, e.g. ``test_f1``) and ``val_*`` for validation; training curves are metric histories
-  with steps (``train_loss``);
+  with steps (``train_loss``; ``epoch_val_*`` with step = epoch);
+* the teacher's record is on the parent: ``teacher_<split>_*`` scores, and for a teacher trained
+  in the run its checkpoint selection (``teacher_select``, ``teacher_selected_epoch``, the
+  ``teacher_epoch_val_*`` curves; :func:`ptdistill.steps.teacher.log_teacher_training`);
 * a parent started by the local runner carries HOST_TAG and PID_TAG (the runner's process,
   from ``$PTDISTILL_RUNNER_PID``), so a later run of the same name can tell a stale RUNNING
   parent from a live one (:meth:`Tracker.supersede_stale_runs`);
