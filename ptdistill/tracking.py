@@ -838,25 +838,21 @@ def confusion_matrix_png(matrix: np.ndarray | list[list[float]], class_names: li
     return path
 
 
-def validation_curve_png(curve: Mapping[str, list[float]], selected: int | None, select: str, path: PathLike,
-                         title: str = "teacher") -> Path:
+def validation_curve_png(curve: Mapping[str, list[float]], selected: int, select: str, path: PathLike) -> Path:
     """Draw validation NLL and accuracy per epoch (``curve`` of :meth:`ptdistill.engine.History.selection`)
-    side by side to a PNG, the ``selected`` epoch marked by a dashed line (none when None).
+    side by side to a PNG, the ``selected`` epoch (chosen by ``select``) marked by a dashed line.
 
-    Bare Agg canvas, as :func:`confusion_matrix_png`. Raises ValueError on an empty curve.
+    Bare Agg canvas, as :func:`confusion_matrix_png`.
     """
-    if not curve["epoch"]:
-        raise ValueError("curve: no validated epoch to draw")
     fig = Figure(figsize=(8.0, 3.2), layout="constrained")
     FigureCanvasAgg(fig)
     for ax, key, label in zip(fig.subplots(1, 2), ("nll", "accuracy"), ("validation NLL (nats)", "validation accuracy")):
         ax.plot(curve["epoch"], curve[key], marker="o", markersize=3)
-        if selected is not None:
-            ax.axvline(selected, color="tab:red", linestyle="--", label=f"selected: epoch {selected} (select {select})")
-            ax.legend(fontsize=8)
+        ax.axvline(selected, color="tab:red", linestyle="--", label=f"kept: epoch {selected} (select {select})")
+        ax.legend(fontsize=8)
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
-    fig.suptitle(f"{title}: validation per epoch")
+    fig.suptitle("validation per epoch")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

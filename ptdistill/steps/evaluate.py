@@ -19,7 +19,8 @@ LOGGED = ("accuracy", "nll", "ece", "brier", "f1", "matthews", "l2_to_pstar", "t
 
 def _flat_params(record: dict) -> dict:
     params = {"method": record["method"], "loss": record["loss"], "seed": record["seed"], "lr": record["lr"],
-              "targets": record["targets"], "select": record["history"]["select"], **{f"eps_{k}": v for k, v in record["eps_choice"].items()},
+              "targets": record["targets"], "select": record["history"]["select"],
+              **{f"eps_{k}": v for k, v in record["eps_choice"].items()},
               **{f"train.{k}": v for k, v in record["train"].items()}}
     for key, value in record["params"].items():
         if key == "eps":

@@ -117,9 +117,11 @@ def log_teacher_training(info: RunInfo, training: dict | None) -> None:
 
     Tag ``teacher_select``; metrics ``teacher_epochs_run`` and, with validation, the selected
     epoch's ``teacher_selected_epoch``, ``teacher_val_accuracy``, ``teacher_val_nll`` (nats),
-    ``teacher_val_ece`` as scored during training; the curves ``teacher_epoch_val_accuracy``,
-    ``teacher_epoch_val_nll`` and ``teacher_epoch_val_ece`` (step = epoch, 1-based); and the plot
-    ``teacher_validation_curve.png`` of NLL and accuracy per epoch with the selected epoch marked.
+    ``teacher_val_ece`` as scored during training (teacher inference's ``teacher_validation_*``,
+    measured later on the weights kept, must agree up to float rounding); the curves
+    ``teacher_epoch_val_accuracy``, ``teacher_epoch_val_nll`` and ``teacher_epoch_val_ece`` (step =
+    epoch, 1-based); and the plot ``teacher_validation_curve.png`` of NLL and accuracy per epoch
+    with the selected epoch marked.
     """
     if training is None:
         return
