@@ -25,7 +25,8 @@ def report(
 
     rows = [json.loads(s) if isinstance(s, str) else s for s in summaries]
     teacher_json = json.loads(Path(teacher_report.path).read_text())
-    teacher = {**teacher_json["splits"]["test"].get("metrics", {}), "source": teacher_json.get("source")}
+    teacher = {**teacher_json["splits"]["test"].get("metrics", {}), "source": teacher_json.get("source"),
+               "training": teacher_json.get("training")}
     search_result = json.loads((Path(search.path) / "result.json").read_text())
     step(*step_inputs(config, run_info), rows, search_result, teacher,
          Path(markdown.path), Path(page.path), Path(markdown.path).parent / "report")

@@ -14,7 +14,10 @@ Naming conventions the rest of the pipeline relies on:
   ``mlflow.parentRunId`` (what the MLflow UI nests on);
 * student metrics: ``test_*`` (``test_accuracy``, ``test_nll``, ``test_ece`` and the task
   metric, e.g. ``test_f1``) and ``val_*`` for validation; training curves are metric histories
-  with steps (``train_loss``);
+  with steps (``train_loss``; ``epoch_val_*`` with step = epoch);
+* the teacher's record is on the parent: ``teacher_<split>_*`` scores, and for a teacher trained
+  in the run its checkpoint selection (``teacher_select``, ``teacher_selected_epoch``, the
+  ``teacher_epoch_val_*`` curves; :func:`ptdistill.steps.teacher.log_teacher_training`);
 * a parent started by the local runner carries HOST_TAG and PID_TAG (the runner's process,
   from ``$PTDISTILL_RUNNER_PID``), so a later run of the same name can tell a stale RUNNING
   parent from a live one (:meth:`Tracker.supersede_stale_runs`);
@@ -163,10 +166,14 @@ def _format_params(params: Mapping[str, object]) -> tuple[list[Param], dict[str,
     return out, structured
 
 
-def _metrics(values: Mapping[str, float], timestamp: int | None = None) -> list[Metric]:
-    """Final values, at step 0."""
+def _metrics(values: Mapping[str, float], timestamp: int | None = None,
+             curves: Mapping[str, Iterable[tuple[int, float]]] | None = None) -> list[Metric]:
+    """Final values, at step 0, and each curve's ``(step, value)`` points as a metric history."""
     timestamp = get_current_time_millis() if timestamp is None else timestamp
-    return [Metric(key, float(v), timestamp, 0) for key, v in values.items()]
+    return [Metric(key, float(v), timestamp, 0) for key, v in values.items()] + [
+        Metric(key, float(value), timestamp, int(step)) for key, points in (curves or {}).items()
+        for step, value in points
+    ]
 
 
 def _score(version: ModelVersion) -> float | None:
@@ -559,9 +566,11 @@ class Tracker:
         """Tag a run (e.g. the teacher id once it is trained, the teacher-cache outcome)."""
         self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in _clean_tags(tags).items()], synchronous=True)
 
-    def log_metrics(self, run_id: str, metrics: Mapping[str, float]) -> None:
-        """Log summary metrics (step 0) on a run, e.g. the teacher's and the search's on the parent."""
-        self.client.log_batch(run_id, metrics=_metrics(metrics), synchronous=True)
+    def log_metrics(self, run_id: str, metrics: Mapping[str, float],
+                    curves: Mapping[str, Iterable[tuple[int, float]]] | None = None) -> None:
+        """Log summary metrics (step 0) on a run, e.g. the teacher's and the search's on the parent, and
+        ``curves`` as ``(step, value)`` histories (e.g. the teacher's validation scores per epoch)."""
+        self.client.log_batch(run_id, metrics=_metrics(metrics, curves=curves), synchronous=True)
 
     def fail_runs(self, benchmark: str, run_name: str, reason: str) -> list[str]:
         """Fail every parent of pipeline run ``run_name`` still RUNNING; returns their ids.
@@ -654,9 +663,7 @@ class Tracker:
         parent = self.client.get_run(parent_id)
         param_list, structured = _format_params(params)
         now = get_current_time_millis()
-        metric_list = _metrics(metrics, timestamp=now) + [
-            Metric(key, float(value), now, int(step)) for key, points in curves.items() for step, value in points
-        ]
+        metric_list = _metrics(metrics, timestamp=now, curves=curves)
         tags = {
             PARENT_TAG: parent_id,
             ROLE_TAG: "student",
@@ -830,6 +837,27 @@ def confusion_matrix_png(matrix: np.ndarray | list[list[float]], class_names: li
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
+    return path
+
+
+def validation_curve_png(curve: Mapping[str, list[float]], selected: int, select: str, path: PathLike) -> Path:
+    """Draw validation NLL and accuracy per epoch (``curve`` of :meth:`ptdistill.engine.History.selection`)
+    side by side to a PNG, the ``selected`` epoch (chosen by ``select``) marked by a dashed line.
+
+    Bare Agg canvas, as :func:`confusion_matrix_png`.
+    """
+    fig = Figure(figsize=(8.0, 3.2), layout="constrained")
+    FigureCanvasAgg(fig)
+    for ax, key, label in zip(fig.subplots(1, 2), ("nll", "accuracy"), ("validation NLL (nats)", "validation accuracy")):
+        ax.plot(curve["epoch"], curve[key], marker="o", markersize=3)
+        ax.axvline(selected, color="tab:red", linestyle="--", label=f"kept: epoch {selected} (select {select})")
+        ax.legend(fontsize=8)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+    fig.suptitle("validation per epoch")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
     return path
 
 

@@ -103,11 +103,13 @@ def teacher(env, prepared) -> dict:
     return {"model": model, "teacher_id": out.teacher_id}
 
 
-def _infer(env, prepared, teacher, folder: str) -> dict:
+def _infer(env, prepared, teacher, folder: str, config_json: str | None = None, run_info=None) -> dict:
+    """teacher_inference on ``teacher`` (default: the module's config and run)."""
     outputs = {name: env.artifact(dsl.Dataset, folder, name) for name in ("distill_probs", "validation_probs",
                                                                           "test_probs")}
     outputs["teacher_report"] = env.artifact(dsl.Artifact, folder, "teacher_report")
-    teacher_inference.python_func(config=env.config_json, run_info=prepared["run_info"], teacher=teacher["model"],
+    teacher_inference.python_func(config=config_json or env.config_json, run_info=run_info or prepared["run_info"],
+                                  teacher=teacher["model"],
                                   distill=prepared["distill"], validation=prepared["validation"],
                                   test=prepared["test"], **outputs)
     outputs["report"] = json.loads(Path(outputs["teacher_report"].path).read_text())
@@ -364,6 +366,84 @@ def test_sharded_inference_components_match_teacher_inference(inference, sharded
     assert report["splits"]["test"]["metrics"] == inference["first"]["report"]["splits"]["test"]["metrics"]
 
 
+# --------------------------------------------------------------------------- teacher checkpoint selection
+
+#: A teacher chosen on validation NLL, stopping after one epoch without a gain (at a rate at which
+#: the tiny teacher's validation NLL turns well within 40 epochs).
+SELECT_NLL = {"epochs": 40, "lr": 0.05, "select": "nll", "patience": 1}
+
+
+@pytest.fixture(scope="module")
+def selecting(env, prepared, info) -> dict:
+    """A SELECT_NLL teacher trained for one parent run, then served from the trained-teacher cache
+    for a second (each run with a parent of its own; both on a store of their own), and
+    teacher_inference on the second."""
+    train = dataclasses.replace(env.config.teacher.train, **SELECT_NLL)
+    config_json = json.dumps(to_dict(dataclasses.replace(env.config, teacher=dataclasses.replace(
+        env.config.teacher, train=train))))
+    runs = {}
+    for name in ("select-nll-1", "select-nll-2"):
+        parent = env.tracker().start_parent("synthetic", name, tags={}, params={})
+        run_info = env.artifact(dsl.Artifact, name, "run_info")
+        dataclasses.replace(info, run_name=name, parent_run_id=parent, artifact_store=f"{env.store}-select").save(
+            run_info.path)
+        model = env.artifact(dsl.Model, name, "teacher")
+        train_teacher.python_func(config=config_json, run_info=run_info, teacher_train=prepared["teacher_train"],
+                                  validation=prepared["validation"], teacher=model)
+        runs[name] = {"parent": parent, "run_info": run_info, "model": model}
+    second = runs["select-nll-2"]
+    second["report"] = _infer(env, prepared, second, "select-nll-2-inference", config_json, second["run_info"])["report"]
+    return runs
+
+
+def test_the_teachers_selection_travels_with_it_to_the_teacher_report(teacher, inference, sharded_inference):
+    """train_teacher writes the selection beside the weights; inference, sharded or not, reports it."""
+    training = json.loads((Path(teacher["model"].path) / "training.json").read_text())
+    assert teacher["model"].metadata["training"] == training
+    assert (training["select"], training["epoch"], training["epochs_run"], training["stopped_early"]) == (
+        "last", 2, 2, False)
+    assert training["curve"]["epoch"] == [1, 2] and training["val_nll"] == training["curve"]["nll"][1]
+    for teacher_report in (inference["first"]["report"], inference["second"]["report"], sharded_inference["report"]):
+        assert teacher_report["training"] == training
+
+
+def test_a_teacher_selected_by_nll_is_recorded_on_the_parent_run(env, selecting, tmp_path):
+    first = selecting["select-nll-1"]
+    training, curve = first["model"].metadata["training"], first["model"].metadata["training"]["curve"]
+    assert first["model"].metadata["cache"] == "miss" and training["select"] == "nll"
+    assert curve["epoch"] == list(range(1, training["epochs_run"] + 1))
+    assert training["val_nll"] == min(curve["nll"]) == curve["nll"][training["epoch"] - 1]
+    # patience 1: it stopped the epoch after the first without a gain, keeping the epoch before
+    assert training["stopped_early"] and training["epochs_run"] == training["epoch"] + 1 < SELECT_NLL["epochs"]
+    client = env.tracker().client
+    parent = client.get_run(first["parent"])
+    assert parent.data.tags["teacher_select"] == "nll" and parent.data.tags["teacher_train_cache"] == "miss"
+    assert parent.data.metrics == {"teacher_epochs_run": training["epochs_run"], "teacher_selected_epoch": training["epoch"],
+                                   **{f"teacher_val_{k}": training[f"val_{k}"] for k in ("accuracy", "nll", "ece")},
+                                   **{f"teacher_epoch_val_{k}": curve[k][-1] for k in ("accuracy", "nll", "ece")}}
+    for key in ("accuracy", "nll", "ece"):
+        points = client.get_metric_history(first["parent"], f"teacher_epoch_val_{key}")
+        assert sorted((m.step, m.value) for m in points) == list(zip(curve["epoch"], curve[key]))
+    png = client.download_artifacts(first["parent"], "teacher_validation_curve.png", str(tmp_path))
+    assert Path(png).read_bytes().startswith(PNG)
+
+
+def test_a_cache_hit_keeps_the_teachers_selection(env, selecting):
+    first, second = selecting["select-nll-1"], selecting["select-nll-2"]
+    training = first["model"].metadata["training"]
+    assert second["model"].metadata["cache"] == "hit" and second["model"].metadata["training"] == training
+    assert json.loads((Path(second["model"].path) / "training.json").read_text()) == training
+    assert second["report"]["training"] == training
+    client = env.tracker().client
+    logged, again = client.get_run(first["parent"]).data, client.get_run(second["parent"]).data
+    assert logged.metrics.items() <= again.metrics.items() and again.tags["teacher_select"] == "nll"
+    assert again.tags["teacher_train_cache"] == "hit"
+    # the weights kept are the selected epoch's: inference on them scores validation as training did
+    validation = second["report"]["splits"]["validation"]["metrics"]
+    assert (validation["accuracy"], validation["nll"]) == pytest.approx((training["val_accuracy"], training["val_nll"]),
+                                                                       rel=1e-5)
+
+
 # --------------------------------------------------------------------------- proxy_search
 
 
@@ -525,6 +605,22 @@ def test_evaluate_logs_a_finished_child_run(env, info, evaluated):
                                                                               "training.json"}
 
 
+def test_evaluate_records_the_students_selection_on_its_child_run(env, students, evaluated):
+    client = env.tracker().client
+    for method, out in evaluated.items():
+        history = json.loads((Path(students[method].path) / "training.json").read_text())["history"]
+        row, run_id = out["row"], out["row"]["run_id"]
+        child = client.get_run(run_id).data
+        assert child.params["select"] == row["params"]["select"] == history["select"] == "last"
+        assert row["epochs_run"] == child.metrics["epochs_run"] == history["epochs_run"] == 2
+        assert row["selected_epoch"] == child.metrics["selected_epoch"] == history["best_epoch"] == 2
+        for key in ("accuracy", "nll", "ece"):
+            points = client.get_metric_history(run_id, f"epoch_val_{key}")
+            assert sorted((m.step, m.value) for m in points) == list(zip(history["val_epoch"], history[f"val_{key}"]))
+        # val_* are the kept (selected) epoch's scores, measured again on the saved student
+        assert child.metrics["val_nll"] == pytest.approx(history["best_val_nll"], rel=1e-5)
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -556,3 +652,10 @@ def test_report_registers_the_recommended_champion_and_closes_the_parent(env, in
                                                                            "accuracy.png", "students.json"}
     keys = open_store(env.store).list(f"synthetic/{RUN_NAME}/report/")
     assert f"synthetic/{RUN_NAME}/report/report.md" in keys
+
+
+def test_report_states_the_teachers_checkpoint(teacher, reported):
+    training = json.loads((Path(teacher["model"].path) / "training.json").read_text())
+    assert (f"Teacher checkpoint: final weights after 2 epochs (select last), validation NLL {training['val_nll']:.4f},"
+            f" accuracy {training['val_accuracy']:.4f}, ECE {training['val_ece']:.4f}.\n"
+            ) in Path(reported["markdown"].path).read_text()

@@ -13,8 +13,8 @@ from scipy import stats
 
 from ptdistill.experiments import MethodSpec, SyntheticConfig, default_methods
 from ptdistill.steps.common import RunInfo
-from ptdistill.steps.report import (FLAG_TAG, RECOMMENDED_TAG, flag_students, recommend, recommendation_lines,
-                                    recommendation_metrics, report)
+from ptdistill.steps.report import (FLAG_TAG, RECOMMENDED_TAG, flag_students, format_table, recommend,
+                                    recommendation_lines, recommendation_metrics, report, results_table)
 from ptdistill.tracking import Tracker, experiment_name
 
 # slow: MLflow SQLite stores.
@@ -232,3 +232,27 @@ def test_the_champion_candidate_is_the_recommended_methods_best_student(tracker,
     page = (tmp_path / "report.html").read_text()
     assert "<th>recommended</th>" in page and "<td>★</td>" in page
     assert "<p>**Recommended: kl** (★), chosen on validation only" in page
+
+
+def _selection(select: str, epoch: int | None, epochs_run: int, stopped_early: bool = False) -> dict:
+    scores = (None, None, None) if epoch is None else (0.879, 0.29114, 0.0123)
+    return {"select": select, "epoch": epoch, "epochs_run": epochs_run, "stopped_early": stopped_early,
+            **dict(zip(("val_accuracy", "val_nll", "val_ece"), scores))}
+
+
+@pytest.mark.parametrize(("training", "sentence"), [
+    (_selection("nll", 4, 9, stopped_early=True), " Teacher checkpoint: epoch 4 of 9 run (select nll, stopped early),"
+                                                  " validation NLL 0.2911, accuracy 0.8790, ECE 0.0123."),
+    (_selection("accuracy", 7, 10), " Teacher checkpoint: epoch 7 of 10 run (select accuracy), validation NLL 0.2911,"
+                                    " accuracy 0.8790, ECE 0.0123."),
+    (_selection("last", 100, 100), " Teacher checkpoint: final weights after 100 epochs (select last), validation"
+                                   " NLL 0.2911, accuracy 0.8790, ECE 0.0123."),
+    (_selection("last", None, 1), " Teacher checkpoint: final weights after 1 epoch (select last), no validation"
+                                  " scores."),
+    (None, ""),  # a pretrained teacher, or given teacher outputs
+])
+def test_the_teacher_line_says_which_checkpoint_the_teacher_kept(training, sentence):
+    table = results_table([{"method": "kl", "seed": 0, "test_accuracy": 0.9}], "accuracy")
+    lines = format_table(table, {**TEACHER, "training": training}, SEARCH)
+    assert [line for line in lines if line.startswith("Teacher on test")] == [
+        "Teacher on test: accuracy 0.9700, NLL 0.1000, ECE 0.0200." + sentence]

@@ -1,15 +1,24 @@
 """Checkpoint selection (``TrainSettings.select``) and early stopping on the selected score, in the one
-engine: on a constructed validation curve the run ends with the weights of the epoch the rule picks."""
+engine: on a constructed validation curve the run ends with the weights of the epoch the rule picks.
+Also its JSON summary (``History.selection``) and that select and patience are part of the
+trained-teacher cache key and of a run's checkpoint identity."""
 
 from __future__ import annotations
+
+import dataclasses
+import json
 
 import pytest
 import torch
 from conftest import new_mlp, weights_sha
 
-from ptdistill.engine import TrainSettings, TrainingTask, ValidationScores, fit
+from ptdistill.engine import Checkpointer, TrainSettings, TrainingTask, ValidationScores, fit, run_identity
+from ptdistill.experiments import SyntheticConfig
 from ptdistill.families.mlp.gaussians import GaussianTask, make_splits
-from ptdistill.families.mlp.training import TrainConfig, train_classifier
+from ptdistill.families.mlp.training import TrainConfig, distill, train_classifier
+from ptdistill.losses import build_loss
+from ptdistill.steps.teacher import trained_teacher_key
+from ptdistill.storage import content_key
 
 #: A validation curve: (accuracy, NLL) after epochs 1..8. Accuracy peaks at epoch 6, NLL bottoms at
 #: epoch 3 and ties it at epoch 7 (the earlier epoch is kept).
@@ -106,3 +115,70 @@ def test_a_real_mlp_teacher_selected_by_nll_stops_before_it_overfits(one_thread)
     lowest = min(range(len(history.val_nll)), key=history.val_nll.__getitem__)
     assert history.best_epoch == history.val_epoch[lowest] < 30
     assert history.val_nll[-1] > history.best_val_nll  # it did over-fit after the selected epoch
+
+
+def test_selection_summarises_the_selected_epoch_and_the_curve_as_json():
+    _, _, history = run("nll", patience=2)
+    selection = history.selection()
+    assert selection == {
+        "select": "nll", "epoch": 3, "epochs_run": 5, "stopped_early": True,
+        "val_accuracy": 0.72, "val_nll": 0.40, "val_ece": 0.01 * 3,
+        "curve": {"epoch": [1, 2, 3, 4, 5], "accuracy": [0.60, 0.70, 0.72, 0.74, 0.75],
+                  "nll": [0.90, 0.60, 0.40, 0.45, 0.50], "ece": [0.01 * e for e in range(1, 6)]},
+    }
+    assert json.loads(json.dumps(selection)) == selection
+    selection["curve"]["nll"].append(9.0)  # a copy: the history's own curve is untouched
+    assert history.val_nll == [0.90, 0.60, 0.40, 0.45, 0.50]
+
+
+def test_selection_without_validation_has_no_epoch_and_an_empty_curve():
+    _, _, history = run("last", curve=None)
+    assert history.selection() == {
+        "select": "last", "epoch": None, "epochs_run": 8, "stopped_early": False,
+        "val_accuracy": None, "val_nll": None, "val_ece": None,
+        "curve": {"epoch": [], "accuracy": [], "nll": [], "ece": []},
+    }
+
+
+def _teacher_config(select: str, patience: int | None):
+    config = SyntheticConfig.quick()
+    train = dataclasses.replace(config.teacher.train, select=select, patience=patience)
+    return dataclasses.replace(config, teacher=dataclasses.replace(config.teacher, train=train))
+
+
+def test_the_trained_teacher_cache_key_changes_with_select_and_patience(tmp_path):
+    splits = make_splits(GaussianTask(dim=4), {"teacher_train": 20, "validation": 10}, seed=0)
+    paths = [splits[name].save(tmp_path / f"{name}.parquet") for name in ("teacher_train", "validation")]
+    settings = [("last", None), ("accuracy", 2), ("nll", 2), ("nll", 3), ("nll", None)]
+    keys = [trained_teacher_key(_teacher_config(*s), 3, *paths) for s in settings]
+    assert len(set(keys)) == len(settings)
+    assert trained_teacher_key(_teacher_config("nll", 2), 3, *paths) == keys[2]
+
+
+@pytest.mark.parametrize("family", ["mlp", "text"])
+def test_the_checkpoint_run_identity_includes_select_and_patience(family):
+    """A student's checkpoint is resumed only by a run of the same identity: select is part of it."""
+    if family == "mlp":
+        from ptdistill.families.mlp.training import _NOT_IN_RUN_ID
+        from ptdistill.families.mlp.training import TrainConfig as Config
+    else:
+        from ptdistill.families.text.trainer import _NOT_IN_RUN_ID
+        from ptdistill.families.text.trainer import TextTrainConfig as Config
+
+    def key(**settings) -> str:
+        return content_key(run_identity(Config(**settings), ignore=_NOT_IN_RUN_ID, data={}, targets=None, loss=None,
+                                        model=new_mlp(4)))
+
+    keys = {key(select="last"), key(select="accuracy"), key(select="nll"), key(select="nll", patience=2)}
+    assert len(keys) == 4 and key(select="nll") == key(select="nll")
+
+
+def test_a_checkpoint_of_a_run_with_another_select_is_refused(tmp_path, one_thread):
+    splits = make_splits(GaussianTask(dim=4), {"distill": 64, "validation": 32}, seed=0)
+    train, validation = splits["distill"], splits["validation"]
+    checkpoints = Checkpointer(str(tmp_path), "ckpt")
+    distill(new_mlp(4), train, train.p_star, build_loss("kl"), TrainConfig(epochs=1, device="cpu"),
+            validation=validation, checkpoints=checkpoints)
+    with pytest.raises(ValueError, match=r"checkpoint of a different run: it differs in config.select: 'last' -> 'nll'"):
+        distill(new_mlp(4), train, train.p_star, build_loss("kl"), TrainConfig(epochs=1, select="nll", device="cpu"),
+                validation=validation, checkpoints=checkpoints)

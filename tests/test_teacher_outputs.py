@@ -368,6 +368,7 @@ def test_the_component_writes_what_teacher_inference_would_and_caches_it(tmp_pat
     assert report["splits"]["test"]["metrics"]["accuracy"] == pytest.approx(accuracy, abs=1e-12)
     assert report["source"] | {"sha256": None} == {"uri": uri, "sha256": None, "kind": "logits", "detected": True,
                                                    "rows": 60, "classes": 2, "aligned_by": "id column"}
+    assert report["training"] is None  # no teacher was trained in the run: the report names no checkpoint
     parent = Tracker(tracking).client.get_run(json.loads(Path(run_info.path).read_text())["parent_run_id"])
     assert parent.data.tags["teacher_outputs"] == uri
     assert parent.data.metrics["teacher_test_accuracy"] == pytest.approx(accuracy, abs=1e-12)

@@ -244,6 +244,17 @@ def test_a_fine_tuned_teachers_recipe_pins_its_base_checkpoint_and_a_pretrained_
     assert TextBackend().teacher_recipe(config) is None
 
 
+def test_a_pretrained_teacher_reports_no_checkpoint_selection(tmp_path):
+    """Nothing is trained, so no epoch was selected: the report's teacher line says nothing of one."""
+    from ptdistill.experiments import TextConfig, TextTeacher
+    from ptdistill.families.text.backend import TextBackend
+
+    config = TextConfig(benchmark="text", teacher=TextTeacher(model=HFModelSpec(str(tiny_bert(tmp_path / "base")))))
+    unused = tmp_path / "no-split.parquet"  # a pretrained teacher reads no split
+    result = TextBackend().train_teacher(config, 2, unused, unused, tmp_path / "teacher")
+    assert result["fine_tuned"] is False and result["training"] is None
+
+
 # --------------------------------------------------------------------------------------------
 # max_length against the checkpoint's position limit
 

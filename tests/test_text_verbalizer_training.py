@@ -154,6 +154,9 @@ def test_backend_fine_tunes_a_seq2seq_teacher_and_scores_it_through_the_verbaliz
 
     record = json.loads((out / TEACHER_FILE).read_text())
     assert record["fine_tuned"] and record["epochs_run"] == FAST["epochs"]
+    training = result["training"]  # which epoch's weights it kept (select last: the final ones), for the report
+    assert (training["select"], training["epoch"], training["epochs_run"]) == ("last", FAST["epochs"], FAST["epochs"])
+    assert training["curve"]["epoch"] == list(range(1, FAST["epochs"] + 1)) and training["val_nll"] > 0
     assert result["teacher_id"].startswith(f"{record['source']}@{record['source_revision']}+fine-tuned@sha256:")
     spec, _, _ = backend._pinned(config, out)
     assert spec.kind == "seq2seq" and spec.name_or_path == str(out) and spec.max_length == 32

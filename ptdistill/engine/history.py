@@ -55,6 +55,20 @@ class History:
         """JSON-ready dict (loss pairs as lists)."""
         return {**asdict(self), "train_loss": [list(pair) for pair in self.train_loss]}
 
+    def selection(self) -> dict:
+        """JSON-ready summary of which epoch's weights the run ended with, for MLflow and the report.
+
+        ``select``, ``epoch`` (the selected epoch, 1-based), ``epochs_run``, ``stopped_early``, the
+        selected epoch's ``val_accuracy`` / ``val_nll`` (nats) / ``val_ece``, and ``curve``: the
+        validation scores per evaluated epoch (lists of equal length). Without validation the run
+        kept its final weights: ``epoch`` and the scores are None and the curve's lists are empty.
+        """
+        return {"select": self.select, "epoch": self.best_epoch, "epochs_run": self.epochs_run,
+                "stopped_early": self.stopped_early, "val_accuracy": self.best_val_accuracy,
+                "val_nll": self.best_val_nll, "val_ece": self.best_val_ece,
+                "curve": {"epoch": list(self.val_epoch), "accuracy": list(self.val_accuracy),
+                          "nll": list(self.val_nll), "ece": list(self.val_ece)}}
+
 
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch, e.g. before building a model so its initial weights are reproducible."""

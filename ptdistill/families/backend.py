@@ -39,7 +39,9 @@ class Backend(ABC):
     @abstractmethod
     def train_teacher(self, config: ExperimentConfig, num_classes: int, train_path: Path, validation_path: Path,
                       out_dir: Path, checkpoints: tuple[str, str] | None = None) -> dict:
-        """Make the teacher available in ``out_dir``; returns at least ``teacher_id``.
+        """Make the teacher available in ``out_dir``; returns at least ``teacher_id`` and ``training``:
+        :meth:`History.selection <ptdistill.engine.History.selection>` of a teacher trained here (which
+        epoch's weights it kept, and its validation curve), None for one used as it is.
 
         ``checkpoints`` as for :meth:`distill_student`: where a long fine-tuning resumes from.
         """

@@ -19,7 +19,8 @@ LOGGED = ("accuracy", "nll", "ece", "brier", "f1", "matthews", "l2_to_pstar", "t
 
 def _flat_params(record: dict) -> dict:
     params = {"method": record["method"], "loss": record["loss"], "seed": record["seed"], "lr": record["lr"],
-              "targets": record["targets"], **{f"eps_{k}": v for k, v in record["eps_choice"].items()},
+              "targets": record["targets"], "select": record["history"]["select"],
+              **{f"eps_{k}": v for k, v in record["eps_choice"].items()},
               **{f"train.{k}": v for k, v in record["train"].items()}}
     for key, value in record["params"].items():
         if key == "eps":
@@ -50,13 +51,17 @@ def evaluate_student(config: ExperimentConfig, info: RunInfo, student_dir: Path,
     if "proxy_l2_to_pstar" in record:
         metrics["proxy_l2_to_pstar"] = record["proxy_l2_to_pstar"]
     metrics |= {"train_seconds": float(history["seconds"]),
-                "train_examples_per_second": float(history["examples_per_second"])}
+                "train_examples_per_second": float(history["examples_per_second"]),
+                "epochs_run": float(history["epochs_run"])}
+    if history["best_epoch"] is not None:  # the epoch whose weights the student kept; val_* above are its scores
+        metrics["selected_epoch"] = float(history["best_epoch"])
     png = confusion_matrix_png(matrix, info.class_names, out_dir / "confusion_matrix.png")
     (out_dir / "confusion_matrix.json").write_text(json.dumps({"labels": info.class_names, "matrix": matrix}))
     per_class = per_class_report(matrix, info.class_names)
     (out_dir / "per_class.json").write_text(json.dumps(per_class, indent=1))
     curves = {"train_loss": [tuple(x) for x in history.get("train_loss", [])],
-              "epoch_val_accuracy": list(zip(history.get("val_epoch", []), history.get("val_accuracy", [])))}
+              **{f"epoch_val_{k}": list(zip(history.get("val_epoch", []), history.get(f"val_{k}", [])))
+                 for k in ("accuracy", "nll", "ece")}}
     run_name = f"{record['method']}-seed{record['seed']}"
     child = Tracker(info.tracking_uri).log_student(
         info.parent_run_id, run_name, params=_flat_params(record), metrics=metrics, curves=curves,

@@ -209,7 +209,7 @@ def format_table(table: pd.DataFrame, teacher: dict, search: dict,
     lines += [
         "",
         f"Teacher on test: accuracy {teacher.get('accuracy', float('nan')):.4f}, NLL {teacher.get('nll', float('nan')):.4f}, "
-        f"ECE {teacher.get('ece', float('nan')):.4f}{_source(teacher.get('source'))}.",
+        f"ECE {teacher.get('ece', float('nan')):.4f}{_source(teacher.get('source'))}.{_checkpoint(teacher.get('training'))}",
         f"Validation TVD to labels: teacher {search['teacher_tvd']:.4f}, proxy teacher {search['proxy_tvd']:.4f} "
         f"(search: {search['strategy']}, criterion {search['criterion']}, order {search['order']}); the proxy "
         f"teacher overturns {search['proxy_flips']:.4f} of the teacher's {search['validation_rows']} validation "
@@ -227,6 +227,23 @@ def _source(source: dict | None) -> str:
         return ""
     kind = f"{source['kind'].replace('_', '-')}{', detected' if source['detected'] else ''}"
     return f" (from the given teacher outputs {source['uri']}, sha256 {source['sha256'][:12]}, {kind}; no teacher run)"
+
+
+def _checkpoint(training: dict | None) -> str:
+    """Which epoch's weights the teacher kept (``History.selection``), for the report's teacher line;
+    "" for a teacher not trained in the run (pretrained, or given outputs)."""
+    if training is None:
+        return ""
+    n, select = training["epochs_run"], training["select"]
+    if select == "last":
+        which = f"final weights after {n} epoch{'s' if n != 1 else ''} (select last)"
+    else:
+        stopped = ", stopped early" if training["stopped_early"] else ""
+        which = f"epoch {training['epoch']} of {n} run (select {select}{stopped})"
+    if training["epoch"] is None:
+        return f" Teacher checkpoint: {which}, no validation scores."
+    return (f" Teacher checkpoint: {which}, validation NLL {training['val_nll']:.4f}, accuracy "
+            f"{training['val_accuracy']:.4f}, ECE {training['val_ece']:.4f}.")
 
 
 def lr_choices(config: ExperimentConfig, summaries: list[dict], table: pd.DataFrame) -> list[str]:

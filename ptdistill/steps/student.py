@@ -83,8 +83,8 @@ def distill_student(
         proxy = proxy_teacher(torch.from_numpy(targets), torch.tensor(params["eps"], dtype=torch.float64))
         record["proxy_l2_to_pstar"] = float(np.linalg.norm(proxy.numpy() - split.p_star, axis=1).mean())
     (out_dir / "training.json").write_text(json.dumps(record, default=_json_default))
-    log.info("student %s seed %d: %d epochs in %.1f s (%.0f ex/s)", method, seed, history.epochs_run,
-             history.seconds, history.examples_per_second)
+    log.info("student %s seed %d: %d epochs in %.1f s (%.0f ex/s), kept epoch %s (select %s)", method, seed,
+             history.epochs_run, history.seconds, history.examples_per_second, history.best_epoch, history.select)
     publish(info, f"students/{method}-seed{seed}", out_dir)
     clear_checkpoints(info, f"{method}-seed{seed}")
     return record

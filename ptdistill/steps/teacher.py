@@ -20,6 +20,7 @@ finish of the runs counted), reported per split, per shard and overall in the te
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -35,16 +36,21 @@ from ptdistill.evaluation import evaluate
 from ptdistill.experiments import ExperimentConfig
 from ptdistill.families import backend_for
 from ptdistill.families.backend import Backend
+from ptdistill.io import write_json_atomic
 from ptdistill.steps.common import RunInfo, checkpoint_prefix, clear_checkpoints, log, publish, solo_threads
 from ptdistill.storage import Store, content_key, open_store
 from ptdistill.teacher_outputs import CACHE_VERSION as OUTPUTS_VERSION
 from ptdistill.teacher_outputs import NEEDED, teacher_outputs
-from ptdistill.tracking import Tracker
+from ptdistill.tracking import Tracker, validation_curve_png
 
 #: Bumped when the teacher-output format or the inference code changes meaning.
 CACHE_VERSION = 2
 #: Bumped when teacher training changes what a recipe produces (keys the trained-teacher cache).
-TRAINED_CACHE_VERSION = 1
+#: 2: an entry carries the teacher's checkpoint selection (TRAINING_FILE, ``training`` in its summary).
+TRAINED_CACHE_VERSION = 2
+#: Written next to a trained teacher's weights: which epoch's weights it kept and its validation
+#: curve (:meth:`ptdistill.engine.History.selection`); it travels with the teacher and its cache entry.
+TRAINING_FILE = "training.json"
 #: What describes a shard's part directory (next to ``<split>.parquet`` for each split it ran on).
 SHARD_SUMMARY = "shard.json"
 
@@ -72,6 +78,9 @@ def train_teacher(config: ExperimentConfig, info: RunInfo, teacher_train: Path, 
     leaves no entry, and of two runs training the same teacher at once (on a GPU, not
     necessarily to the same weights) the first to finish wins and the other removes its copy,
     so an entry never mixes files of two teachers.
+
+    A teacher trained here (now or from the cache) has its checkpoint selection in ``training``
+    and in TRAINING_FILE, and on the parent run (:func:`log_teacher_training`).
     """
     solo_threads()
     out_dir = Path(out_dir)
@@ -86,6 +95,8 @@ def train_teacher(config: ExperimentConfig, info: RunInfo, teacher_train: Path, 
         summary = backend_for(config).train_teacher(config, info.num_classes, Path(teacher_train), Path(validation),
                                                     out_dir, checkpoint_prefix(info, "teacher"))
         clear_checkpoints(info, "teacher")
+        if summary["training"] is not None:
+            write_json_atomic(out_dir / TRAINING_FILE, summary["training"])
         if key is not None:
             folder = f"model-{uuid.uuid4().hex}"
             store.upload_dir(f"{key}/{folder}", out_dir)
@@ -96,8 +107,44 @@ def train_teacher(config: ExperimentConfig, info: RunInfo, teacher_train: Path, 
         summary["cache"] = "miss" if key is not None else "off"
     Tracker(info.tracking_uri).set_tags(info.parent_run_id, {"teacher_id": summary["teacher_id"],
                                                              "teacher_train_cache": summary["cache"]})
+    log_teacher_training(info, summary["training"])
     publish(info, "teacher", out_dir)
     return summary
+
+
+def log_teacher_training(info: RunInfo, training: dict | None) -> None:
+    """The teacher's checkpoint selection on the parent run; nothing for a teacher not trained here (None).
+
+    Tag ``teacher_select``; metrics ``teacher_epochs_run`` and, with validation, the selected
+    epoch's ``teacher_selected_epoch``, ``teacher_val_accuracy``, ``teacher_val_nll`` (nats),
+    ``teacher_val_ece`` as scored during training (teacher inference's ``teacher_validation_*``,
+    measured later on the weights kept, must agree up to float rounding); the curves
+    ``teacher_epoch_val_accuracy``, ``teacher_epoch_val_nll`` and ``teacher_epoch_val_ece`` (step =
+    epoch, 1-based); and the plot ``teacher_validation_curve.png`` of NLL and accuracy per epoch
+    with the selected epoch marked.
+    """
+    if training is None:
+        return
+    tracker = Tracker(info.tracking_uri)
+    curve = training["curve"]
+    metrics = {"teacher_epochs_run": training["epochs_run"]}
+    if training["epoch"] is not None:
+        metrics |= {"teacher_selected_epoch": training["epoch"], **{
+            f"teacher_val_{k}": training[f"val_{k}"] for k in ("accuracy", "nll", "ece")}}
+    tracker.log_metrics(info.parent_run_id, metrics, curves={
+        f"teacher_epoch_val_{k}": list(zip(curve["epoch"], curve[k])) for k in ("accuracy", "nll", "ece")})
+    tracker.set_tags(info.parent_run_id, {"teacher_select": training["select"]})
+    if curve["epoch"]:
+        with tempfile.TemporaryDirectory(prefix="ptdistill-teacher-") as tmp:
+            tracker.log_parent_artifacts(info.parent_run_id, [validation_curve_png(
+                curve, training["epoch"], training["select"], Path(tmp) / "teacher_validation_curve.png")])
+
+
+def teacher_training(teacher_dir: Path) -> dict | None:
+    """The checkpoint selection train_teacher wrote next to the teacher (TRAINING_FILE); None for a
+    teacher not trained here (a pretrained one)."""
+    path = Path(teacher_dir) / TRAINING_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def outputs_frame(ids: np.ndarray, logits: np.ndarray, teacher_id: str) -> pd.DataFrame:
@@ -207,11 +254,15 @@ class _Teacher:
 def teacher_inference(
     config: ExperimentConfig, info: RunInfo, teacher_dir: Path, splits: dict[str, Path], outputs: dict[str, Path]
 ) -> dict:
-    """Teacher probabilities on each split, served from the cache when teacher, data and settings match."""
+    """Teacher probabilities on each split, served from the cache when teacher, data and settings match.
+
+    The report (what the report step reads) carries the teacher's checkpoint selection as
+    ``training`` (:func:`teacher_training`; None for a teacher not trained here).
+    """
     solo_threads()
     teacher = _Teacher.of(config, info, teacher_dir)
     loaded = {name: teacher.backend.load_split(path) for name, path in splits.items()}
-    report: dict = {"teacher_id": teacher.teacher_id, "splits": {}}
+    report: dict = {"teacher_id": teacher.teacher_id, "training": teacher_training(teacher_dir), "splits": {}}
     for name, split in loaded.items():
         report["splits"][name] = teacher.serve(name, split, outputs[name],
                                                partial(_whole_split, teacher, teacher_dir, name, split))
@@ -235,7 +286,7 @@ def teacher_inference_shard(config: ExperimentConfig, info: RunInfo, teacher_dir
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary: dict = {"shard": shard, "num_shards": num_shards, "teacher_id": teacher.teacher_id,
-                     "weights": teacher.weights, "splits": {}}
+                     "weights": teacher.weights, "training": teacher_training(teacher_dir), "splits": {}}
     for name, path in splits.items():
         split = teacher.backend.load_split(path)
         key, rows = teacher.cache_key(name, split), shard_rows(len(split), shard, num_shards)
@@ -274,7 +325,7 @@ def merge_teacher_shards(config: ExperimentConfig, info: RunInfo, parts: list[Pa
                          f"{sorted(t for t, _ in identities)}")
     teacher = _Teacher(config, info, *identities.pop())
     loaded = {name: teacher.backend.load_split(path) for name, path in splits.items()}
-    report: dict = {"teacher_id": teacher.teacher_id, "splits": {},
+    report: dict = {"teacher_id": teacher.teacher_id, "training": summaries[0]["training"], "splits": {},
                     "shards": sorted(summaries, key=lambda s: s["shard"])}
     for name, split in loaded.items():
         report["splits"][name] = teacher.serve(name, split, outputs[name],
@@ -319,7 +370,7 @@ def import_teacher_outputs(config: ExperimentConfig, info: RunInfo, splits: dict
     source = given.describe()
     teacher = _Teacher(config, info, f"outputs:{given.sha256[:16]}", given.sha256,
                        {"outputs_kind": spec.outputs_kind, "classes": info.class_names, "version": OUTPUTS_VERSION})
-    report: dict = {"teacher_id": teacher.teacher_id, "source": source, "splits": {}}
+    report: dict = {"teacher_id": teacher.teacher_id, "source": source, "training": None, "splits": {}}
     needed = {name: loaded[name] for name in NEEDED}
     for name, split in needed.items():
         frame = pd.DataFrame({"id": split.ids, "logits": list(given.logits[rows[name]]),

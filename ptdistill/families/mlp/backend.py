@@ -35,7 +35,7 @@ class MLPBackend(Backend):
                                    progress=True, checkpoints=Checkpointer(*checkpoints) if checkpoints else None)
         model.save_pretrained(out_dir)
         return {"teacher_id": self.teacher_identity(config, out_dir)[0], "epochs_run": history.epochs_run,
-                "best_epoch": history.best_epoch, "seconds": history.seconds}
+                "best_epoch": history.best_epoch, "seconds": history.seconds, "training": history.selection()}
 
     def teacher_identity(self, config, teacher_dir) -> tuple[str, str]:
         weights = weights_hash(teacher_dir)

@@ -58,6 +58,7 @@ class TextBackend(Backend):
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         record = {"source": source_id, "source_revision": revision, "fine_tuned": teacher.fine_tune}
+        training = None  # a pretrained teacher: no epoch was selected here
         if teacher.fine_tune:
             seed_everything(teacher.train.seed)
             tokenizer = load_tokenizer(teacher.model)
@@ -74,8 +75,9 @@ class TextBackend(Backend):
             save_model(trained, tokenizer, out_dir)
             record |= {"epochs_run": history.epochs_run, "best_epoch": history.best_epoch, "seconds": history.seconds,
                        "examples_per_second": history.examples_per_second}
+            training = history.selection()
         write_json_atomic(out_dir / TEACHER_FILE, record)
-        return {"teacher_id": self.teacher_identity(config, out_dir)[0], **record}
+        return {"teacher_id": self.teacher_identity(config, out_dir)[0], **record, "training": training}
 
     def teacher_recipe(self, config: TextConfig) -> dict | None:
         """A fine-tuned teacher's recipe includes the exact base checkpoint (a moved hub branch is a
