@@ -56,6 +56,23 @@ def test_the_tabular_benchmark_splits_the_exported_table(fair_csv):
     np.testing.assert_array_equal(np.sort(ids), np.arange(6366))
 
 
+def test_every_table_exports_numeric_features_and_its_labels(tmp_path):
+    pytest.importorskip("statsmodels", reason="the 'tables' extra (statsmodels) is not installed")
+    from statsmodels.datasets import anes96, randhie
+
+    done = subprocess.run([sys.executable, str(SCRIPT), "anes96", "randhie", "--out", str(tmp_path)],
+                          capture_output=True, text=True, check=True)
+    assert done.stdout.splitlines() == [f"{tmp_path / 'anes96.csv'}: 944 rows, 10 features, label counts {{0: 551, 1: 393}}",
+                                        f"{tmp_path / 'randhie.csv'}: 20190 rows, 9 features, label counts {{0: 6308, 1: 13882}}"]
+    for path, source, label in ((tmp_path / "anes96.csv", anes96, lambda d: d["vote"].astype(int)),
+                                (tmp_path / "randhie.csv", randhie, lambda d: (d["mdvis"] > 0).astype(int))):
+        table, data = pd.read_csv(path), source.load_pandas().data
+        assert not table.isna().any().any() and all(pd.api.types.is_numeric_dtype(table[c]) for c in table)
+        np.testing.assert_array_equal(table["label"], label(data))
+        features = [c for c in table if c != "label"]
+        pd.testing.assert_frame_equal(table[features], data[features], check_dtype=False)
+
+
 def test_unknown_table_is_refused_by_name(tmp_path):
     done = subprocess.run([sys.executable, str(SCRIPT), "iris", "--out", str(tmp_path)], capture_output=True, text=True)
     assert done.returncode == 2 and "invalid choice: 'iris'" in done.stderr and not list(tmp_path.iterdir())
