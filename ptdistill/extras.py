@@ -16,6 +16,8 @@ __all__ = ["EXTRAS", "MissingExtra", "require"]
 EXTRAS: dict[str, tuple[str, ...]] = {
     "text": ("transformers", "datasets", "accelerate", "safetensors"),
     "pipelines": ("kfp", "mlflow", "google.cloud.storage", "filelock", "psutil", "scipy"),
+    # Real tables bundled with statsmodels, written as CSVs by scripts/real_tables.py.
+    "tables": ("statsmodels",),
 }
 
 

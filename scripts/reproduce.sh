@@ -23,6 +23,17 @@ if [ "${1:-all}" != report ]; then
     run synthetic --config "$EXP/synthetic_kl_vs_ptloss.yaml" --set search.criterion=$criterion \
       --run-name "exp7-criterion-$criterion"
   done
+  # Experiment 8c: real tables bundled with statsmodels (the 'tables' extra), each under the paper's
+  # recipe (final weights) and the best one (teacher and students stopped on validation NLL).
+  # The recipe key replaces these explicit --set once it lands: --set recipe=paper | recipe=best.
+  .venv/bin/python scripts/real_tables.py fair anes96 --out runs/real-tables
+  for table in fair anes96; do
+    run tabular --config "$EXP/tabular_real_tables.yaml" --set data.path=runs/real-tables/$table.csv \
+      --set teacher.train.select=last --set student.train.select=last --run-name "exp8c-$table-paper"
+    run tabular --config "$EXP/tabular_real_tables.yaml" --set data.path=runs/real-tables/$table.csv \
+      --set teacher.train.select=nll --set teacher.train.patience=5 \
+      --set student.train.select=nll --set student.train.patience=5 --run-name "exp8c-$table-best"
+  done
 fi
 
 OUT=docs/results
@@ -33,3 +44,7 @@ OUT=docs/results
 "$PTD" report synthetic --out "$OUT/exp5" $(printf -- "--run exp5-teacher-epochs-%s " 2 5 10 25 100)
 "$PTD" report synthetic --out "$OUT/exp6" --run exp6-implicit --run exp7-criterion-q
 "$PTD" report synthetic --out "$OUT/exp7" --run exp7-criterion-q --run exp7-criterion-brier --run exp7-criterion-nll
+"$PTD" report tabular --out "$OUT/exp8c/fair" --run exp8c-fair-paper --run exp8c-fair-best \
+  $(printf -- "--pair exp8c-fair-best:%s,exp8c-fair-paper:%s " kl kl ptloss ptloss label_smoothing label_smoothing)
+"$PTD" report tabular --out "$OUT/exp8c/anes96" --run exp8c-anes96-paper --run exp8c-anes96-best \
+  $(printf -- "--pair exp8c-anes96-best:%s,exp8c-anes96-paper:%s " kl kl ptloss ptloss label_smoothing label_smoothing)

@@ -17,7 +17,7 @@ from ptdistill.experiments import default_config
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = (ROOT / "scripts" / "reproduce.sh").read_text().replace("\\\n", " ")  # joined continuation lines
 #: The script's loop variables, as each loop sets them.
-LOOPS = {"epochs": ["2", "5", "10", "25", "100"], "criterion": ["q", "brier", "nll"]}
+LOOPS = {"epochs": ["2", "5", "10", "25", "100"], "criterion": ["q", "brier", "nll"], "table": ["fair", "anes96"]}
 
 
 def _expand(line: str) -> list[str]:
@@ -47,8 +47,8 @@ REPORTS = [shlex.split(_printf(line).split('"$PTD" ', 1)[1]) for raw in SCRIPT.s
 def test_the_script_runs_every_experiment_config():
     used = {Path(a).name for run in RUNS for a in run if a.endswith(".yaml")}
     assert used == {p.name for p in (ROOT / "docs" / "experiments").glob("*.yaml")}
-    assert len(RUNS) == 13 and len(REPORTS) == 7  # 4 single runs, 5 teachers, implicit, 3 criteria
-    assert [len(build_parser().parse_args(a).pairs or []) for a in REPORTS] == [0, 0, 5, 0, 0, 0, 0]
+    assert len(RUNS) == 17 and len(REPORTS) == 9  # 4 single runs, 5 teachers, implicit, 3 criteria, 2 tables x 2 recipes
+    assert [len(build_parser().parse_args(a).pairs or []) for a in REPORTS] == [0, 0, 5, 0, 0, 0, 0, 3, 3]
 
 
 @pytest.mark.parametrize("argv", RUNS, ids=[a[a.index("--run-name") + 1] for a in RUNS])
@@ -57,7 +57,7 @@ def test_run_lines_load_and_validate(argv):
     config = _config(args)  # loads the YAML and --set strictly, builds the splits, validates
     assert config.benchmark == args.benchmark and config.methods and config.seeds
     assert len(config.runs()) == len(config.methods) * len(config.seeds)
-    assert config.teacher == default_config(args.benchmark).teacher or "teacher.train.epochs" in " ".join(argv)
+    assert config.teacher == default_config(args.benchmark).teacher or "--set teacher.train." in " ".join(argv)
 
 
 def test_report_lines_name_runs_the_script_makes():
@@ -67,6 +67,8 @@ def test_report_lines_name_runs_the_script_makes():
         assert args.runs and set(args.runs) <= set(made), args.runs
         assert {made[r][0] for r in args.runs} == set(args.benchmarks)
         if args.pairs:
-            methods = {m.name for r in args.runs for m in _config(build_parser().parse_args(["run", *made[r]])).methods}
+            # a report of several runs names its methods <run>:<method> (ptdistill.results.benchmark_report)
+            methods = {m.name if len(args.runs) == 1 else f"{r}:{m.name}" for r in args.runs
+                       for m in _config(build_parser().parse_args(["run", *made[r]])).methods}
             for a, b in args.pairs:
                 assert {a, b} <= methods
