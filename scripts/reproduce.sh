@@ -23,16 +23,25 @@ if [ "${1:-all}" != report ]; then
     run synthetic --config "$EXP/synthetic_kl_vs_ptloss.yaml" --set search.criterion=$criterion \
       --run-name "exp7-criterion-$criterion"
   done
+  # Experiment 8a: the teacher's checkpoint (teacher.train.select) x student early stopping, two teachers.
+  for tseed in 0 1; do
+    run synthetic --config "$EXP/synthetic_selection.yaml" --set teacher.train.seed=$tseed --run-name "exp8a-teacher$tseed-last"
+    for teacher_select in nll accuracy; do
+      run synthetic --config "$EXP/synthetic_selection.yaml" --set teacher.train.seed=$tseed \
+        --set teacher.train.select=$teacher_select --set teacher.train.patience=5 --run-name "exp8a-teacher$tseed-$teacher_select"
+    done
+  done
+  # Experiment 8b: the same on real text, today's teacher (final weights) against the NLL-selected one.
+  run rotten-tomatoes --config "$EXP/rotten_tomatoes_selection.yaml" --set teacher.train.select=last --run-name exp8b-teacher-last
+  run rotten-tomatoes --config "$EXP/rotten_tomatoes_selection.yaml" --set teacher.train.select=nll \
+    --set teacher.train.patience=1 --run-name exp8b-teacher-nll
   # Experiment 8c: real tables bundled with statsmodels (the 'tables' extra), each under the paper's
   # recipe (final weights) and the best one (teacher and students stopped on validation NLL).
-  # The recipe key replaces these explicit --set once it lands: --set recipe=paper | recipe=best.
   .venv/bin/python scripts/real_tables.py fair anes96 --out runs/real-tables
   for table in fair anes96; do
-    run tabular --config "$EXP/tabular_real_tables.yaml" --set data.path=runs/real-tables/$table.csv \
-      --set teacher.train.select=last --set student.train.select=last --run-name "exp8c-$table-paper"
-    run tabular --config "$EXP/tabular_real_tables.yaml" --set data.path=runs/real-tables/$table.csv \
-      --set teacher.train.select=nll --set teacher.train.patience=5 \
-      --set student.train.select=nll --set student.train.patience=5 --run-name "exp8c-$table-best"
+    for recipe in paper best; do
+      run tabular --config "$EXP/tabular_real_tables.yaml" --set data.path=runs/real-tables/$table.csv --set recipe=$recipe --run-name "exp8c-$table-$recipe"
+    done
   done
 fi
 
@@ -44,6 +53,10 @@ OUT=docs/results
 "$PTD" report synthetic --out "$OUT/exp5" $(printf -- "--run exp5-teacher-epochs-%s " 2 5 10 25 100)
 "$PTD" report synthetic --out "$OUT/exp6" --run exp6-implicit --run exp7-criterion-q
 "$PTD" report synthetic --out "$OUT/exp7" --run exp7-criterion-q --run exp7-criterion-brier --run exp7-criterion-nll
+for tseed in 0 1; do
+"$PTD" report synthetic --out "$OUT/exp8a/teacher$tseed" --baseline "exp8a-teacher$tseed-last:kl" $(printf -- "--run exp8a-teacher$tseed-%s " last accuracy nll)
+done
+"$PTD" report rotten-tomatoes --out "$OUT/exp8b" --run exp8b-teacher-last --run exp8b-teacher-nll --baseline exp8b-teacher-last:kl
 "$PTD" report tabular --out "$OUT/exp8c/fair" --run exp8c-fair-paper --run exp8c-fair-best \
   $(printf -- "--pair exp8c-fair-best:%s,exp8c-fair-paper:%s " kl kl ptloss ptloss label_smoothing label_smoothing)
 "$PTD" report tabular --out "$OUT/exp8c/anes96" --run exp8c-anes96-paper --run exp8c-anes96-best \
