@@ -77,7 +77,8 @@ def _check_precision_here(config: ExperimentConfig, containers: bool) -> None:
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("benchmark", help=f"one of: {', '.join(BENCHMARKS)}")
     p.add_argument("--config", type=Path, help="YAML file overriding the benchmark's defaults")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one key, e.g. student.train.epochs=20")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one key, e.g. student.train.epochs=20, or recipe=best (teacher and students"
+                        " chosen on validation NLL; recipe=paper: the paper's fixed epochs)")
     p.add_argument("--quick", action="store_true", help="tiny sizes, one seed, ptloss and kl (a smoke run)")
 
 

@@ -28,7 +28,7 @@ import pandas as pd  # noqa: E402
 from scipy import stats  # noqa: E402
 
 from ptdistill.hints import ptdistill_command  # noqa: E402
-from ptdistill.tracking import RECOMMENDED_TAG  # noqa: E402
+from ptdistill.tracking import RECIPE_TAG, RECOMMENDED_TAG  # noqa: E402
 
 __all__ = ["benchmark_report", "linear_fit", "markdown_table", "mean_std", "method_table", "pair_differences",
            "paired_differences", "plot_methods", "plot_paired", "plot_scatter", "plot_teacher_quality", "runs_table"]
@@ -268,7 +268,8 @@ def benchmark_report(tracker, benchmark: str, out_dir: Path, run_names: list[str
     for run, metrics in parents.items():
         quoted = ", ".join(f"{k} {metrics[k]:.0f}" if k == "search_order" else f"{k} {metrics[k]:.4f}"
                            for k in PARENT_METRICS if k in metrics)
-        lines += ["", f"`{run}` teacher and proxy search: {quoted}."]
+        protocol = _run_protocol(parent_runs[run].data.tags, metrics)
+        lines += ["", f"`{run}` {protocol}teacher and proxy search: {quoted}."]
     if len(runs) > 1:
         across = runs_table(bare, parents)
         methods = list(dict.fromkeys(bare["method"]))
@@ -305,6 +306,16 @@ def benchmark_report(tracker, benchmark: str, out_dir: Path, run_names: list[str
     path = out_dir / f"{benchmark}.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _run_protocol(tags: dict[str, str], metrics: dict[str, float]) -> str:
+    """"(recipe best; teacher checkpoint: epoch 4 of 9, select nll) " from a parent run's tags and
+    metrics; "" for a run recorded before recipes and checkpoint selection existed."""
+    parts = [f"recipe {tags[RECIPE_TAG]}"] if RECIPE_TAG in tags else []
+    if "teacher_selected_epoch" in metrics:
+        parts.append(f"teacher checkpoint: epoch {metrics['teacher_selected_epoch']:.0f} of"
+                     f" {metrics['teacher_epochs_run']:.0f}, select {tags.get('teacher_select', '?')}")
+    return f"({'; '.join(parts)}) " if parts else ""
 
 
 def _paired_to_baseline(frame: pd.DataFrame, runs: list[str], baseline: str) -> pd.DataFrame | None:

@@ -85,6 +85,8 @@ RUNNER_PID_ENV = "PTDISTILL_RUNNER_PID"
 CHAMPION_ALIAS = "champion"
 #: On a parent: the method its report recommends, chosen on validation (ptdistill.steps.report.recommend).
 RECOMMENDED_TAG = "ptdistill.recommended"
+#: Parent-run tag: the recipe the run trained with (``ExperimentConfig.recipe``: paper or best).
+RECIPE_TAG = "ptdistill.recipe"
 SCORE_TAG = "validation_score"
 MODEL_ARTIFACT = "model"
 #: Metrics every student reports first, in this order; other test_* / val_* metrics follow.

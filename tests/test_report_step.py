@@ -144,7 +144,9 @@ def test_recommendation_is_chosen_on_validation_and_paired_with_kl():
     assert recommendation_lines(rec, "accuracy")[4:] == [
         "- Paired difference to kl (ptloss − kl, same seed; mean over seeds, 95% Student-t interval):",
         "  - validation accuracy: +0.0117 [-0.0073, +0.0306], 3/3 seeds better",
-        "  - test accuracy (for information only): -0.0300 [-0.0730, +0.0130], 0/3 seeds better"]
+        "  - test accuracy (for information only): -0.0300 [-0.0730, +0.0130], 0/3 seeds better",
+        "- Caution: on validation, ptloss is not distinguishable from kl (the interval includes 0); kl is as sound"
+        " a choice, and more seeds would tell them apart."]
     assert recommendation_metrics(rec) == pytest.approx({
         "recommended_val_task_mean": 0.92,
         "recommended_vs_kl_val_task_diff": 0.011667, "recommended_vs_kl_val_task_diff_low": -0.007306,
@@ -179,7 +181,9 @@ def test_recommendation_over_one_seed_has_no_interval():
         "",
         "- Paired difference to kl (ptloss − kl, same seed; mean over seeds, 95% Student-t interval):",
         "  - validation matthews: +0.0100 [—] (one seed: no interval), 1/1 seeds better",
-        "  - test accuracy (for information only): -0.0500 [—] (one seed: no interval), 0/1 seeds better"]
+        "  - test accuracy (for information only): -0.0500 [—] (one seed: no interval), 0/1 seeds better",
+        "- Caution: on validation, ptloss is not distinguishable from kl (one seed); kl is as sound a choice, and"
+        " more seeds would tell them apart."]
     assert recommendation_metrics(rec) == pytest.approx({
         "recommended_val_task_mean": 0.91, "recommended_vs_kl_val_task_diff": 0.01,
         "recommended_vs_kl_test_accuracy_diff": -0.05})
@@ -256,3 +260,12 @@ def test_the_teacher_line_says_which_checkpoint_the_teacher_kept(training, sente
     lines = format_table(table, {**TEACHER, "training": training}, SEARCH)
     assert [line for line in lines if line.startswith("Teacher on test")] == [
         "Teacher on test: accuracy 0.9700, NLL 0.1000, ECE 0.0200." + sentence]
+
+
+def test_a_recommendation_clear_of_kl_on_validation_has_no_caution():
+    config = SyntheticConfig(methods=default_methods()[:2], seeds=[0, 1, 2])
+    rec = recommend(config, _summaries({"ptloss": ([0.92, 0.93, 0.925], [0.8] * 3),
+                                        "kl": ([0.90, 0.905, 0.91], [0.8] * 3)}))
+    lines = recommendation_lines(rec, "accuracy")
+    assert rec.method == "ptloss" and rec.paired.loc["val_task", "low"] > 0
+    assert lines[-3].startswith("  - validation accuracy: +0.0200 [") and not any("Caution" in line for line in lines)

@@ -10,7 +10,7 @@ import pytest
 from ptdistill.cli import main
 from ptdistill.results import (benchmark_report, linear_fit, markdown_table, mean_std, method_table, pair_differences,
                                paired_differences, runs_table)
-from ptdistill.tracking import RECOMMENDED_TAG, Tracker
+from ptdistill.tracking import RECIPE_TAG, RECOMMENDED_TAG, Tracker
 
 pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated:DeprecationWarning")
 
@@ -175,6 +175,18 @@ def test_benchmark_report_marks_each_runs_recommended_method(tmp_path):
     assert [line.split(" | ")[0] for line in both.splitlines() if "| ★ |" in line] == ["| run-b:focal", "| run-a:kl"]
     untagged = benchmark_report(tracker, "synthetic", tmp_path / "c", run_names=["run-c"]).read_text()
     assert "recommended" not in untagged and "| ptloss | 3 | 0.8617 ± 0.0104 |" in untagged
+
+
+def test_benchmark_report_says_each_runs_recipe_and_teacher_checkpoint(tmp_path):
+    tracker = _tracker(tmp_path, {"run-a": 0.0, "run-b": 0.01})
+    parents = {run.info.run_name: run.info.run_id for run in tracker.client.search_runs(
+        [tracker.client.get_experiment_by_name("ptdistill-synthetic").experiment_id], "tags.benchmark = 'synthetic'")}
+    tracker.set_tags(parents["run-b"], {RECIPE_TAG: "best", "teacher_select": "nll"})
+    tracker.log_metrics(parents["run-b"], {"teacher_selected_epoch": 4, "teacher_epochs_run": 9})
+    text = benchmark_report(tracker, "synthetic", tmp_path / "out", run_names=["run-a", "run-b"]).read_text()
+    assert ("`run-b` (recipe best; teacher checkpoint: epoch 4 of 9, select nll) teacher and proxy search:"
+            " teacher_test_accuracy 0.8500" in text)
+    assert "`run-a` teacher and proxy search: teacher_test_accuracy 0.8500" in text  # recorded before recipes
 
 
 @pytest.mark.slow

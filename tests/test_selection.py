@@ -76,7 +76,8 @@ def test_the_run_ends_with_the_selected_epochs_weights(select, epoch):
 
 
 @pytest.mark.parametrize(("select", "patience", "stopped_at", "epoch"),
-                         [("nll", 2, 5, 3), ("nll", 4, 7, 3), ("accuracy", 1, 7, 6), ("accuracy", 3, 8, 6)])
+                         [("nll", 2, 5, 3), ("nll", 4, 7, 3), ("accuracy", 1, 7, 6), ("accuracy", 3, 8, 6),
+                          ("nll", 5, 8, 3)])  # out of patience at the last epoch: not an early stop
 def test_patience_counts_epochs_without_a_gain_in_the_selected_score(select, patience, stopped_at, epoch):
     seen, final, history = run(select, patience)
     assert history.epochs_run == stopped_at and history.stopped_early == (stopped_at < 8)

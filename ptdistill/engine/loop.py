@@ -336,7 +336,8 @@ class _Loop:
                 state.best_weights = None  # the final weights are the selected ones
         else:
             state.epochs_without_gain += 1
-        if settings.patience is not None and state.epochs_without_gain >= settings.patience:
+        if settings.patience is not None and state.epochs_without_gain >= settings.patience \
+                and state.epoch < settings.epochs:  # out of patience at the last epoch is not an early stop
             history.stopped_early = True
 
     def _save(self) -> None:

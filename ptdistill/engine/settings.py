@@ -19,7 +19,7 @@ __all__ = ["PRECISIONS", "SELECTIONS", "TrainSettings", "autocast_dtype", "check
 #: Precision choices of every family: ``auto``, full ``fp32``, ``bf16`` or ``fp16`` autocast.
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 #: Which epoch's weights a run keeps (``TrainSettings.select``): the last epoch's, or the epoch with
-#: the best validation accuracy or the lowest validation NLL (a proper score: docs/method.md §9).
+#: the best validation accuracy or the lowest validation NLL (a proper score: docs/method.md §7.5).
 SELECTIONS = ("last", "accuracy", "nll")
 
 
@@ -59,11 +59,15 @@ class TrainSettings:
         if self.select not in SELECTIONS:
             raise ValueError(f"select: expected one of {', '.join(SELECTIONS)}, got {self.select!r}")
         if self.patience is not None:
-            int_at_least("patience", self.patience, 1)
+            try:
+                int_at_least("patience", self.patience, 1)
+            except ValueError as err:
+                raise ValueError(f"{err} (epochs without a gain; null turns early stopping off)") from None
             if self.select == "last":
                 raise ValueError(f"patience: early stopping (patience={self.patience}) watches a validation score,"
                                  " but select='last' keeps the final weights; set select to 'nll' (validation NLL,"
-                                 " a proper score) or 'accuracy' (how patience worked before select existed)")
+                                 " a proper score) or 'accuracy' (how patience worked before select existed), or"
+                                 " patience to null to keep the final weights (recipe 'best' sets a patience)")
         finite_real("lr", self.lr, low=0, low_open=True)
         finite_real("weight_decay", self.weight_decay, low=0)
         if not isinstance(self.device, str):

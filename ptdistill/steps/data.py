@@ -15,7 +15,7 @@ from ptdistill.families.text.data import TEXT_TASKS
 from ptdistill.families.text.models import check_max_length
 from ptdistill.steps.common import RunInfo, log
 from ptdistill.storage import check_location, content_key, is_remote
-from ptdistill.tracking import Tracker, git_commit
+from ptdistill.tracking import RECIPE_TAG, Tracker, git_commit
 
 SPLITS = ("teacher_train", "distill", "validation", "test")
 
@@ -156,7 +156,7 @@ def prepare_data(
         config.benchmark,
         run_name,
         tags={"kfp.run_name": run_name, "kfp.pipeline_name": f"ptdistill-{config.benchmark}",
-              "benchmark": config.benchmark, "data_fingerprint": fingerprint, "ptdistill.recipe": config.recipe,
+              "benchmark": config.benchmark, "data_fingerprint": fingerprint, RECIPE_TAG: config.recipe,
               "git_commit": git_commit() or "unknown"},
         params={"seeds": config.seeds, "methods": [m.name for m in config.methods],
                 **{f"data.{k}": v for k, v in vars(config.data).items()}},

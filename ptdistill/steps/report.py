@@ -134,6 +134,11 @@ def recommendation_lines(rec: Recommendation, task_metric: str) -> list[str]:
         interval = f"[{row['low']:+.4f}, {row['high']:+.4f}]" if row["n"] > 1 else "[—] (one seed: no interval)"
         lines.append(f"  - {label.format(metric=task_metric)}: {row['mean']:+.4f} {interval},"
                      f" {row['wins']}/{row['n']} seeds better")
+    val = rec.paired.loc["val_task"]
+    if val["n"] < 2 or val["low"] <= 0:
+        lines.append(f"- Caution: on validation, {rec.method} is not distinguishable from {rec.baseline}"
+                     f" ({'one seed' if val['n'] < 2 else 'the interval includes 0'}); {rec.baseline} is as"
+                     " sound a choice, and more seeds would tell them apart.")
     return lines
 
 
