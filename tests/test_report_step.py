@@ -268,4 +268,4 @@ def test_a_recommendation_clear_of_kl_on_validation_has_no_caution():
                                         "kl": ([0.90, 0.905, 0.91], [0.8] * 3)}))
     lines = recommendation_lines(rec, "accuracy")
     assert rec.method == "ptloss" and rec.paired.loc["val_task", "low"] > 0
-    assert lines[-3].startswith("  - validation accuracy: +0.0200 [") and not any("Caution" in line for line in lines)
+    assert lines[-2].startswith("  - validation accuracy: +0.0200 [") and not any("Caution" in line for line in lines)
