@@ -1,6 +1,6 @@
 # Issue 6: every experiment of docs/results.md through `ptdistill run`, then the report from MLflow.
 # Runs land in ./mlflow.db and ./runs (the teacher cache makes re-runs of the same teacher cheap).
-#   bash scripts/reproduce.sh            # all experiments (about 1 h 50 min on 2 CPU cores; times in docs/results.md)
+#   bash scripts/reproduce.sh            # all experiments (1 h 50 min on 2 CPU cores for 1-7, about 3 h more for 8; times in docs/results.md)
 #   bash scripts/reproduce.sh report     # only rebuild docs/results/ from what MLflow holds
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/venv.sh"
