@@ -253,6 +253,9 @@ def _selection(select: str, epoch: int | None, epochs_run: int, stopped_early: b
                                    " NLL 0.2911, accuracy 0.8790, ECE 0.0123."),
     (_selection("last", None, 1), " Teacher checkpoint: final weights after 1 epoch (select last), no validation"
                                   " scores."),
+    (_selection("nll", 8, 8), " Teacher checkpoint: epoch 8 of 8 run (select nll), validation NLL 0.2911, accuracy"
+                              " 0.8790, ECE 0.0123. The kept epoch is the last one: validation nll was still"
+                              " improving, so more epochs (teacher.train.epochs) may give a better teacher."),
     (None, ""),  # a pretrained teacher, or given teacher outputs
 ])
 def test_the_teacher_line_says_which_checkpoint_the_teacher_kept(training, sentence):

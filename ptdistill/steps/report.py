@@ -247,8 +247,12 @@ def _checkpoint(training: dict | None) -> str:
         which = f"epoch {training['epoch']} of {n} run (select {select}{stopped})"
     if training["epoch"] is None:
         return f" Teacher checkpoint: {which}, no validation scores."
-    return (f" Teacher checkpoint: {which}, validation NLL {training['val_nll']:.4f}, accuracy "
+    line = (f" Teacher checkpoint: {which}, validation NLL {training['val_nll']:.4f}, accuracy "
             f"{training['val_accuracy']:.4f}, ECE {training['val_ece']:.4f}.")
+    if select != "last" and training["epoch"] == n and n > 1:
+        line += (f" The kept epoch is the last one: validation {select} was still improving, so more epochs"
+                 " (teacher.train.epochs) may give a better teacher.")
+    return line
 
 
 def lr_choices(config: ExperimentConfig, summaries: list[dict], table: pd.DataFrame) -> list[str]:
