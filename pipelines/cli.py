@@ -108,7 +108,7 @@ def _run(args: argparse.Namespace) -> int:
     print()
     print(result.markdown)
     experiment = Tracker(tracking_uri).experiment_id(config.benchmark)
-    print(f"finished {result.run_name} in {result.seconds:.0f} s")
+    print(f"finished {result.run_name} in {result.seconds:.0f} s; report: {result.report_uri}")
     print(f"MLflow: experiment {experiment_name(config.benchmark)!r} (id {experiment}) in {tracking_uri}; "
           f"run `{ptdistill_command('ui', tracking_uri=_named_uri(tracking_uri))}` and open /#/experiments/{experiment}/runs")
     return 0

@@ -47,6 +47,8 @@ class RunResult:
     seconds: float
     students: list[dict]
     markdown: str
+    #: Where the report's Markdown is (its HTML page and students.json are beside it).
+    report_uri: str
 
 
 #: The ways ``run_local`` runs tasks; the first is the default.
@@ -171,6 +173,7 @@ def _run_pipeline(config: ExperimentConfig, pipeline_root: Path, artifact_store:
         seconds=time.perf_counter() - t0,
         students=json.loads(store.read_text(f"{prefix}/students.json")),
         markdown=store.read_text(f"{prefix}/report.md"),
+        report_uri=store.uri(f"{prefix}/report.md"),
     )
 
 

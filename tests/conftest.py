@@ -379,7 +379,8 @@ def _drive(spec_path: str) -> None:
                 break
         else:
             outcomes.append({"run_name": result.run_name, "ok": True, "seconds": result.seconds,
-                             "students": result.students, "markdown": result.markdown})
+                             "students": result.students, "markdown": result.markdown,
+                             "report_uri": result.report_uri})
     Path(spec["result"]).write_text(json.dumps(outcomes))
 
 

@@ -8,6 +8,7 @@ the model registry and the artifact store (a local folder, or a bucket of the GC
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -61,6 +62,8 @@ def test_result_table_has_both_methods(local_pipeline):
     assert markdown.startswith(f"# ptdistill {BENCHMARK}: local-1")
     assert "| ptloss | 1 |" in markdown and "| kl | 1 |" in markdown
     assert "Teacher on test" in markdown and "proxy teacher" in markdown
+    report = Path(first["report_uri"].removeprefix("file://"))  # what `ptdistill run` prints as "report:"
+    assert report.name == "report.md" and report.read_text() == markdown
 
 
 def test_parent_run_is_finished_and_tagged(local_pipeline):
